@@ -1,0 +1,176 @@
+"""``params.yaml`` schema. Every stage validates the whole file here before doing any work.
+
+Sections that belong to a pluggable concept (a dataset's generator settings, a method family's
+hyperparameters) are declared by that concept's own module and assembled from the registries, so
+adding a dataset or a method never means editing this file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamsError(ValueError):
+    """A bad ``params.yaml``; the message names the offending key."""
+
+
+class SplitConfig(StrictModel):
+    seed: int = 0
+    aux: int = Field(20, ge=1, description="samples pre-allocated from the training data for the auxiliary set")
+    val: int = Field(200, ge=1)
+    test: int = Field(1000, ge=1)
+
+
+class TrainConfig(StrictModel):
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(0, ge=0, description="0 = full batch")
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    aux_loss_scale: float = Field(1.0, gt=0, description="τ: every auxiliary loss is multiplied by it (App. B.1)")
+    eval_every: int = Field(25, ge=1, description="steps between validation checks (best-on-validation model kept)")
+
+
+def _section(name: str, configs: dict[str, type[BaseModel]]) -> type[BaseModel]:
+    fields: dict[str, Any] = {key: (cfg, cfg()) for key, cfg in configs.items()}
+    return create_model(name, __base__=StrictModel, **fields)
+
+
+def _dataset_profile(name: str, dataset: Any) -> type[BaseModel]:
+    """``datasets.<name>``: what each stage reads for this dataset (prepare, split, train)."""
+    split_default = SplitConfig(**dataset.default_split)
+    train_default = TrainConfig(**dataset.default_train)
+    return create_model(
+        f"{name}_profile",
+        __base__=StrictModel,
+        prepare=(dataset.Config, dataset.Config()),
+        split=(SplitConfig, split_default),
+        train=(TrainConfig, train_default),
+    )
+
+
+def _build_params_model() -> type[BaseModel]:
+    from pipeline.datasets import DATASETS
+    from pipeline.methods import METHODS, method_config_sections
+
+    datasets_section = _section("DatasetsConfig", {n: _dataset_profile(n, DATASETS.get(n)) for n in DATASETS})
+    methods_section = _section("MethodsConfig", method_config_sections())
+
+    class Params(StrictModel):
+        method: str = "auxilearn_linear"
+        dataset: str = "toy2d"
+        seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+        device: Literal["auto", "cpu", "cuda"] = "auto"
+        datasets: datasets_section = Field(default_factory=datasets_section)  # type: ignore[valid-type]
+        methods: methods_section = Field(default_factory=methods_section)  # type: ignore[valid-type]
+
+        @field_validator("method")
+        @classmethod
+        def _known_method(cls, v: str) -> str:
+            if v not in METHODS:
+                raise ValueError(f"unknown method {v!r}; known: {', '.join(METHODS.names())}")
+            return v
+
+        @field_validator("dataset")
+        @classmethod
+        def _known_dataset(cls, v: str) -> str:
+            if v not in DATASETS:
+                raise ValueError(f"unknown dataset {v!r}; known: {', '.join(DATASETS.names())}")
+            return v
+
+        @field_validator("seeds")
+        @classmethod
+        def _unique_seeds(cls, v: list[int]) -> list[int]:
+            if len(set(v)) != len(v):
+                raise ValueError("seeds must be distinct")
+            return v
+
+        @model_validator(mode="after")
+        def _split_fits(self) -> "Params":
+            for name in DATASETS:
+                profile = getattr(self.datasets, name)
+                size = getattr(profile.prepare, "num_samples", None)  # None: known only after ingest
+                held_out = profile.split.aux + profile.split.val + profile.split.test
+                if size is not None and held_out >= size:
+                    raise ValueError(
+                        f"datasets.{name}.split: aux + val + test = {held_out} leaves no training data "
+                        f"(datasets.{name}.prepare.num_samples = {size})"
+                    )
+            return self
+
+        @property
+        def profile(self) -> Any:
+            return getattr(self.datasets, self.dataset)
+
+        @property
+        def dataset_config(self) -> Any:
+            return self.profile.prepare
+
+        @property
+        def split(self) -> SplitConfig:
+            return self.profile.split
+
+        @property
+        def train(self) -> TrainConfig:
+            return self.profile.train
+
+        def method_config(self, section: str) -> Any:
+            return getattr(self.methods, section)
+
+    return Params
+
+
+_PARAMS_MODEL: type[BaseModel] | None = None
+
+
+def params_model() -> type[BaseModel]:
+    global _PARAMS_MODEL
+    if _PARAMS_MODEL is None:
+        _PARAMS_MODEL = _build_params_model()
+    return _PARAMS_MODEL
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}")
+    return f"{source}: invalid parameters\n  " + "\n  ".join(lines)
+
+
+def parse_params(raw: Any, source: str = "params") -> Any:
+    """Validate an already-parsed mapping; raises ``ParamsError`` with one message naming every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: the top level must be a mapping of keys, not {type(raw).__name__}")
+    try:
+        return params_model().model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format(err, source)) from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: file not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,9 @@
+"""Dataset registry: ``DATASETS.get(name)`` returns the dataset's class (see ``base.Dataset``)."""
+from pipeline.datasets.base import DataError, Dataset, TaskData
+from pipeline.registry import Registry
+
+DATASETS: Registry[type[Dataset]] = Registry("dataset")
+
+from pipeline.datasets import synthetic  # noqa: E402,F401  (registers toy2d, noisy_aux)
+
+__all__ = ["DATASETS", "DataError", "Dataset", "TaskData"]

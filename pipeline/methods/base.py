@@ -1,0 +1,74 @@
+"""The method protocol: how a training step turns per-task losses into an update of W (and of φ, if any).
+
+A method is an ``nn.Module`` so that its auxiliary parameters φ (if any) are saved with ``state_dict``.
+Per step the trainer calls ``backward(losses)`` with per-sample, per-task losses [B, T] (column 0 is
+the main task), steps W's optimiser, then calls ``after_step(ctx)`` where bilevel methods update φ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+
+@dataclass
+class StepContext:
+    step: int  # inner steps taken so far, counting from 1
+    params: list[Tensor]  # the primary network's trainable parameters W
+    train_losses: Callable[[], Tensor]  # per-sample per-task losses [B, T] on a fresh training batch
+    aux_losses: Callable[[], Tensor]  # the same on the auxiliary set
+
+
+class Method(nn.Module):
+    """Base class of every entry in ``METHODS``.
+
+    ``uses_aux_set``: methods that do not learn from the auxiliary set train on train ∪ aux instead
+    (AuxiLearn §5: the comparison stays fair). ``config_section`` names this method's section under
+    ``methods`` in params.yaml and ``Config`` its schema (``None``: no hyperparameters).
+    """
+
+    uses_aux_set: ClassVar[bool] = False
+    config_section: ClassVar[str | None] = None
+    Config: ClassVar[type[BaseModel] | None] = None
+
+    def __init__(self, num_tasks: int, cfg: Any = None) -> None:
+        super().__init__()
+        self.num_tasks = num_tasks
+        self.cfg = cfg
+
+    def training_loss(self, losses: Tensor) -> Tensor:
+        """L_T for a batch: a scalar built from the per-sample per-task losses [B, T]."""
+        raise NotImplementedError
+
+    def backward(self, losses: Tensor) -> Tensor:
+        """Accumulate ∇W L_T into the primary network's ``.grad``; returns L_T (detached)."""
+        loss = self.training_loss(losses)
+        loss.backward()
+        return loss.detach()
+
+    def after_step(self, ctx: StepContext) -> dict[str, float]:
+        """Called after every W update; returns scalars to log (empty when nothing happened)."""
+        return {}
+
+    def task_weights(self, losses: Tensor) -> Tensor:
+        """Effective weight of each task, ∂L_T/∂ℓ_j summed over the batch (1 for the main task under STL)."""
+        with torch.enable_grad():
+            x = losses.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.training_loss(x), x)
+        return grad.sum(0).detach()
+
+
+class FixedWeights(Method):
+    """L_T = Σ_j w_j · mean_b ℓ_j with constant weights (STL: main only; Equal: all ones)."""
+
+    def __init__(self, num_tasks: int, cfg: Any = None, *, aux_weight: float) -> None:
+        super().__init__(num_tasks, cfg)
+        weights = torch.full((num_tasks,), aux_weight)
+        weights[0] = 1.0
+        self.register_buffer("weights", weights)
+
+    def training_loss(self, losses: Tensor) -> Tensor:
+        return (losses.mean(0) * self.weights).sum()

@@ -1,0 +1,8 @@
+"""Primary-network registry: ``MODELS.get(name)(**kwargs)`` builds f(x; W)."""
+from pipeline.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+from pipeline.models import linear  # noqa: E402,F401
+
+__all__ = ["MODELS"]

@@ -1,0 +1,154 @@
+"""One training run: a method, a dataset, a seed. Shared by every method and dataset."""
+from __future__ import annotations
+
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from pipeline.datasets import Dataset, TaskData
+from pipeline.methods import Method, StepContext, build_method
+
+
+def resolve_device(preference: str) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for but torch sees no GPU")
+    if preference == "auto":
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(preference)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    return torch.Generator().manual_seed(seed)
+
+
+class BatchStream:
+    """Endless mini-batches over ``indices``, reshuffled every epoch by a seeded generator (0 = full batch)."""
+
+    def __init__(self, data: TaskData, indices: np.ndarray, batch_size: int, generator: torch.Generator,
+                 device: torch.device) -> None:
+        if len(indices) == 0:
+            raise ValueError("a batch stream needs at least one sample")
+        self.inputs = data.inputs[torch.as_tensor(indices)].to(device)
+        self.targets = data.targets[torch.as_tensor(indices)].to(device)
+        self.batch_size = batch_size if 0 < batch_size < len(indices) else len(indices)
+        self.generator = generator
+        self._order: Tensor | None = None
+        self._pos = 0
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        n = len(self.inputs)
+        if self.batch_size == n:
+            return self.inputs, self.targets
+        if self._order is None or self._pos + self.batch_size > n:
+            self._order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
+            self._pos = 0
+        idx = self._order[self._pos : self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return self.inputs[idx], self.targets[idx]
+
+
+def task_scale(num_tasks: int, aux_loss_scale: float) -> Tensor:
+    """τ (App. B.1): every auxiliary loss is multiplied by it, for every method alike; the main loss is not."""
+    scale = torch.full((num_tasks,), aux_loss_scale)
+    scale[0] = 1.0
+    return scale
+
+
+def make_optimizer(params: list[Tensor], cfg: Any) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class RunResult:
+    model_state: dict[str, Tensor]  # best on validation
+    method_state_initial: dict[str, Tensor]
+    method_state_final: dict[str, Tensor]
+    history: dict[str, list] = field(default_factory=dict)
+
+
+def _state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], params: Any, seed: int,
+              device: torch.device | None = None, progress: bool = False) -> RunResult:
+    """Train ``params.method`` with ``seed``; keeps the model that is best on the validation main loss."""
+    device = device or resolve_device(params.device)
+    generator = seed_everything(seed)
+    model = dataset.build_model(data).to(device)
+    method: Method = build_method(params.method, data.num_tasks, params).to(device)
+    cfg = params.train
+
+    train_idx = splits["train"] if method.uses_aux_set else np.concatenate([splits["train"], splits["aux"]])
+    train_stream = BatchStream(data, train_idx, cfg.batch_size, generator, device)
+    aux_batch = getattr(method.cfg, "aux_batch_size", 0)
+    aux_stream = BatchStream(data, splits["aux"], aux_batch, generator, device)
+    val_idx = torch.as_tensor(splits["val"])
+    val_data = TaskData(data.inputs[val_idx].to(device), data.targets[val_idx].to(device), data.task_names, data.meta)
+    all_val = torch.arange(len(val_idx), device=device)
+
+    scale = task_scale(data.num_tasks, cfg.aux_loss_scale).to(device)
+
+    def losses_on(stream: BatchStream) -> Tensor:
+        x, y = stream.next()
+        return dataset.per_task_losses(model(x), y) * scale
+
+    w_params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(w_params, cfg)
+    initial_method_state = _state(method)
+    history: dict[str, list] = {"step": [], "train_loss": [], "main_loss": [], "weights": [],
+                                "val_step": [], "val_main_loss": [], "hyper_step": [], "hypergrad_norm": []}
+    best_val, best_state = math.inf, _state(model)
+
+    for step in tqdm(range(1, cfg.steps + 1), desc=f"{params.method} seed {seed}", disable=None if progress else True):
+        model.train()
+        losses = losses_on(train_stream)
+        optimizer.zero_grad(set_to_none=True)
+        train_loss = method.backward(losses)
+        optimizer.step()
+        history["step"].append(step)
+        history["train_loss"].append(float(train_loss))
+        history["main_loss"].append(float(losses[:, 0].detach().mean()))
+        history["weights"].append(method.task_weights(losses).cpu().tolist())
+
+        ctx = StepContext(step, w_params, lambda: losses_on(train_stream), lambda: losses_on(aux_stream))
+        logs = method.after_step(ctx)
+        if "hypergrad_norm" in logs:
+            history["hyper_step"].append(step)
+            history["hypergrad_norm"].append(logs["hypergrad_norm"])
+
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            model.eval()
+            val = dataset.main_loss(model, val_data, all_val)
+            history["val_step"].append(step)
+            history["val_main_loss"].append(val)
+            if val < best_val:
+                best_val, best_state = val, _state(model)
+            if not math.isfinite(val):
+                raise FloatingPointError(f"validation loss became {val} at step {step}: lower train.lr")
+
+    return RunResult(best_state, initial_method_state, _state(method), history)
+
+
+def load_model(dataset: Dataset, data: TaskData, state: dict[str, Tensor]) -> nn.Module:
+    model = dataset.build_model(data)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_method(name: str, data: TaskData, params: Any, state: dict[str, Tensor]) -> Method:
+    method = build_method(name, data.num_tasks, params)
+    method.load_state_dict(state)
+    return method
+
+

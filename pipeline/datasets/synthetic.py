@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from pipeline.config import StrictModel
@@ -76,6 +76,12 @@ class Toy2DConfig(StrictModel):
     sigma_main: float = Field(3.0, gt=0, description="must exceed sigma_aux (paper §5.1)")
     sigma_aux: float = Field(1.0, gt=0)
 
+    @model_validator(mode="after")
+    def _main_noisier(self) -> "Toy2DConfig":
+        if self.sigma_main <= self.sigma_aux:
+            raise ValueError("sigma_main must be larger than sigma_aux (paper §5.1)")
+        return self
+
 
 @DATASETS.register("toy2d")
 class Toy2D(SyntheticRegression):
@@ -87,8 +93,6 @@ class Toy2D(SyntheticRegression):
     default_train = {"steps": 2000, "lr": 0.01}
 
     def generate(self, cfg: Toy2DConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        if cfg.sigma_main <= cfg.sigma_aux:
-            raise ValueError("datasets.toy2d: sigma_main must be larger than sigma_aux (paper §5.1)")
         n = cfg.num_samples
         x = rng.normal(size=(n, 2))
         w_main, w_harm = np.asarray(cfg.w_main), np.asarray(cfg.w_harmful)

@@ -1,0 +1,74 @@
+"""Shared helpers: build validated params in memory and train small runs without DVC."""
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import parse_params
+from pipeline.datasets import DATASETS
+from pipeline.training import train_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_params(**overrides):
+    return parse_params(overrides)
+
+
+@dataclass
+class Outcome:
+    test_metrics: list[dict[str, float]]
+    final_weights: np.ndarray  # [seeds, tasks]
+    history: list[dict]
+
+
+@functools.lru_cache(maxsize=None)
+def _prepared(dataset: str) -> tuple:
+    params = make_params(dataset=dataset)
+    ds = DATASETS.get(dataset)()
+    folder = Path(tempfile.mkdtemp(prefix=f"prep_{dataset}_"))
+    ds.prepare(params.dataset_config, folder)
+    data = ds.load(folder)
+    return ds, data, ds.make_splits(data, params.split)
+
+
+@functools.lru_cache(maxsize=None)
+def run_method(dataset: str, method: str, seeds: tuple[int, ...] = (0, 1, 2), overrides_json: str = "{}") -> Outcome:
+    """Train ``method`` on the default ``dataset`` (cached per session so tests can share runs)."""
+    params = make_params(dataset=dataset, method=method, seeds=list(seeds), **json.loads(overrides_json))
+    ds, data, splits = _prepared(dataset)
+    metrics, weights, histories = [], [], []
+    for seed in seeds:
+        res = train_run(ds, data, splits, params, seed, device=torch.device("cpu"))
+        model = ds.build_model(data)
+        model.load_state_dict(res.model_state)
+        metrics.append(ds.metrics(model, data, torch.as_tensor(splits["test"])))
+        weights.append(res.history["weights"][-1])
+        histories.append(res.history)
+    return Outcome(metrics, np.asarray(weights), histories)
+
+
+@pytest.fixture(scope="session")
+def repo_copy(tmp_path_factory) -> Path:
+    """A git + DVC copy of this repository's tracked files, for tests that drive `dvc` itself."""
+    dest = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split()
+    for rel in files:
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(src.read_bytes())
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest

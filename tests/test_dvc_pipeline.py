@@ -1,0 +1,110 @@
+"""The DVC pipeline itself, in a throw-away git + DVC copy of the repository (slow: real `dvc` runs)."""
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["dvc", *args], cwd=repo, env=ENV, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def edit_params(repo: Path, edit) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def tree_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def stale_stages(repo: Path) -> set[str]:
+    out = json.loads(dvc(repo, "status", "--json").stdout or "{}")
+    return set(out)
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(repo_copy: Path) -> Path:
+    def shorten(p):
+        p["seeds"] = [0, 1]
+        p["datasets"]["toy2d"]["train"]["steps"] = 200
+    edit_params(repo_copy, shorten)
+    dvc(repo_copy, "repro")
+    return repo_copy
+
+
+def test_repro_writes_every_output(pipeline_repo: Path):
+    metrics = json.loads((pipeline_repo / "reports/metrics.json").read_text())
+    assert set(metrics["test"]) == {"main_mse", "weight_error"}
+    assert set(metrics["per_seed"]) == {"seed_0", "seed_1"}
+    for rel in ("data/prepared/toy2d/manifest.json", "data/prepared/noisy_aux/manifest.json",
+                "data/splits/aux.npy", "models/seed_1/model.pt", "models/seed_1/history.json",
+                "reports/report.md", "reports/figures/task_weights.png", "reports/figures/loss_landscape.png",
+                "reports/plots/weights.csv"):
+        assert (pipeline_repo / rel).is_file(), rel
+    assert "Loss landscapes" in (pipeline_repo / "reports/report.md").read_text()
+
+
+def test_second_repro_is_a_no_op(pipeline_repo: Path):
+    assert stale_stages(pipeline_repo) == set()
+    out = dvc(pipeline_repo, "repro").stdout
+    assert "Running stage" not in out
+
+
+def test_training_param_reruns_only_training_and_after(pipeline_repo: Path):
+    edit_params(pipeline_repo, lambda p: p["methods"]["auxilearn"].update(lr=0.02))
+    assert stale_stages(pipeline_repo) == {"train"}
+    edit_params(pipeline_repo, lambda p: p["datasets"]["toy2d"]["train"].update(lr=0.02))
+    assert stale_stages(pipeline_repo) == {"train"}
+    edit_params(pipeline_repo, lambda p: p.update(method="stl"))
+    assert stale_stages(pipeline_repo) == {"train", "evaluate", "report"}
+    edit_params(pipeline_repo, lambda p: p["datasets"]["noisy_aux"]["train"].update(lr=0.5))
+    assert "train" in stale_stages(pipeline_repo)  # unchanged set: noisy_aux settings are not read for toy2d
+    assert stale_stages(pipeline_repo) == {"train", "evaluate", "report"}
+    out = dvc(pipeline_repo, "repro").stdout
+    assert "Running stage 'train'" in out
+    assert "Running stage 'split'" not in out and "Running stage 'prepare" not in out
+    assert json.loads((pipeline_repo / "reports/metrics.json").read_text())["method"] == "stl"
+
+
+def test_prepare_param_reruns_only_that_dataset(pipeline_repo: Path):
+    edit_params(pipeline_repo, lambda p: p["datasets"]["noisy_aux"]["prepare"].update(seed=7))
+    assert stale_stages(pipeline_repo) == {"prepare@noisy_aux"}
+    dvc(pipeline_repo, "repro")
+
+
+def test_bad_params_fail_clearly_and_keep_outputs(pipeline_repo: Path):
+    before = {d: tree_hash(pipeline_repo / d) for d in ("data", "models", "reports")}
+    edit_params(pipeline_repo, lambda p: p.update(method="nope"))
+    proc = dvc(pipeline_repo, "repro", check=False)
+    assert proc.returncode != 0
+    assert "method: unknown method 'nope'" in proc.stdout + proc.stderr
+    assert {d: tree_hash(pipeline_repo / d) for d in before} == before
+    edit_params(pipeline_repo, lambda p: p.update(method="stl"))
+
+
+def test_experiments_switch_method_and_compare(pipeline_repo: Path):
+    subprocess.run(["git", "add", "-A"], cwd=pipeline_repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"],
+                   cwd=pipeline_repo, check=True)
+    out = dvc(pipeline_repo, "exp", "run", "-S", "method=equal").stdout
+    assert "Running stage 'train'" in out and "Running stage 'split'" not in out
+    shown = dvc(pipeline_repo, "exp", "show", "--csv").stdout
+    assert "test.main_mse.mean" in shown.splitlines()[0]
+    assert any(",equal," in line for line in shown.splitlines()[1:]), shown

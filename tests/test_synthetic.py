@@ -1,0 +1,54 @@
+"""The paper's synthetic claims (§5.1, App. C.1, C.3) on the embedded problems with default params."""
+import json
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from tests.conftest import run_method
+
+
+def mean_metric(outcome, key):
+    return float(np.mean([m[key] for m in outcome.test_metrics]))
+
+
+def test_toy2d_harmful_weight_ends_well_below_helpful():
+    for method in ("auxilearn_linear", "auxilearn_nonlinear"):
+        w = run_method("toy2d", method).final_weights  # [seeds, (main, helpful, harmful)]
+        assert (w[:, 2] < 0.25 * w[:, 1]).all(), (method, w)
+        assert (w[:, 2] < 0.05).all(), (method, w)
+
+
+def test_toy2d_auxilearn_beats_equal_on_test_loss():
+    equal = run_method("toy2d", "equal")
+    for method in ("auxilearn_linear", "auxilearn_nonlinear"):
+        aux = run_method("toy2d", method)
+        assert mean_metric(aux, "main_mse") < mean_metric(equal, "main_mse")
+        assert mean_metric(aux, "weight_error") < 0.5 * mean_metric(equal, "weight_error")
+
+
+def test_train_set_ablation_drifts_toward_single_task():
+    """App. C.1: φ learned on the training set keeps lowering the helpful weight instead of raising it."""
+    ablation = run_method("toy2d", "auxilearn_train_set")
+    proper = run_method("toy2d", "auxilearn_linear")
+    for hist in ablation.history:
+        w = np.asarray(hist["weights"])
+        half = len(w) // 2
+        assert w[-1, 1] < w[half, 1], "helpful weight should fall over the second half"
+        assert w[-1, 2] < 0.05
+    assert ablation.final_weights[:, 1].mean() < proper.final_weights[:, 1].mean()
+
+
+def test_noisy_aux_weights_fall_as_noise_grows():
+    w = run_method("noisy_aux", "auxilearn_linear").final_weights[:, 1:]  # [seeds, K]
+    index = np.arange(1, w.shape[1] + 1)
+    rho_mean = spearmanr(index, w.mean(0)).statistic
+    rho_seeds = [spearmanr(index, ws).statistic for ws in w]
+    assert rho_mean < -0.7, rho_mean
+    assert all(r < -0.7 for r in rho_seeds), rho_seeds
+
+
+def test_same_seed_same_metrics_and_seeds_differ():
+    a = run_method("toy2d", "auxilearn_nonlinear", seeds=(0, 1), overrides_json="{}")
+    b = run_method.__wrapped__("toy2d", "auxilearn_nonlinear", (0, 1), "{}")  # not from the cache
+    assert json.dumps(a.test_metrics) == json.dumps(b.test_metrics)
+    assert a.test_metrics[0] != a.test_metrics[1]

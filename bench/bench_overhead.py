@@ -15,11 +15,13 @@ and prints each one's ratio to ``plain`` from the same run, the amortised AuxiLe
 (N·inner + hyper) / (N·plain) for N = hyper_every and J = neumann_steps of the method's config, and
 the peak-memory ratios, next to the targets (time ≤ 1.15× STL, peak memory ≤ 1.5× STL).
 
-Every measurement runs in fresh ``spawn`` subprocesses: one for its time, one for its peak memory
-(so neither sees another's allocations). Time is the median over ``--repeats`` repeats of the mean
-per-step ``time.perf_counter`` time, after warm-up. Peak memory is taken over a baseline read once the
-model, data, method and optimiser are built (and one no-grad forward has run, so lazy library set-up
-is not charged to a step):
+Time: one fresh ``spawn`` subprocess per workload runs the three measurements interleaved, repeat by
+repeat (so drifting machine load hits all three alike): each repeat times enough back-to-back steps to
+last about 0.25 s with ``time.perf_counter``, after warm-up; reported are the median per-step time and
+the median over repeats of the per-repeat ratio to ``plain``.
+Peak memory: one more fresh ``spawn`` subprocess per measurement, so none sees another's allocations;
+peak over a baseline read once the model, data, method and optimiser are built and one no-grad forward
+has run (lazy library set-up is not charged to a step):
   CPU   growth of ``ru_maxrss``. Its high-water mark is first reset to the current RSS through
         /proc/self/clear_refs where Linux allows it, so import-time peaks do not hide the step's, and
         the memory process runs with MALLOC_MMAP_THRESHOLD_=65536 so that freed tensors leave RSS;
@@ -142,16 +144,24 @@ def _reset_rss_peak() -> bool:
         return False
 
 
-def _measure(spec: dict[str, Any]) -> dict[str, Any]:
+def _setup(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build model, data, method and optimiser in this process; return the step callables and facts."""
     import torch
 
     from pipeline.methods import METHODS
     from pipeline.methods.auxilearn import AuxiLearnConfig
 
     torch.set_num_threads(spec["threads"])
-    torch.set_num_interop_threads(1)
-    device = torch.device("cuda" if spec["device"] == "auto" and torch.cuda.is_available()
-                          else "cpu" if spec["device"] == "auto" else spec["device"])
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process (only when _measure is called in-process)
+        pass
+    if spec["device"] == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no GPU")
+    if spec["device"] == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(spec["device"])
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
@@ -160,91 +170,35 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
-    def plain_step() -> None:
+    def plain() -> None:  # STL: forward, main-task loss, backward, SGD step
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x)[0], ys[0])
-        loss.backward()
+        torch.nn.functional.cross_entropy(model(x)[0], ys[0]).backward()
         optimizer.step()
 
-    def inner_step() -> None:
+    def inner() -> None:  # AuxiLearn inner step, as train_run does it
         optimizer.zero_grad(set_to_none=True)
-        method.backward(_per_task_losses(model(x), ys))  # L_T = method.training_loss(losses); backward
+        method.training_loss(_per_task_losses(model(x), ys)).backward()  # what AuxiLearn.backward does
         optimizer.step()
 
-    def hyper_forwards() -> tuple[Any, Any]:  # what AuxiLearn.after_step builds before HyperOptimizer.step
+    def hyper() -> tuple[float, float]:  # AuxiLearn.after_step when due; returns (forwards, step) seconds
+        sync()
+        t0 = time.perf_counter()
         train_loss = method.training_loss(_per_task_losses(model(x), ys))
         aux_loss = _per_task_losses(model(x_aux), ys_aux)[:, 0].mean()
-        return train_loss, aux_loss
-
-    def hyper_step() -> tuple[float, float]:
-        t0 = time.perf_counter()
-        train_loss, aux_loss = hyper_forwards()
         sync()
         t1 = time.perf_counter()
         method.hyper.step(train_loss, aux_loss, params)
         sync()
         return t1 - t0, time.perf_counter() - t1
 
-    # Baseline: model, data, method and optimiser built; one no-grad forward so that lazy library set-up
-    # (kernel selection, thread pools) is not charged to whichever measurement happens to run first.
+    # One no-grad forward, so that lazy library set-up (kernel selection, thread pools) is done before any
+    # memory baseline and not charged to whichever step happens to run first.
     with torch.no_grad():
         model(x)
     sync()
     gc.collect()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        mem_how = "torch.cuda.max_memory_allocated"
-    else:
-        reset = _reset_rss_peak()
-        base = _rss_kib()
-        mem_how = "ru_maxrss growth" + (" (high-water mark reset after setup)" if reset else " (no reset possible)")
 
-    kind = spec["kind"]
-    if kind == "hyper":
-        inner_step()  # training state at a hyper step: W.grad and W's momentum exist, as in train_run
-
-    def one() -> float:
-        if kind == "hyper":
-            return sum(hyper_step())
-        sync()
-        t0 = time.perf_counter()
-        (plain_step if kind == "plain" else inner_step)()
-        sync()
-        return time.perf_counter() - t0
-
-    for _ in range(WARMUP_ITERS):
-        single = one()
-
-    result: dict[str, Any] = {"mode": spec["mode"]}
-    if spec["mode"] == "memory":
-        if cuda:
-            result["peak_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-        else:
-            result["peak_mib"] = (_rss_kib() - base) / 1024
-        result["mem_how"] = mem_how
-    else:
-        iters = max(1, min(2000, round(REPEAT_SECONDS / max(single, 1e-6))))
-        totals, forwards, steps = [], [], []
-        for _ in range(spec["repeats"]):
-            gc.collect()
-            if kind == "hyper":
-                parts = [hyper_step() for _ in range(iters)]
-                forwards.append(sum(p[0] for p in parts) / iters)
-                steps.append(sum(p[1] for p in parts) / iters)
-                totals.append(forwards[-1] + steps[-1])
-            else:
-                sync()
-                t0 = time.perf_counter()
-                for _ in range(iters):
-                    (plain_step if kind == "plain" else inner_step)()
-                sync()
-                totals.append((time.perf_counter() - t0) / iters)
-        result.update(time=statistics.median(totals), iters=iters)
-        if kind == "hyper":
-            result.update(forwards=statistics.median(forwards), step=statistics.median(steps))
-
-    result.update({
+    facts = {
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if cuda else ""),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -253,21 +207,84 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
         "N": method.hyper.every,
         "J": method.hyper.neumann_steps,
         "auxnet": f"{method.cfg.hidden_layers}x{method.cfg.hidden_units} softplus",
-    })
-    return result
+    }
+    return dict(torch=torch, device=device, cuda=cuda, sync=sync, plain=plain, inner=inner, hyper=hyper,
+                facts=facts)
+
+
+def _measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory of ``spec["kind"]`` over the post-setup baseline (run in a fresh process)."""
+    env = _setup(spec)
+    torch, device = env["torch"], env["device"]
+    if env["cuda"]:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        how = "torch.cuda.max_memory_allocated"
+    else:
+        reset = _reset_rss_peak()
+        base = _rss_kib()
+        how = "ru_maxrss growth" + (" (high-water mark reset after setup)" if reset
+                                    else " (high-water mark could not be reset)")
+    kind = spec["kind"]
+    if kind == "hyper":
+        env["inner"]()  # the state at a hyper step in train_run: W.grad and W's momentum buffers exist
+    for _ in range(WARMUP_ITERS):
+        env[kind]()
+    env["sync"]()
+    if env["cuda"]:
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        peak = (_rss_kib() - base) / 1024
+    return {**env["facts"], "peak_mib": peak, "mem_how": how}
+
+
+def _measure_time(spec: dict[str, Any]) -> dict[str, Any]:
+    """Per-step time of plain, inner and hyper, interleaved repeat by repeat so that load drift hits all three."""
+    env = _setup(spec)
+    sync = env["sync"]
+
+    def timed(kind: str, iters: int) -> tuple[float, float, float]:
+        """Mean seconds per step over ``iters`` steps: (total, forwards, step); the last two only for hyper."""
+        if kind == "hyper":
+            parts = [env["hyper"]() for _ in range(iters)]
+            fwd, stp = sum(p[0] for p in parts) / iters, sum(p[1] for p in parts) / iters
+            return fwd + stp, fwd, stp
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            env[kind]()
+        sync()
+        return (time.perf_counter() - t0) / iters, 0.0, 0.0
+
+    iters = {}
+    for kind in KINDS:  # plain, inner, hyper: hyper always follows an inner step, as in training
+        for _ in range(WARMUP_ITERS):
+            single = timed(kind, 1)[0]
+        iters[kind] = max(1, min(2000, round(REPEAT_SECONDS / max(single, 1e-6))))
+    samples: dict[str, list[tuple[float, float, float]]] = {kind: [] for kind in KINDS}
+    for _ in range(spec["repeats"]):
+        for kind in KINDS:
+            gc.collect()
+            if kind != "hyper":
+                # One untimed step first: after the previous hyper update freed its memory, the first step
+                # pays page faults that steady-state training does not. A hyper update, which in training
+                # always follows inner steps, is timed cold, as it runs there.
+                env[kind]()
+            samples[kind].append(timed(kind, iters[kind]))
+    return {**env["facts"], "iters": iters, "samples": samples}
 
 
 # ---------------------------------------------------------------------------------------------
 # Parent side: stdlib + click only.
 # ---------------------------------------------------------------------------------------------
 
-def _run_fresh(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """``_measure(spec)`` in a new spawned interpreter, with ``env`` added to its environment."""
+def _run_fresh(fn: Any, spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``fn(spec)`` in a new spawned interpreter, with ``env`` added to its environment."""
     saved = {k: os.environ.get(k) for k in env or {}}
     os.environ.update(env or {})
     try:
         with mp.get_context("spawn").Pool(1) as pool:
-            return pool.apply(_measure, (spec,))
+            return pool.apply(fn, (spec,))
     finally:
         for k, v in saved.items():
             if v is None:
@@ -276,81 +293,97 @@ def _run_fresh(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[
                 os.environ[k] = v
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:9.3f} ms"
+    return f"{seconds * 1e3:.3f} ms"
 
 
 def _verdict(value: float, target: float) -> str:
-    return "meets target" if value <= target else "above target"
+    return f"target <= {target:.2f}x: " + ("meets target" if value <= target else "above target")
+
+
+def _report(workload: str, timing: dict[str, Any], memory: dict[str, dict[str, Any]]) -> None:
+    """Print one workload's table. Ratios are medians over repeats of the per-repeat ratio to plain."""
+    samples, iters, n = timing["samples"], timing["iters"], timing["N"]
+    plain = [t for t, _, _ in samples["plain"]]
+    inner = [t for t, _, _ in samples["inner"]]
+    hyper = [t for t, _, _ in samples["hyper"]]
+    fwd = [f for _, f, _ in samples["hyper"]]
+    step = [s for _, _, s in samples["hyper"]]
+    plain_mem = memory["plain"]["peak_mib"]
+
+    def ratio(values: list[float]) -> float:
+        return _median([v / p for v, p in zip(values, plain)])
+
+    def mem_cols(kind: str) -> str:
+        peak = memory[kind]["peak_mib"]
+        rel = f"{peak / plain_mem:8.2f}x" if plain_mem > 0 else "     n/a"
+        return f"{peak:10.2f} MiB{rel}"
+
+    click.echo("")
+    click.echo(f"[{workload}] {WORKLOADS[workload]}")
+    click.echo(f"  {timing['num_params']:,} parameters in W, {timing['num_phi']:,} in phi")
+    click.echo(f"  {'measurement':<34}{'time/step':>12}{'x plain':>9}{'peak mem':>14}{'x plain':>9}   iters/repeat")
+    for label, kind, values in (("plain step (STL)", "plain", plain), ("AuxiLearn inner step", "inner", inner),
+                                ("hypergradient update (total)", "hyper", hyper)):
+        click.echo(f"  {label:<34}{_ms(_median(values)):>12}{ratio(values):8.2f}x{mem_cols(kind)}   {iters[kind]}")
+    click.echo(f"    {'of which 2 forwards (train, aux)':<32}{_ms(_median(fwd)):>12}{ratio(fwd):8.2f}x")
+    click.echo(f"    {'of which HyperOptimizer.step':<32}{_ms(_median(step)):>12}{ratio(step):8.2f}x")
+
+    amortised = _median([(n * i + h) / (n * p) for p, i, h in zip(plain, inner, hyper)])
+    amortised_step = _median([(n * i + s) / (n * p) for p, i, s in zip(plain, inner, step)])
+    click.echo(f"  amortised time (N*inner + hyper) / (N*plain), N={n}, J={timing['J']}: "
+               f"{amortised:.3f}x   {_verdict(amortised, TIME_TARGET)}")
+    click.echo(f"    (with only HyperOptimizer.step as hyper, its 2 forwards left out: {amortised_step:.3f}x)")
+    if plain_mem > 0:
+        aux_peak = max(memory["inner"]["peak_mib"], memory["hyper"]["peak_mib"])
+        mem = aux_peak / plain_mem
+        click.echo(f"  peak memory max(inner, hyper) / plain: {mem:.2f}x   {_verdict(mem, MEMORY_TARGET)}")
+    else:
+        click.echo("  peak memory ratio: n/a (the plain step showed no measurable growth)")
 
 
 @click.command()
 @click.option("--batch-size", default=128, show_default=True, help="training batch size B")
 @click.option("--aux-batch-size", default=None, type=int, help="auxiliary-set batch of the hyper step [default: B]")
-@click.option("--repeats", default=7, show_default=True, help="timed repeats per measurement (median reported)")
+@click.option("--repeats", default=7, show_default=True, help="timed repeats (median reported)")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", default=1, show_default=True, help="torch.set_num_threads in every measurement")
 @click.option("--workload", "workloads", multiple=True, type=click.Choice(list(WORKLOADS)),
-              help="restrict to these workloads [default: all]")
+              help="run only this workload (repeatable) [default: all]")
 def main(batch_size: int, aux_batch_size: int | None, repeats: int, device: str, threads: int,
          workloads: tuple[str, ...]) -> None:
     """Time and peak memory of STL vs AuxiLearn inner and hypergradient steps, with ratios."""
-    if batch_size < 1 or repeats < 1 or threads < 1:
-        raise click.BadParameter("--batch-size, --repeats and --threads must be positive")
+    for name, value in (("--batch-size", batch_size), ("--repeats", repeats), ("--threads", threads),
+                        ("--aux-batch-size", aux_batch_size or 1)):
+        if value < 1:
+            raise click.BadParameter(f"{name} must be positive")
     aux_batch_size = aux_batch_size or batch_size
     started = time.perf_counter()
-    header_done = False
-    for workload in workloads or tuple(WORKLOADS):
-        res = {}
-        for kind in KINDS:
-            spec = dict(workload=workload, kind=kind, batch_size=batch_size, aux_batch_size=aux_batch_size,
-                        repeats=repeats, device=device, threads=threads)
-            timed = _run_fresh({**spec, "mode": "time"})
-            res[kind] = {**timed, **_run_fresh({**spec, "mode": "memory"}, MEMORY_ENV)}
-        info = res["plain"]
-        if not header_done:
-            header_done = True
-            click.echo("AuxiLearn overhead benchmark (report only, nothing is asserted)")
-            click.echo(f"  torch {info['torch']} | device {info['device']} | threads {info['threads']} | "
-                       f"batch {batch_size} (aux batch {aux_batch_size}) | repeats {repeats} (median) | seed {SEED}")
-            click.echo(f"  method {METHOD_NAME} (auxnet {info['auxnet']}) | K={NUM_AUX} auxiliaries | "
-                       f"N=hyper_every={info['N']} | J=neumann_steps={info['J']}")
-            click.echo(f"  tasks: main {TASKS[0][0]}{TASKS[0][1]}, aux "
-                       + ", ".join(f"{k}{d}" if k == "cls" else "reg" for k, d in TASKS[1:]))
-            click.echo(f"  peak memory: {info['mem_how']} over the post-setup baseline, one fresh process each")
-        click.echo("")
-        click.echo(f"[{workload}] {WORKLOADS[workload]}; {info['num_params']:,} params W, "
-                   f"{info['num_phi']:,} params phi")
-        click.echo(f"  {'measurement':<34}{'time/step':>12}{'x plain':>9}{'peak mem':>14}{'x plain':>9}   iters")
-        plain_t, plain_m = res["plain"]["time"], res["plain"]["peak_mib"]
-
-        def mem_ratio(m: float) -> str:
-            return f"{m / plain_m:8.2f}x" if plain_m > 0 else "     n/a"
-
-        rows = [("plain step (STL)", "plain"), ("AuxiLearn inner step", "inner"),
-                ("hypergradient update (total)", "hyper")]
-        for label, kind in rows:
-            r = res[kind]
-            click.echo(f"  {label:<34}{_ms(r['time']):>12}{r['time'] / plain_t:8.2f}x"
-                       f"{r['peak_mib']:>10.2f} MiB{mem_ratio(r['peak_mib'])}   {r['iters']}")
-        h = res["hyper"]
-        click.echo(f"    {'of which 2 forwards (train+aux)':<32}{_ms(h['forwards']):>12}{h['forwards'] / plain_t:8.2f}x")
-        click.echo(f"    {'of which HyperOptimizer.step':<32}{_ms(h['step']):>12}{h['step'] / plain_t:8.2f}x")
-
-        n = info["N"]
-        inner_t, hyper_t = res["inner"]["time"], h["time"]
-        amortised = (n * inner_t + hyper_t) / (n * plain_t)
-        amortised_step_only = (n * inner_t + h["step"]) / (n * plain_t)
-        aux_peak = max(res["inner"]["peak_mib"], h["peak_mib"])
-        click.echo(f"  amortised time (N*inner + hyper) / (N*plain), N={n}, J={info['J']}: "
-                   f"{amortised:.3f}x   target <= {TIME_TARGET}x: {_verdict(amortised, TIME_TARGET)}")
-        click.echo(f"    (counting only HyperOptimizer.step, not its forwards: {amortised_step_only:.3f}x)")
-        if plain_m > 0:
-            mem = aux_peak / plain_m
-            click.echo(f"  peak memory max(inner, hyper) / plain: {mem:.2f}x   "
-                       f"target <= {MEMORY_TARGET}x: {_verdict(mem, MEMORY_TARGET)}")
-        else:
-            click.echo("  peak memory ratio: n/a (plain step showed no measurable growth)")
+    for index, workload in enumerate(workloads or tuple(WORKLOADS)):
+        spec = dict(workload=workload, batch_size=batch_size, aux_batch_size=aux_batch_size,
+                    repeats=repeats, device=device, threads=threads)
+        try:
+            timing = _run_fresh(_measure_time, spec)
+            memory = {kind: _run_fresh(_measure_memory, {**spec, "kind": kind}, MEMORY_ENV) for kind in KINDS}
+        except RuntimeError as err:
+            raise click.ClickException(str(err)) from err
+        if index == 0:
+            click.echo("AuxiLearn overhead benchmark (a report: nothing is asserted)")
+            click.echo(f"  torch {timing['torch']} | device {timing['device']} | threads {timing['threads']} | "
+                       f"batch {batch_size} (aux batch {aux_batch_size}) | seed {SEED}")
+            click.echo(f"  method {METHOD_NAME} (auxnet {timing['auxnet']}) | K={NUM_AUX} auxiliaries | "
+                       f"N=hyper_every={timing['N']} | J=neumann_steps={timing['J']}")
+            click.echo("  tasks: main " + "".join(map(str, TASKS[0])) + ", aux "
+                       + ", ".join(f"{k}{d}" if k == "cls" else k for k, d in TASKS[1:]))
+            click.echo(f"  time: median of {repeats} interleaved repeats in one process; "
+                       "x plain = median of the per-repeat ratios")
+            click.echo(f"  peak memory: {memory['plain']['mem_how']} over the post-setup baseline, "
+                       "one fresh process per measurement")
+        _report(workload, timing, memory)
     click.echo("")
     click.echo(f"total benchmark wall time {time.perf_counter() - started:.1f} s")
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from pipeline.datasets import Dataset, TaskData
-from pipeline.methods import Method, StepContext, build_method
+from pipeline.methods import Method, SharedTrunk, StepContext, build_method
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -99,11 +99,16 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
 
     scale = task_scale(data.num_tasks, cfg.aux_loss_scale).to(device)
 
-    def losses_on(stream: BatchStream) -> Tensor:
+    def losses_and_representation(stream: BatchStream) -> tuple[Tensor, Tensor]:
         x, y = stream.next()
-        return dataset.per_task_losses(model(x), y) * scale
+        z = model.encode(x)
+        return dataset.per_task_losses(model.decode(z), y) * scale, z
+
+    def losses_on(stream: BatchStream) -> Tensor:
+        return losses_and_representation(stream)[0]
 
     w_params = [p for p in model.parameters() if p.requires_grad]
+    shared, last_shared = model.shared_parameters(), model.last_shared_parameters()
     optimizer = make_optimizer(w_params, cfg)
     initial_method_state = _state(method)
     history: dict[str, list] = {"step": [], "train_loss": [], "main_loss": [], "weights": [],
@@ -112,9 +117,9 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
 
     for step in tqdm(range(1, cfg.steps + 1), desc=f"{params.method} seed {seed}", disable=None if progress else True):
         model.train()
-        losses = losses_on(train_stream)
+        losses, z = losses_and_representation(train_stream)
         optimizer.zero_grad(set_to_none=True)
-        train_loss = method.backward(losses)
+        train_loss = method.backward(losses, SharedTrunk(shared, last_shared, z))
         optimizer.step()
         history["step"].append(step)
         history["train_loss"].append(float(train_loss))

@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
+from pipeline.models.base import MultiTaskNet
 from pipeline.splits import random_splits
 
 
@@ -53,7 +54,7 @@ class Dataset(ABC):
         """Read a prepared folder; raise ``DataError`` naming the file if it is missing or malformed."""
 
     @abstractmethod
-    def build_model(self, data: TaskData) -> nn.Module:
+    def build_model(self, data: TaskData) -> MultiTaskNet:
         """The primary network f(x; W)."""
 
     @abstractmethod

@@ -20,6 +20,7 @@ from pipeline.datasets import DATASETS
 from pipeline.datasets.base import DataError, Dataset, TaskData
 from pipeline.io import load_npz, save_npz, write_json
 from pipeline.models import MODELS
+from pipeline.models.base import MultiTaskNet
 
 
 class SyntheticRegression(Dataset):
@@ -53,7 +54,7 @@ class SyntheticRegression(Dataset):
             raise DataError(f"{meta_file}: {len(names)} task names for {y.shape[1]} target columns")
         return TaskData(torch.from_numpy(x), torch.from_numpy(y), list(names), meta)
 
-    def build_model(self, data: TaskData) -> nn.Module:
+    def build_model(self, data: TaskData) -> MultiTaskNet:
         return MODELS.get("shared_linear")(in_features=data.inputs.shape[1])
 
     def per_task_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from pipeline.methods.base import Method, StepContext
+from pipeline.methods.base import Method, SharedTrunk, StepContext
 from pipeline.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
@@ -27,4 +27,4 @@ def build_method(name: str, num_tasks: int, params) -> Method:
     return cls(num_tasks, cfg)
 
 
-__all__ = ["METHODS", "Method", "StepContext", "build_method", "method_config_sections"]
+__all__ = ["METHODS", "Method", "SharedTrunk", "StepContext", "build_method", "method_config_sections"]

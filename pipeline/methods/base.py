@@ -1,8 +1,9 @@
 """The method protocol: how a training step turns per-task losses into an update of W (and of φ, if any).
 
 A method is an ``nn.Module`` so that its auxiliary parameters φ (if any) are saved with ``state_dict``.
-Per step the trainer calls ``backward(losses)`` with per-sample, per-task losses [B, T] (column 0 is
-the main task), steps W's optimiser, then calls ``after_step(ctx)`` where bilevel methods update φ.
+Per step the trainer calls ``backward(losses, shared)`` with per-sample, per-task losses [B, T]
+(column 0 is the main task) and a view of the shared trunk, steps W's optimiser, then calls
+``after_step(ctx)`` where bilevel methods update φ.
 """
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ from typing import Any, Callable, ClassVar
 import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
+
+
+@dataclass
+class SharedTrunk:
+    """What gradient-based weighting methods may look at in ``backward``."""
+
+    params: list[Tensor]  # parameters of the trunk shared by all tasks
+    last_params: list[Tensor]  # the trunk's last layer (GradNorm)
+    representation: Tensor  # z = encode(x) for this batch, still in the graph (MGDA-UB)
 
 
 @dataclass
@@ -43,8 +53,11 @@ class Method(nn.Module):
         """L_T for a batch: a scalar built from the per-sample per-task losses [B, T]."""
         raise NotImplementedError
 
-    def backward(self, losses: Tensor) -> Tensor:
-        """Accumulate ∇W L_T into the primary network's ``.grad``; returns L_T (detached)."""
+    def backward(self, losses: Tensor, shared: SharedTrunk) -> Tensor:
+        """Accumulate ∇W L_T into the primary network's ``.grad``; returns L_T (detached).
+
+        The default differentiates ``training_loss``; gradient-based methods override this.
+        """
         loss = self.training_loss(losses)
         loss.backward()
         return loss.detach()

@@ -5,14 +5,24 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.models import MODELS
+from pipeline.models.base import MultiTaskNet
 
 
 @MODELS.register("shared_linear")
-class SharedLinear(nn.Module):
+class SharedLinear(MultiTaskNet):
     def __init__(self, in_features: int) -> None:
         super().__init__()
         # Random start (from the run's seed) so that seeds differ even with full-batch training.
         self.weight = nn.Parameter(torch.randn(in_features))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor) -> Tensor:
         return x @ self.weight
+
+    def decode(self, z: Tensor) -> Tensor:
+        return z  # every task predicts the same wᵀx
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [self.weight]
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        return [self.weight]

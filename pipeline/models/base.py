@@ -1,0 +1,31 @@
+"""The primary-network protocol: f(x; W) = decode(encode(x)), a shared trunk followed by task heads.
+
+Methods that act on gradients (GradNorm, GCS, MGDA) need to see the trunk: its parameters, its last
+layer, and the shared representation z of the current batch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+
+class MultiTaskNet(nn.Module):
+    def encode(self, x: Tensor) -> Tensor:
+        """The shared representation z."""
+        raise NotImplementedError
+
+    def decode(self, z: Tensor) -> Any:
+        """Task outputs from z (whatever the dataset's ``per_task_losses`` expects)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Any:
+        return self.decode(self.encode(x))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters used by every task (the trunk)."""
+        raise NotImplementedError
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """The trunk's last layer, where GradNorm measures per-task gradient norms."""
+        raise NotImplementedError

@@ -26,6 +26,8 @@ class ParamsError(ValueError):
 
 
 class SplitConfig(StrictModel):
+    """The default ``datasets.<name>.split``: a seeded random partition; the rest of the data is train."""
+
     seed: int = 0
     aux: int = Field(20, ge=1, description="samples pre-allocated from the training data for the auxiliary set")
     val: int = Field(200, ge=1)
@@ -50,13 +52,13 @@ def _section(name: str, configs: dict[str, type[BaseModel]]) -> type[BaseModel]:
 
 def _dataset_profile(name: str, dataset: Any) -> type[BaseModel]:
     """``datasets.<name>``: what each stage reads for this dataset (prepare, split, train)."""
-    split_default = SplitConfig(**dataset.default_split)
+    split_default = dataset.SplitConfig(**dataset.default_split)
     train_default = TrainConfig(**dataset.default_train)
     return create_model(
         f"{name}_profile",
         __base__=StrictModel,
         prepare=(dataset.Config, dataset.Config()),
-        split=(SplitConfig, split_default),
+        split=(dataset.SplitConfig, split_default),
         train=(TrainConfig, train_default),
     )
 
@@ -102,7 +104,7 @@ def _build_params_model() -> type[BaseModel]:
             for name in DATASETS:
                 profile = getattr(self.datasets, name)
                 size = getattr(profile.prepare, "num_samples", None)  # None: known only after ingest
-                held_out = profile.split.aux + profile.split.val + profile.split.test
+                held_out = sum(getattr(profile.split, k, 0) for k in ("aux", "val", "test"))
                 if size is not None and held_out >= size:
                     raise ValueError(
                         f"datasets.{name}.split: aux + val + test = {held_out} leaves no training data "
@@ -119,7 +121,7 @@ def _build_params_model() -> type[BaseModel]:
             return self.profile.prepare
 
         @property
-        def split(self) -> SplitConfig:
+        def split(self) -> Any:
             return self.profile.split
 
         @property

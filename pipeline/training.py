@@ -101,7 +101,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
 
     def losses_and_representation(stream: BatchStream) -> tuple[Tensor, Tensor]:
         x, y = stream.next()
-        z = model.encode(x)
+        z = model.encode(dataset.batch_transform(x, train=True, generator=generator))
         return dataset.per_task_losses(model.decode(z), y) * scale, z
 
     def losses_on(stream: BatchStream) -> Tensor:
@@ -109,7 +109,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
 
     w_params = [p for p in model.parameters() if p.requires_grad]
     shared, last_shared = model.shared_parameters(), model.last_shared_parameters()
-    optimizer = make_optimizer(w_params, cfg)
+    optimizer = make_optimizer(w_params + method.joint_parameters(), cfg)
     initial_method_state = _state(method)
     history: dict[str, list] = {"step": [], "train_loss": [], "main_loss": [], "weights": [],
                                 "val_step": [], "val_main_loss": [], "hyper_step": [], "hypergrad_norm": []}

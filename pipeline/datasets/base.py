@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
+from pipeline.config import SplitConfig as RandomSplitConfig
 from pipeline.models.base import MultiTaskNet
 from pipeline.splits import random_splits
 
@@ -42,6 +43,7 @@ class Dataset(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
     # Defaults of ``datasets.<name>.split`` and ``datasets.<name>.train`` (see ``pipeline.config``).
+    SplitConfig: ClassVar[type[BaseModel]] = RandomSplitConfig  # schema of datasets.<name>.split
     default_split: ClassVar[dict[str, Any]] = {}
     default_train: ClassVar[dict[str, Any]] = {}
 
@@ -69,7 +71,11 @@ class Dataset(ABC):
         """Default: a seeded random partition. Datasets with official splits override this."""
         return random_splits(len(data), split_cfg.aux, split_cfg.val, split_cfg.test, split_cfg.seed)
 
+    def batch_transform(self, x: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
+        """Per-batch input transform: augmentation when ``train``, else the evaluation transform. Default: none."""
+        return x
+
     def main_loss(self, model: nn.Module, data: TaskData, indices: Tensor) -> float:
         with torch.no_grad():
-            out = model(data.inputs[indices])
+            out = model(self.batch_transform(data.inputs[indices], train=False))
             return float(self.per_task_losses(out, data.targets[indices])[:, 0].mean())

@@ -49,6 +49,10 @@ class Method(nn.Module):
         self.num_tasks = num_tasks
         self.cfg = cfg
 
+    def joint_parameters(self) -> list[nn.Parameter]:
+        """Method parameters trained by W's own optimiser on L_T (e.g. Uncertainty's log-variances)."""
+        return []
+
     def training_loss(self, losses: Tensor) -> Tensor:
         """L_T for a batch: a scalar built from the per-sample per-task losses [B, T]."""
         raise NotImplementedError
@@ -82,6 +86,10 @@ class FixedWeights(Method):
         weights = torch.full((num_tasks,), aux_weight)
         weights[0] = 1.0
         self.register_buffer("weights", weights)
+
+    def joint_parameters(self) -> list[nn.Parameter]:
+        """Method parameters trained by W's own optimiser on L_T (e.g. Uncertainty's log-variances)."""
+        return []
 
     def training_loss(self, losses: Tensor) -> Tensor:
         return (losses.mean(0) * self.weights).sum()

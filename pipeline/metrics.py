@@ -16,3 +16,9 @@ def mean_sem(values: Iterable[float]) -> dict[str, float]:
 def aggregate(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
     names = next(iter(per_seed.values())).keys()
     return {name: mean_sem(m[name] for m in per_seed.values()) for name in names}
+
+
+def format_mean_sem(mean: float, sem: float) -> str:
+    """``mean ± sem`` with enough digits to tell methods apart."""
+    digits = 2 if abs(mean) >= 10 else 3 if abs(mean) >= 1 else 4
+    return f"{mean:.{digits}f} ± {sem:.{digits}f}"

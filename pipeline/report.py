@@ -63,7 +63,7 @@ def plot_final_weights(final: np.ndarray, path: Path) -> float:
     rho = float(spearmanr(idx, final.mean(0)).statistic)
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.errorbar(idx, final.mean(0), yerr=final.std(0) / np.sqrt(len(final)), fmt="o", ms=3)
-    ax.set_xlabel("auxiliary task index (noise grows with it)")
+    ax.set_xlabel("auxiliary task index")
     ax.set_ylabel("learned weight")
     ax.set_title(f"final auxiliary weights (Spearman ρ = {rho:.2f})")
     save_figure(fig, path)

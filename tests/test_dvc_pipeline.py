@@ -108,3 +108,13 @@ def test_experiments_switch_method_and_compare(pipeline_repo: Path):
     shown = dvc(pipeline_repo, "exp", "show", "--csv").stdout
     assert "test.main_mse.mean" in shown.splitlines()[0]
     assert any(",equal," in line for line in shown.splitlines()[1:]), shown
+
+
+def test_compare_renders_one_row_per_method(pipeline_repo: Path):
+    proc = subprocess.run(["python", "-m", "pipeline.compare", "--dataset", "toy2d", "--output", "cmp.md"],
+                          cwd=pipeline_repo, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in (pipeline_repo / "cmp.md").read_text().splitlines() if line.startswith("| ")]
+    methods = [r.split("|")[1].strip() for r in rows[1:]]
+    assert methods[:2] == ["stl", "equal"], rows  # paper order; stl from the workspace, equal from the experiment
+    assert all("±" in r for r in rows[1:])

@@ -1,0 +1,86 @@
+"""GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018, Algorithm 1).
+
+Learned task weights w_i (main included, init 1). Each step, with L_i = mean_b ℓ_i:
+
+* W receives ∇_W Σ_i w_i L_i (w treated as constants);
+* G_i = ‖∇_{W_last} w_i L_i‖₂ on the trunk's last layer, Ḡ = mean_i G_i;
+* L̃_i = L_i(t) / L_i(0) (L_i(0): the first step's losses), r_i = L̃_i / mean_j L̃_j;
+* L_grad = Σ_i |G_i − Ḡ · r_i^α| with the target Ḡ · r_i^α a constant (Ḡ included);
+* w takes one step of its own optimiser on ∇_w L_grad only, is clipped to ``min_weight`` and
+  renormalised so that Σ_i w_i = T (the number of tasks).
+
+Since ∇(w_i L_i) = w_i ∇L_i, G_i = w_i ‖∇L_i‖ exactly, so ∂L_grad/∂w_i = sign(G_i − target_i) ‖∇L_i‖ is
+obtained without second-order autograd through the network.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from pipeline.config import StrictModel
+from pipeline.methods import METHODS
+from pipeline.methods.base import SharedTrunk, StepContext
+from pipeline.methods.gradients import WeightingMethod, per_term_gradient_norms
+
+
+class GradNormConfig(StrictModel):
+    alpha: float = Field(1.5, ge=0, description="asymmetry α (1.5 on NYUv2; AuxiLearn grid {0.3, 0.8, 1.5})")
+    lr: float = Field(0.025, gt=0, description="learning rate of the weights' own optimiser")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="optimiser of the task weights w")
+    min_weight: float = Field(1e-3, gt=0, description="floor on every w_i, applied before renormalising")
+    chunk_size: int = Field(32, ge=1, description="tasks whose last-layer gradients are held in memory at once")
+
+
+@METHODS.register("gradnorm")
+class GradNorm(WeightingMethod):
+    uses_aux_set = False
+    config_section = "gradnorm"
+    Config = GradNormConfig
+
+    def __init__(self, num_tasks: int, cfg: GradNormConfig | None = None) -> None:
+        cfg = cfg or GradNormConfig()
+        super().__init__(num_tasks, cfg)
+        # Not in joint_parameters: w is trained only by its own optimiser on L_grad, never on L_T.
+        self.weights = nn.Parameter(torch.ones(num_tasks))
+        self.register_buffer("initial_losses", torch.full((num_tasks,), float("nan")))  # L_i(0)
+        self._optimizer: torch.optim.Optimizer | None = None  # built lazily, after the module is moved
+        self.last_grad_loss = float("nan")
+
+    def _weight_optimizer(self) -> torch.optim.Optimizer:
+        if self._optimizer is None:
+            opt = torch.optim.Adam if self.cfg.optimizer == "adam" else torch.optim.SGD
+            self._optimizer = opt([self.weights], lr=self.cfg.lr)
+        return self._optimizer
+
+    def grad_norm_loss(self, task_losses: Tensor, grad_norms: Tensor) -> Tensor:
+        """L_grad(w) = Σ_i |w_i ‖∇L_i‖ − Ḡ r_i^α| with constant targets; differentiable in ``self.weights``."""
+        g = self.weights * grad_norms
+        ratios = task_losses / self.initial_losses.clamp_min(1e-12)
+        r = ratios / ratios.mean().clamp_min(1e-12)
+        target = (g.mean() * r**self.cfg.alpha).detach()
+        return (g - target).abs().sum()
+
+    def backward(self, losses: Tensor, shared: SharedTrunk) -> Tensor:
+        task_losses = losses.mean(0)
+        if torch.isnan(self.initial_losses).any():
+            self.initial_losses.copy_(task_losses.detach())
+        grad_norms = per_term_gradient_norms(task_losses, shared.last_params, self.cfg.chunk_size)
+        # W's update uses w(t), the weights before this step's update of w.
+        loss = self.apply_weights(losses, self.weights.detach())
+
+        opt = self._weight_optimizer()
+        opt.zero_grad(set_to_none=True)
+        grad_loss = self.grad_norm_loss(task_losses.detach(), grad_norms)
+        grad_loss.backward()
+        opt.step()
+        with torch.no_grad():
+            w = self.weights.clamp_min(self.cfg.min_weight)
+            self.weights.copy_(w * (self.num_tasks / w.sum()))
+        self.last_grad_loss = float(grad_loss.detach())
+        return loss
+
+    def after_step(self, ctx: StepContext) -> dict[str, float]:
+        return {"gradnorm_loss": self.last_grad_loss}

@@ -51,15 +51,31 @@ def _section(name: str, configs: dict[str, type[BaseModel]]) -> type[BaseModel]:
 
 
 def _dataset_profile(name: str, dataset: Any) -> type[BaseModel]:
-    """``datasets.<name>``: what each stage reads for this dataset (prepare, split, train)."""
-    split_default = dataset.SplitConfig(**dataset.default_split)
-    train_default = TrainConfig(**dataset.default_train)
+    """``datasets.<name>``: what each stage reads for this dataset (prepare, split, model, train).
+
+    The dataset's own ``default_split``/``default_train`` sit under whatever the user writes, so a
+    partial section (``train: {steps: 50}``) keeps the dataset's other defaults.
+    """
+    dataset_defaults = {"split": dataset.default_split, "train": dataset.default_train}
+
+    def merge_defaults(cls: Any, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        merged = dict(raw)
+        for key, defaults in dataset_defaults.items():
+            given = raw.get(key, {})
+            if isinstance(given, dict):
+                merged[key] = {**defaults, **given}
+        return merged
+
     return create_model(
         f"{name}_profile",
         __base__=StrictModel,
+        __validators__={"_merge_defaults": model_validator(mode="before")(merge_defaults)},
         prepare=(dataset.Config, dataset.Config()),
-        split=(dataset.SplitConfig, split_default),
-        train=(TrainConfig, train_default),
+        split=(dataset.SplitConfig, dataset.SplitConfig(**dataset.default_split)),
+        model=(dataset.ModelConfig, dataset.ModelConfig()),
+        train=(TrainConfig, TrainConfig(**dataset.default_train)),
     )
 
 

@@ -53,7 +53,7 @@ def load_run(exp: Experiment, params: Any, seed: int) -> TrainedRun:
     method_states = torch_load(folder / "method.pt")
     return TrainedRun(
         seed=seed,
-        model=load_model(exp.dataset, exp.data, torch_load(folder / "model.pt")),
+        model=load_model(exp.dataset, exp.data, torch_load(folder / "model.pt"), params.profile.model),
         method_initial=load_method(params.method, exp.data, params, method_states["initial"]),
         method_final=load_method(params.method, exp.data, params, method_states["final"]),
         history=json.loads((folder / "history.json").read_text()),

@@ -1,7 +1,8 @@
 """Train / aux / val / test index files: disjoint, deterministic from ``split.seed``.
 
 The aux set is pre-allocated from the training data (AuxiLearn §5); methods that do not learn from
-it train on train ∪ aux.
+it train on train ∪ aux. An optional ``unlabelled`` file lists training samples whose main-task label
+is hidden (semi-supervised K-shot, AuxiLearn §5.2): they are trained on the auxiliary tasks only.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 from pipeline.io import atomic_path
 
 SPLITS = ("train", "aux", "val", "test")
+UNLABELLED = "unlabelled"  # optional: a subset of train without the main-task label
 
 
 def random_splits(num_samples: int, aux: int, val: int, test: int, seed: int) -> dict[str, np.ndarray]:
@@ -32,11 +34,16 @@ def check_disjoint(splits: dict[str, np.ndarray]) -> None:
             if i in seen:
                 raise ValueError(f"sample {i} is in both the {seen[i]} and the {name} split")
             seen[i] = name
+    hidden = splits.get(UNLABELLED)
+    if hidden is not None and not np.isin(hidden, splits["train"]).all():
+        raise ValueError("the unlabelled split must be a subset of the train split")
 
 
 def save_splits(folder: Path, splits: dict[str, np.ndarray]) -> None:
     check_disjoint(splits)
-    for name in SPLITS:
+    for name in (*SPLITS, UNLABELLED):
+        if name not in splits:
+            continue
         with atomic_path(folder / f"{name}.npy") as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, splits[name], allow_pickle=False)
@@ -49,4 +56,6 @@ def load_splits(folder: Path) -> dict[str, np.ndarray]:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run `dvc repro split`")
         out[name] = np.load(path, allow_pickle=False)
+    if (folder / f"{UNLABELLED}.npy").is_file():
+        out[UNLABELLED] = np.load(folder / f"{UNLABELLED}.npy", allow_pickle=False)
     return out

@@ -33,26 +33,29 @@ class BatchStream:
     """Endless mini-batches over ``indices``, reshuffled every epoch by a seeded generator (0 = full batch)."""
 
     def __init__(self, data: TaskData, indices: np.ndarray, batch_size: int, generator: torch.Generator,
-                 device: torch.device) -> None:
+                 device: torch.device, main_unlabelled: np.ndarray | None = None) -> None:
         if len(indices) == 0:
             raise ValueError("a batch stream needs at least one sample")
         self.inputs = data.inputs[torch.as_tensor(indices)].to(device)
         self.targets = data.targets[torch.as_tensor(indices)].to(device)
+        hidden = np.zeros(len(indices), bool) if main_unlabelled is None else np.isin(indices, main_unlabelled)
+        self.labelled = torch.as_tensor(~hidden).to(device)  # whether the main-task label may be used
         self.batch_size = batch_size if 0 < batch_size < len(indices) else len(indices)
         self.generator = generator
         self._order: Tensor | None = None
         self._pos = 0
 
-    def next(self) -> tuple[Tensor, Tensor]:
+    def next(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Inputs, targets, and a mask of the samples whose main-task label is known."""
         n = len(self.inputs)
         if self.batch_size == n:
-            return self.inputs, self.targets
+            return self.inputs, self.targets, self.labelled
         if self._order is None or self._pos + self.batch_size > n:
             self._order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
             self._pos = 0
         idx = self._order[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
-        return self.inputs[idx], self.targets[idx]
+        return self.inputs[idx], self.targets[idx], self.labelled[idx]
 
 
 def task_scale(num_tasks: int, aux_loss_scale: float) -> Tensor:
@@ -85,12 +88,12 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     """Train ``params.method`` with ``seed``; keeps the model that is best on the validation main loss."""
     device = device or resolve_device(params.device)
     generator = seed_everything(seed)
-    model = dataset.build_model(data).to(device)
+    model = dataset.build_model(data, params.profile.model).to(device)
     method: Method = build_method(params.method, data.num_tasks, params).to(device)
     cfg = params.train
 
     train_idx = splits["train"] if method.uses_aux_set else np.concatenate([splits["train"], splits["aux"]])
-    train_stream = BatchStream(data, train_idx, cfg.batch_size, generator, device)
+    train_stream = BatchStream(data, train_idx, cfg.batch_size, generator, device, splits.get("unlabelled"))
     aux_batch = getattr(method.cfg, "aux_batch_size", 0)
     aux_stream = BatchStream(data, splits["aux"], aux_batch, generator, device)
     val_idx = torch.as_tensor(splits["val"])
@@ -100,9 +103,13 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     scale = task_scale(data.num_tasks, cfg.aux_loss_scale).to(device)
 
     def losses_and_representation(stream: BatchStream) -> tuple[Tensor, Tensor]:
-        x, y = stream.next()
+        x, y, labelled = stream.next()
         z = model.encode(dataset.batch_transform(x, train=True, generator=generator))
-        return dataset.per_task_losses(model.decode(z), y) * scale, z
+        losses = dataset.per_task_losses(model.decode(z), y) * scale
+        if not labelled.all():  # hidden main labels: no main loss there, batch mean over the labelled ones
+            keep = labelled.to(losses.dtype) * (len(labelled) / labelled.sum().clamp_min(1))
+            losses = torch.cat([(losses[:, 0] * keep)[:, None], losses[:, 1:]], dim=1)
+        return losses, z
 
     def losses_on(stream: BatchStream) -> Tensor:
         return losses_and_representation(stream)[0]
@@ -145,8 +152,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     return RunResult(best_state, initial_method_state, _state(method), history)
 
 
-def load_model(dataset: Dataset, data: TaskData, state: dict[str, Tensor]) -> nn.Module:
-    model = dataset.build_model(data)
+def load_model(dataset: Dataset, data: TaskData, state: dict[str, Tensor], model_cfg: Any) -> nn.Module:
+    model = dataset.build_model(data, model_cfg)
     model.load_state_dict(state)
     return model.eval()
 

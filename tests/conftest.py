@@ -48,7 +48,7 @@ def run_method(dataset: str, method: str, seeds: tuple[int, ...] = (0, 1, 2), ov
     metrics, weights, histories = [], [], []
     for seed in seeds:
         res = train_run(ds, data, splits, params, seed, device=torch.device("cpu"))
-        model = ds.build_model(data)
+        model = ds.build_model(data, params.profile.model)
         model.load_state_dict(res.model_state)
         metrics.append(ds.metrics(model, data, torch.as_tensor(splits["test"])))
         weights.append(res.history["weights"][-1])

@@ -5,5 +5,6 @@ from pipeline.registry import Registry
 DATASETS: Registry[type[Dataset]] = Registry("dataset")
 
 from pipeline.datasets import synthetic  # noqa: E402,F401  (registers toy2d, noisy_aux)
+from pipeline.datasets import cub  # noqa: E402,F401  (registers cub)
 
 __all__ = ["DATASETS", "DataError", "Dataset", "TaskData"]

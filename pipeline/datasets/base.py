@@ -12,6 +12,11 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from pipeline.config import SplitConfig as RandomSplitConfig
+from pipeline.config import StrictModel
+
+
+class NoModelConfig(StrictModel):
+    """``datasets.<name>.model`` of a dataset whose primary network has no settings."""
 from pipeline.models.base import MultiTaskNet
 from pipeline.splits import random_splits
 
@@ -44,6 +49,7 @@ class Dataset(ABC):
     Config: ClassVar[type[BaseModel]]
     # Defaults of ``datasets.<name>.split`` and ``datasets.<name>.train`` (see ``pipeline.config``).
     SplitConfig: ClassVar[type[BaseModel]] = RandomSplitConfig  # schema of datasets.<name>.split
+    ModelConfig: ClassVar[type[BaseModel]] = NoModelConfig  # schema of datasets.<name>.model
     default_split: ClassVar[dict[str, Any]] = {}
     default_train: ClassVar[dict[str, Any]] = {}
 
@@ -56,8 +62,8 @@ class Dataset(ABC):
         """Read a prepared folder; raise ``DataError`` naming the file if it is missing or malformed."""
 
     @abstractmethod
-    def build_model(self, data: TaskData) -> MultiTaskNet:
-        """The primary network f(x; W)."""
+    def build_model(self, data: TaskData, cfg: Any) -> MultiTaskNet:
+        """The primary network f(x; W); ``cfg`` is this dataset's ``ModelConfig``."""
 
     @abstractmethod
     def per_task_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:

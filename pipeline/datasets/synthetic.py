@@ -54,7 +54,7 @@ class SyntheticRegression(Dataset):
             raise DataError(f"{meta_file}: {len(names)} task names for {y.shape[1]} target columns")
         return TaskData(torch.from_numpy(x), torch.from_numpy(y), list(names), meta)
 
-    def build_model(self, data: TaskData) -> MultiTaskNet:
+    def build_model(self, data: TaskData, cfg: Any = None) -> MultiTaskNet:
         return MODELS.get("shared_linear")(in_features=data.inputs.shape[1])
 
     def per_task_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:

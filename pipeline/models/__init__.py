@@ -4,5 +4,6 @@ from pipeline.registry import Registry
 MODELS: Registry = Registry("model")
 
 from pipeline.models import linear  # noqa: E402,F401
+from pipeline.models import vision  # noqa: E402,F401
 
 __all__ = ["MODELS"]

@@ -58,14 +58,14 @@ def plot_weights(steps: np.ndarray, weights: np.ndarray, task_names: list[str], 
 
 
 def plot_final_weights(final: np.ndarray, path: Path) -> float:
-    """Final weight per auxiliary against its index (App. C.3, Figure 6); returns the Spearman correlation."""
+    """Final weight per auxiliary against its index (App. C.3, Figure 6); returns their Spearman correlation."""
     idx = np.arange(1, final.shape[1] + 1)
     rho = float(spearmanr(idx, final.mean(0)).statistic)
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.errorbar(idx, final.mean(0), yerr=final.std(0) / np.sqrt(len(final)), fmt="o", ms=3)
     ax.set_xlabel("auxiliary task index")
     ax.set_ylabel("learned weight")
-    ax.set_title(f"final auxiliary weights (Spearman ρ = {rho:.2f})")
+    ax.set_title(f"final auxiliary weights (Spearman ρ with the index = {rho:.2f})")
     save_figure(fig, path)
     return rho
 

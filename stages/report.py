@@ -7,6 +7,7 @@ import numpy as np
 from pipeline.cli import stage
 from pipeline.experiment import load_experiment, load_run
 from pipeline.io import atomic_dir, write_text
+from pipeline.metrics import format_mean_sem
 from pipeline.paths import FIGURES, METRICS, PLOTS, REPORT_MD
 from pipeline.report import loss_landscapes, mean_history, plot_final_weights, plot_weights, write_csv
 
@@ -31,7 +32,7 @@ def main(params) -> None:
         "",
         "| method | " + " | ".join(metrics["test"]) + " |",
         "|---|" + "---|" * len(metrics["test"]),
-        f"| {params.method} | " + " | ".join(f"{v['mean']:.4f} ± {v['sem']:.4f}" for v in metrics["test"].values()) + " |",
+        f"| {params.method} | " + " | ".join(format_mean_sem(v["mean"], v["sem"]) for v in metrics["test"].values()) + " |",
         "",
         "## Learned auxiliary weights",
         "",
@@ -43,14 +44,18 @@ def main(params) -> None:
         write_csv(plot_dir / "weights.csv", ["step", *names], np.column_stack([steps, weights]))
         losses = np.column_stack([steps, mean_history(runs, "train_loss"), mean_history(runs, "main_loss")])
         write_csv(plot_dir / "losses.csv", ["step", "train_loss", "main_loss"], losses)
-        if final.shape[1] <= 10:
-            lines += ["| task | weight |", "|---|---|"]
-            sem = final.std(0, ddof=1) / np.sqrt(len(final)) if len(final) > 1 else np.zeros(final.shape[1])
-            lines += [f"| {n} | {m:.3f} ± {s:.3f} |" for n, m, s in zip(names[1:], final.mean(0), sem)]
-        else:
+        sem = final.std(0, ddof=1) / np.sqrt(len(final)) if len(final) > 1 else np.zeros(final.shape[1])
+        rows = [f"| {names[j + 1]} | {format_mean_sem(final[:, j].mean(), sem[j])} |"
+                for j in np.argsort(-final.mean(0))]
+        if len(rows) > 10:  # many auxiliaries: the five most and five least weighted
+            rows = rows[:5] + ["| … | |"] + rows[-5:]
+        lines += ["| task | weight |", "|---|---|", *rows, ""]
+        if final.shape[1] > 10:
             rho = plot_final_weights(final, fig_dir / "final_weights.png")
-            lines += [f"Spearman correlation between task index and weight: {rho:.3f}", "",
-                      "![final weights](figures/final_weights.png)"]
+            if exp.dataset.auxiliary_order:
+                lines += [f"Auxiliaries are ordered: {exp.dataset.auxiliary_order}. Spearman correlation "
+                          f"between task index and learned weight: {rho:.3f}", ""]
+            lines += ["![final weights](figures/final_weights.png)"]
         lines += ["", "![weights over training](figures/task_weights.png)", ""]
         if exp.data.inputs.shape[1] == 2 and sum(p.numel() for p in runs[0].model.parameters()) == 2:
             loss_landscapes(exp, runs[0], params, fig_dir / "loss_landscape.png")

@@ -52,6 +52,8 @@ class Dataset(ABC):
     ModelConfig: ClassVar[type[BaseModel]] = NoModelConfig  # schema of datasets.<name>.model
     default_split: ClassVar[dict[str, Any]] = {}
     default_train: ClassVar[dict[str, Any]] = {}
+    # Set when the auxiliaries' index means something (the report then correlates weights with it).
+    auxiliary_order: ClassVar[str | None] = None
 
     @abstractmethod
     def prepare(self, cfg: Any, out_dir: Path) -> None:

@@ -127,6 +127,7 @@ class NoisyAux(SyntheticRegression):
     Config = NoisyAuxConfig
     default_split = {"aux": 100, "val": 100, "test": 1000}
     default_train = {"steps": 2000, "lr": 0.01, "aux_loss_scale": 0.01}  # τ = 1/K keeps Σ aux ≈ main
+    auxiliary_order = "label noise grows with the index"
 
     def generate(self, cfg: NoisyAuxConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         n, d, k = cfg.num_samples, cfg.dim, cfg.num_aux

@@ -1,0 +1,27 @@
+"""The stage chain without DVC on a short noisy_aux run: evaluate and report outputs."""
+import json
+
+import yaml
+from click.testing import CliRunner
+
+from stages import evaluate, prepare, report, split, train
+
+
+def test_report_for_many_auxiliaries(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = {"dataset": "noisy_aux", "method": "auxilearn_linear", "seeds": [0, 1],
+              "datasets": {"noisy_aux": {"train": {"steps": 60}}}, "methods": {"auxilearn": {"hyper_every": 10}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    runner = CliRunner()
+    for cmd, args in ((prepare.main, ["--dataset", "noisy_aux"]), (split.main, []), (train.main, []),
+                      (evaluate.main, []), (report.main, [])):
+        result = runner.invoke(cmd, args)
+        assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert set(metrics["per_seed"]) == {"seed_0", "seed_1"}
+    text = (tmp_path / "reports/report.md").read_text()
+    assert "Auxiliaries are ordered: label noise grows with the index" in text
+    assert text.count("| aux_") == 10 and "| … | |" in text  # five most and five least weighted
+    assert (tmp_path / "reports/figures/final_weights.png").stat().st_size > 1000
+    header = (tmp_path / "reports/plots/weights.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["step", "main", "aux_1"] and len(header) == 102

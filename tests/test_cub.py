@@ -379,3 +379,9 @@ def test_end_to_end_on_the_tiny_layout(tiny, tmp_path, method):
     m = ds.metrics(model, data, torch.as_tensor(splits["test"]))
     assert set(m) == {"top1", "top3", "main_loss"} and all(np.isfinite(v) for v in m.values())
     assert 0 <= m["top1"] <= m["top3"] <= 100
+
+
+def test_real_data_is_resized_to_256_by_default():
+    real = parse_params({"datasets": {"cub": {"prepare": {"source": "path", "root": "/data/CUB_200_2011"}}}})
+    assert real.datasets.cub.prepare.resolved_image_size == 256  # App. B.1
+    assert parse_params({}).datasets.cub.prepare.resolved_image_size == 40  # the small stand-in

@@ -56,8 +56,9 @@ class CubConfig(StrictModel):
         "standin", description="standin: generate the small procedural stand-in; path: ingest the folder at root")
     root: str | None = Field(
         None, description="the CUB_200_2011 folder (with images.txt, images/, attributes/); required for source=path")
-    image_size: int = Field(
-        40, ge=16, description="images are resized to image_size x image_size; the paper uses 256 on the real data")
+    image_size: int | None = Field(
+        None, ge=16, description="images are resized to image_size x image_size; "
+        "default 256 for the real data (App. B.1), 40 for the stand-in")
     standin_num_classes: int = Field(
         60, ge=2, description="stand-in only: number of species (distinct shape/colour/pattern/size combinations)")
     standin_images_per_class: int = Field(
@@ -75,6 +76,12 @@ class CubConfig(StrictModel):
             raise ValueError(f"standin_num_classes = {self.standin_num_classes} exceeds the "
                              f"{len(STANDIN_SPECIES)} distinct stand-in species")
         return self
+
+    @property
+    def resolved_image_size(self) -> int:
+        if self.image_size is not None:
+            return self.image_size
+        return 256 if self.source == "path" else 40
 
 
 class CubModelConfig(StrictModel):
@@ -511,7 +518,7 @@ class Cub(Dataset):
         else:
             root = Path(cfg.root).expanduser()  # type: ignore[arg-type]
             source = "CUB-200-2011"
-        ingest_cub(root, out_dir / H5_NAME, cfg.image_size, {"source": source})
+        ingest_cub(root, out_dir / H5_NAME, cfg.resolved_image_size, {"source": source})
 
     def load(self, folder: Path) -> TaskData:
         path = Path(folder) / H5_NAME

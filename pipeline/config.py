@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -94,18 +95,12 @@ def _build_params_model() -> type[BaseModel]:
         datasets: datasets_section = Field(default_factory=datasets_section)  # type: ignore[valid-type]
         methods: methods_section = Field(default_factory=methods_section)  # type: ignore[valid-type]
 
-        @field_validator("method")
+        @field_validator("method", "dataset")
         @classmethod
-        def _known_method(cls, v: str) -> str:
-            if v not in METHODS:
-                raise ValueError(f"unknown method {v!r}; known: {', '.join(METHODS.names())}")
-            return v
-
-        @field_validator("dataset")
-        @classmethod
-        def _known_dataset(cls, v: str) -> str:
-            if v not in DATASETS:
-                raise ValueError(f"unknown dataset {v!r}; known: {', '.join(DATASETS.names())}")
+        def _registered(cls, v: str, info: ValidationInfo) -> str:
+            registry = METHODS if info.field_name == "method" else DATASETS
+            if v not in registry:
+                raise ValueError(f"unknown {registry.kind} {v!r}; known: {', '.join(registry.names())}")
             return v
 
         @field_validator("seeds")

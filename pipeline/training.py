@@ -1,7 +1,6 @@
 """One training run: a method, a dataset, a seed. Shared by every method and dataset."""
 from __future__ import annotations
 
-
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,7 @@ from pipeline.methods import Method, SharedTrunk, StepContext, build_method
 
 def resolve_device(preference: str) -> torch.device:
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for but torch sees no GPU")
+        raise ValueError("device: cuda was asked for but torch sees no GPU (set device: auto or cpu)")
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(preference)

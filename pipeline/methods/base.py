@@ -47,7 +47,8 @@ class Method(nn.Module):
     def __init__(self, num_tasks: int, cfg: Any = None) -> None:
         super().__init__()
         self.num_tasks = num_tasks
-        self.cfg = cfg
+        # A method built without its section (e.g. in a test) gets its schema's defaults.
+        self.cfg = self.Config() if cfg is None and self.Config is not None else cfg
 
     def joint_parameters(self) -> list[nn.Parameter]:
         """Method parameters trained by W's own optimiser on L_T (e.g. Uncertainty's log-variances)."""

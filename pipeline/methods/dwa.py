@@ -33,12 +33,10 @@ def dwa_weights(previous: Tensor, before_previous: Tensor, temperature: float) -
 
 @METHODS.register("dwa")
 class DWA(WeightingMethod):
-    uses_aux_set = False
     config_section = "dwa"
     Config = DWAConfig
 
     def __init__(self, num_tasks: int, cfg: DWAConfig | None = None) -> None:
-        cfg = cfg or DWAConfig()
         super().__init__(num_tasks, cfg)
         self.register_buffer("lambdas", torch.ones(num_tasks))  # λ for the current epoch
         self.register_buffer("running_sum", torch.zeros(num_tasks))  # Σ of per-step mean losses this epoch

@@ -43,12 +43,11 @@ def similarity_gates(grads: Tensor, variant: str) -> Tensor:
 
 @METHODS.register("gcs")
 class GCS(WeightingMethod):
-    uses_aux_set = False
     config_section = "gcs"
     Config = GCSConfig
 
     def __init__(self, num_tasks: int, cfg: GCSConfig | None = None) -> None:
-        super().__init__(num_tasks, cfg or GCSConfig())
+        super().__init__(num_tasks, cfg)
 
     def backward(self, losses: Tensor, shared: SharedTrunk) -> Tensor:
         grouped = self.cfg.group_auxiliaries

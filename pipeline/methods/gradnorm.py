@@ -36,12 +36,10 @@ class GradNormConfig(StrictModel):
 
 @METHODS.register("gradnorm")
 class GradNorm(WeightingMethod):
-    uses_aux_set = False
     config_section = "gradnorm"
     Config = GradNormConfig
 
     def __init__(self, num_tasks: int, cfg: GradNormConfig | None = None) -> None:
-        cfg = cfg or GradNormConfig()
         super().__init__(num_tasks, cfg)
         # Not in joint_parameters: w is trained only by its own optimiser on L_grad, never on L_T.
         self.weights = nn.Parameter(torch.ones(num_tasks))

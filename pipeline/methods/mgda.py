@@ -96,12 +96,11 @@ def normalizers(grads: Tensor, task_losses: Tensor, kind: str) -> Tensor:
 
 @METHODS.register("mgda")
 class MGDA(WeightingMethod):
-    uses_aux_set = False
     config_section = "mgda"
     Config = MGDAConfig
 
     def __init__(self, num_tasks: int, cfg: MGDAConfig | None = None) -> None:
-        super().__init__(num_tasks, cfg or MGDAConfig())
+        super().__init__(num_tasks, cfg)
 
     def solve(self, losses: Tensor, shared: SharedTrunk) -> Tensor:
         """α* [T] for this batch."""

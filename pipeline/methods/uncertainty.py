@@ -28,14 +28,12 @@ class UncertaintyConfig(StrictModel):
 
 @METHODS.register("uncertainty")
 class Uncertainty(WeightingMethod):
-    uses_aux_set = False
     config_section = "uncertainty"
     Config = UncertaintyConfig
 
     def __init__(self, num_tasks: int, cfg: UncertaintyConfig | None = None) -> None:
-        cfg = cfg or UncertaintyConfig()
         super().__init__(num_tasks, cfg)
-        self.log_vars = nn.Parameter(torch.full((num_tasks,), float(cfg.init_log_variance)))
+        self.log_vars = nn.Parameter(torch.full((num_tasks,), float(self.cfg.init_log_variance)))
 
     def joint_parameters(self) -> list[nn.Parameter]:
         return [self.log_vars]

@@ -40,6 +40,8 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(0, ge=0, description="0 = full batch")
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.01, gt=0)
+    lr_schedule: Literal["constant", "halve_midway", "cosine"] = Field(
+        "constant", description="halve_midway: App. B.2 (NYUv2); cosine: App. B.3 (CIFAR, SVHN)")
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     aux_loss_scale: float = Field(1.0, gt=0, description="τ: every auxiliary loss is multiplied by it (App. B.1)")

@@ -51,10 +51,12 @@ def load_run(exp: Experiment, params: Any, seed: int) -> TrainedRun:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} is missing: run `dvc repro train`")
     method_states = torch_load(folder / "method.pt")
+    method_final = load_method(params.method, exp.dataset, exp.data, params, method_states["final"])
     return TrainedRun(
         seed=seed,
-        model=load_model(exp.dataset, exp.data, torch_load(folder / "model.pt"), params.profile.model),
-        method_initial=load_method(params.method, exp.data, params, method_states["initial"]),
-        method_final=load_method(params.method, exp.data, params, method_states["final"]),
+        model=load_model(exp.dataset, exp.data, torch_load(folder / "model.pt"), params.profile.model,
+                         aux_outputs=method_final.aux_outputs()),
+        method_initial=load_method(params.method, exp.dataset, exp.data, params, method_states["initial"]),
+        method_final=method_final,
         history=json.loads((folder / "history.json").read_text()),
     )

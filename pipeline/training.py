@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +12,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from pipeline.datasets import Dataset, TaskData
-from pipeline.methods import Method, SharedTrunk, StepContext, build_method
+from pipeline.datasets.base import reduce_pixels
+from pipeline.methods import Batch, Method, SharedTrunk, StepContext, build_method
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -37,6 +39,7 @@ class BatchStream:
             raise ValueError("a batch stream needs at least one sample")
         self.inputs = data.inputs[torch.as_tensor(indices)].to(device)
         self.targets = data.targets[torch.as_tensor(indices)].to(device)
+        self.rows = torch.as_tensor(indices).to(device)
         hidden = np.zeros(len(indices), bool) if main_unlabelled is None else np.isin(indices, main_unlabelled)
         self.labelled = torch.as_tensor(~hidden).to(device)  # whether the main-task label may be used
         self.batch_size = batch_size if 0 < batch_size < len(indices) else len(indices)
@@ -44,17 +47,21 @@ class BatchStream:
         self._order: Tensor | None = None
         self._pos = 0
 
-    def next(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Inputs, targets, and a mask of the samples whose main-task label is known."""
+    def next(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Inputs, targets, dataset rows, and a mask of the samples whose main-task label is known."""
         n = len(self.inputs)
         if self.batch_size == n:
-            return self.inputs, self.targets, self.labelled
+            return self.inputs, self.targets, self.rows, self.labelled
         if self._order is None or self._pos + self.batch_size > n:
             self._order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
             self._pos = 0
         idx = self._order[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
-        return self.inputs[idx], self.targets[idx], self.labelled[idx]
+        return self.inputs[idx], self.targets[idx], self.rows[idx], self.labelled[idx]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.inputs) / self.batch_size)
 
 
 def task_scale(num_tasks: int, aux_loss_scale: float) -> Tensor:
@@ -68,6 +75,15 @@ def make_optimizer(params: list[Tensor], cfg: Any) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_lr_schedule(optimizer: torch.optim.Optimizer, cfg: Any) -> torch.optim.lr_scheduler.LRScheduler:
+    """``halve_midway``: App. B.2 (NYUv2) halves the rate half-way; ``cosine``: App. B.3 (CIFAR, SVHN)."""
+    if cfg.lr_schedule == "halve_midway":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[max(1, cfg.steps // 2)], gamma=0.5)
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
 @dataclass
@@ -87,8 +103,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     """Train ``params.method`` with ``seed``; keeps the model that is best on the validation main loss."""
     device = device or resolve_device(params.device)
     generator = seed_everything(seed)
-    model = dataset.build_model(data, params.profile.model).to(device)
-    method: Method = build_method(params.method, data.num_tasks, params).to(device)
+    method: Method = build_method(params.method, data.num_tasks, params, dataset, data).to(device)
+    model = dataset.build_model(data, params.profile.model, aux_outputs=method.aux_outputs()).to(device)
     cfg = params.train
 
     train_idx = splits["train"] if method.uses_aux_set else np.concatenate([splits["train"], splits["aux"]])
@@ -99,27 +115,37 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     val_data = TaskData(data.inputs[val_idx].to(device), data.targets[val_idx].to(device), data.task_names, data.meta)
     all_val = torch.arange(len(val_idx), device=device)
 
-    scale = task_scale(data.num_tasks, cfg.aux_loss_scale).to(device)
+    scale = task_scale(method.num_tasks, cfg.aux_loss_scale).to(device)
 
-    def losses_and_representation(stream: BatchStream) -> tuple[Tensor, Tensor]:
-        x, y, labelled = stream.next()
-        z = model.encode(dataset.batch_transform(x, train=True, generator=generator))
-        losses = dataset.per_task_losses(model.decode(z), y) * scale
+    def next_batch(stream: BatchStream) -> Batch:
+        x, y, rows, labelled = stream.next()
+        x, y = dataset.batch_transform(x, y, train=True, generator=generator)
+        return Batch(x, y, rows, labelled)
+
+    def losses_and_representation(stream: BatchStream, track_hparams: bool = False) -> tuple[Tensor, Tensor]:
+        batch = next_batch(stream)
+        losses, z = method.batch_losses(model, dataset, batch, track_hparams)
+        if not method.needs_loss_images:
+            losses = reduce_pixels(losses)
+        losses = losses * scale.view(1, -1, *([1] * (losses.dim() - 2)))
+        labelled = batch.labelled
         if not labelled.all():  # hidden main labels: no main loss there, batch mean over the labelled ones
             keep = labelled.to(losses.dtype) * (len(labelled) / labelled.sum().clamp_min(1))
+            keep = keep.view(-1, *([1] * (losses.dim() - 2)))
             losses = torch.cat([(losses[:, 0] * keep)[:, None], losses[:, 1:]], dim=1)
         return losses, z
-
-    def losses_on(stream: BatchStream) -> Tensor:
-        return losses_and_representation(stream)[0]
 
     w_params = [p for p in model.parameters() if p.requires_grad]
     shared, last_shared = model.shared_parameters(), model.last_shared_parameters()
     optimizer = make_optimizer(w_params + method.joint_parameters(), cfg)
+    schedule = make_lr_schedule(optimizer, cfg)
     initial_method_state = _state(method)
     history: dict[str, list] = {"step": [], "train_loss": [], "main_loss": [], "weights": [],
-                                "val_step": [], "val_main_loss": [], "hyper_step": [], "hypergrad_norm": []}
+                                "val_step": [], "val_main_loss": [], "hyper_step": [], "hypergrad_norm": [],
+                                "method_log": [], "epoch_seconds": []}
     best_val, best_state = math.inf, _state(model)
+    ctx_common = dict(model=model, dataset=dataset, train_batch=lambda: next_batch(train_stream), loss_scale=scale)
+    epoch_start, epoch_len = time.perf_counter(), train_stream.steps_per_epoch
 
     for step in tqdm(range(1, cfg.steps + 1), desc=f"{params.method} seed {seed}", disable=None if progress else True):
         model.train()
@@ -127,19 +153,28 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         optimizer.zero_grad(set_to_none=True)
         train_loss = method.backward(losses, SharedTrunk(shared, last_shared, z))
         optimizer.step()
+        schedule.step()
         history["step"].append(step)
         history["train_loss"].append(float(train_loss))
-        history["main_loss"].append(float(losses[:, 0].detach().mean()))
+        history["main_loss"].append(float(reduce_pixels(losses)[:, 0].detach().mean()))
         history["weights"].append(method.task_weights(losses).cpu().tolist())
 
-        ctx = StepContext(step, w_params, lambda: losses_on(train_stream), lambda: losses_on(aux_stream))
+        ctx = StepContext(step, w_params, lambda: losses_and_representation(train_stream, True)[0],
+                          lambda: losses_and_representation(aux_stream, True)[0], **ctx_common)
         logs = method.after_step(ctx)
         if "hypergrad_norm" in logs:
             history["hyper_step"].append(step)
             history["hypergrad_norm"].append(logs["hypergrad_norm"])
+        if logs:
+            history["method_log"].append({"step": step, **logs})
+        if step % epoch_len == 0:  # wall time per pass over the training set, for method cost comparisons
+            now = time.perf_counter()
+            history["epoch_seconds"].append(now - epoch_start)
+            epoch_start = now
 
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
+            eval_start = time.perf_counter()
             val = dataset.main_loss(model, val_data, all_val)
             history["val_step"].append(step)
             history["val_main_loss"].append(val)
@@ -147,18 +182,20 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                 best_val, best_state = val, _state(model)
             if not math.isfinite(val):
                 raise FloatingPointError(f"validation loss became {val} at step {step}: lower train.lr")
+            epoch_start += time.perf_counter() - eval_start  # epoch times count training only
 
     return RunResult(best_state, initial_method_state, _state(method), history)
 
 
-def load_model(dataset: Dataset, data: TaskData, state: dict[str, Tensor], model_cfg: Any) -> nn.Module:
-    model = dataset.build_model(data, model_cfg)
+def load_model(dataset: Dataset, data: TaskData, state: dict[str, Tensor], model_cfg: Any,
+               aux_outputs: int = 0) -> nn.Module:
+    model = dataset.build_model(data, model_cfg, aux_outputs=aux_outputs)
     model.load_state_dict(state)
     return model.eval()
 
 
-def load_method(name: str, data: TaskData, params: Any, state: dict[str, Tensor]) -> Method:
-    method = build_method(name, data.num_tasks, params)
+def load_method(name: str, dataset: Dataset, data: TaskData, params: Any, state: dict[str, Tensor]) -> Method:
+    method = build_method(name, data.num_tasks, params, dataset, data)
     method.load_state_dict(state)
     return method
 

@@ -268,13 +268,13 @@ def test_batch_transform_crops_flips_and_normalises(tiny_loaded):
     crop = round(32 * 224 / 256)
     mean, std = torch.tensor(data.meta["mean"]).view(1, 3, 1, 1), torch.tensor(data.meta["std"]).view(1, 3, 1, 1)
     norm = ((x.double() / 255 - mean) / std).float()
-    ev = ds.batch_transform(x, train=False)
+    ev = ds.batch_transform(x, None, train=False)[0]
     off = (32 - crop) // 2
     assert ev.shape == (6, 3, crop, crop) and ev.dtype == torch.float32
     assert torch.allclose(ev, norm[:, :, off:off + crop, off:off + crop], atol=1e-5)
 
-    a = ds.batch_transform(x, train=True, generator=torch.Generator().manual_seed(0))
-    b = ds.batch_transform(x, train=True, generator=torch.Generator().manual_seed(0))
+    a = ds.batch_transform(x, None, train=True, generator=torch.Generator().manual_seed(0))[0]
+    b = ds.batch_transform(x, None, train=True, generator=torch.Generator().manual_seed(0))[0]
     assert a.shape == (6, 3, crop, crop) and torch.equal(a, b)
     # every output is some crop of its own image, possibly mirrored
     for i in range(6):
@@ -282,8 +282,8 @@ def test_batch_transform_crops_flips_and_normalises(tiny_loaded):
         assert any(torch.allclose(a[i], w, atol=1e-5) or torch.allclose(a[i], w.flip(-1), atol=1e-5) for w in windows)
     # the draws differ by seed
     noisy = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
-    c = ds.batch_transform(noisy, train=True, generator=torch.Generator().manual_seed(0))
-    d = ds.batch_transform(noisy, train=True, generator=torch.Generator().manual_seed(1))
+    c = ds.batch_transform(noisy, None, train=True, generator=torch.Generator().manual_seed(0))[0]
+    d = ds.batch_transform(noisy, None, train=True, generator=torch.Generator().manual_seed(1))[0]
     assert not torch.equal(c, d)
 
 
@@ -291,8 +291,8 @@ def test_batch_transform_crops_flips_and_normalises(tiny_loaded):
 def test_batch_transform_on_cuda_matches_cpu(tiny_loaded):
     ds, data, _ = tiny_loaded
     x = data.inputs
-    cpu = ds.batch_transform(x, train=True, generator=torch.Generator().manual_seed(5))
-    gpu = ds.batch_transform(x.cuda(), train=True, generator=torch.Generator().manual_seed(5))
+    cpu = ds.batch_transform(x, None, train=True, generator=torch.Generator().manual_seed(5))[0]
+    gpu = ds.batch_transform(x.cuda(), None, train=True, generator=torch.Generator().manual_seed(5))[0]
     assert gpu.is_cuda and torch.allclose(cpu, gpu.cpu(), atol=1e-6)
 
 

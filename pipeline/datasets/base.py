@@ -64,12 +64,24 @@ class Dataset(ABC):
         """Read a prepared folder; raise ``DataError`` naming the file if it is missing or malformed."""
 
     @abstractmethod
-    def build_model(self, data: TaskData, cfg: Any) -> MultiTaskNet:
-        """The primary network f(x; W); ``cfg`` is this dataset's ``ModelConfig``."""
+    def build_model(self, data: TaskData, cfg: Any, aux_outputs: int = 0) -> MultiTaskNet:
+        """The primary network f(x; W); ``cfg`` is this dataset's ``ModelConfig``.
+
+        ``aux_outputs > 0`` (methods that generate their own auxiliary task, see ``methods/labels.py``)
+        adds one more head on z: ``decode`` then returns ``(outputs, aux_out)`` where ``outputs`` is what
+        it returns without the head and ``aux_out`` has ``aux_outputs`` channels in dim 1, per sample
+        ([B, K]) or per element of the main task's output ([B, K, N points], [B, K, H, W]).
+        Datasets that do not support generated tasks raise ``ValueError`` for ``aux_outputs > 0``.
+        """
 
     @abstractmethod
     def per_task_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        """Per-sample, per-task losses of shape [batch, num_tasks] (column 0: main task)."""
+        """Per-sample, per-task losses: [B, T] (column 0: main task), or [B, T, *pixels] for dense tasks.
+
+        Dense tasks return a *loss image* normalised as a density: the per-pixel loss times
+        (pixels / valid pixels) of that sample and task, and 0 where the pixel is invalid, so that the
+        spatial mean (``reduce_pixels``) is the per-sample loss averaged over the valid pixels.
+        """
 
     @abstractmethod
     def metrics(self, model: nn.Module, data: TaskData, indices: Tensor) -> dict[str, float]:
@@ -79,11 +91,33 @@ class Dataset(ABC):
         """Default: a seeded random partition. Datasets with official splits override this."""
         return random_splits(len(data), split_cfg.aux, split_cfg.val, split_cfg.test, split_cfg.seed)
 
-    def batch_transform(self, x: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
-        """Per-batch input transform: augmentation when ``train``, else the evaluation transform. Default: none."""
-        return x
+    def batch_transform(self, x: Tensor, y: Tensor, train: bool,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Per-batch transform of inputs and targets together (augmentation when ``train``, e.g. a crop
+        or a subset of points, which must pick the same elements of both), else the evaluation
+        transform. Random draws come from ``generator``. Default: none."""
+        return x, y
 
     def main_loss(self, model: nn.Module, data: TaskData, indices: Tensor) -> float:
         with torch.no_grad():
-            out = model(self.batch_transform(data.inputs[indices], train=False))
-            return float(self.per_task_losses(out, data.targets[indices])[:, 0].mean())
+            x, y = self.batch_transform(data.inputs[indices], data.targets[indices], train=False)
+            return float(reduce_pixels(self.per_task_losses(model(x), y))[:, 0].mean())
+
+    # -- generated auxiliary tasks (MAXL, AuxiLearn's label generator): optional --------------------
+
+    def label_groups(self, data: TaskData) -> int:
+        """How many groups own a block of ψ auxiliary classes (the main classes; ShapeNet: the categories)."""
+        raise ValueError(f"dataset {self.name} does not support generated auxiliary tasks")
+
+    def label_group(self, targets: Tensor) -> Tensor:
+        """The group of each sample, a LongTensor [B] in [0, label_groups)."""
+        raise ValueError(f"dataset {self.name} does not support generated auxiliary tasks")
+
+    def build_label_generator(self, data: TaskData, cfg: Any, num_aux_classes: int) -> nn.Module:
+        """A network x -> auxiliary-class logits shaped like ``build_model``'s ``aux_out``."""
+        raise ValueError(f"dataset {self.name} does not support generated auxiliary tasks")
+
+
+def reduce_pixels(losses: Tensor) -> Tensor:
+    """[B, T, *pixels] loss images -> [B, T] per-sample losses (the identity on [B, T])."""
+    return losses.flatten(2).mean(2) if losses.dim() > 2 else losses

@@ -608,13 +608,16 @@ class Cub(Dataset):
 
     # -- model, losses, metrics ----------------------------------------------------------------
 
-    def build_model(self, data: TaskData, cfg: CubModelConfig) -> MultiTaskNet:
+    def build_model(self, data: TaskData, cfg: CubModelConfig, aux_outputs: int = 0) -> MultiTaskNet:
+        if aux_outputs:
+            raise ValueError("cub: generated auxiliary tasks are not supported (its auxiliaries are the attributes)")
         return MODELS.get("image_multihead")(
             num_classes=int(data.meta["num_classes"]), num_attributes=data.num_tasks - 1,
             backbone=cfg.backbone, width=cfg.backbone_width, pretrained_weights=cfg.pretrained_weights)
 
-    def batch_transform(self, x: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 [B, 3, S, S] -> z-scored float [B, 3, s, s], s = round(S·224/256).
+    def batch_transform(self, x: Tensor, y: Tensor, train: bool,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """uint8 [B, 3, S, S] -> z-scored float [B, 3, s, s], s = round(S·224/256); targets unchanged.
 
         Training: a random s x s crop and a horizontal flip per image; the draws come from ``generator``
         on the CPU (so runs repeat on any device) and only the indexing runs on ``x``'s device.
@@ -641,7 +644,7 @@ class Cub(Dataset):
             top, left = (h - crop) // 2, (w - crop) // 2
             x = x[:, :, top: top + crop, left: left + crop]
         mean, std = self._mean.to(x.device), self._std.to(x.device)
-        return ((x.float() / 255.0 - mean) / std).contiguous()
+        return ((x.float() / 255.0 - mean) / std).contiguous(), y
 
     def per_task_losses(self, outputs: tuple[Tensor, Tensor], targets: Tensor) -> Tensor:
         """Column 0: species cross-entropy; columns 1..A: binary cross-entropy of each attribute. [B, 1+A]."""
@@ -665,7 +668,7 @@ class Cub(Dataset):
             with torch.no_grad():
                 for chunk in indices.split(EVAL_CHUNK):
                     x, y = data.inputs[chunk].to(device), data.targets[chunk].to(device)
-                    logits = model(self.batch_transform(x, train=False))[0]
+                    logits = model(self.batch_transform(x, y, train=False)[0])[0]
                     labels = y[:, 0].long()
                     best = logits.topk(min(3, logits.shape[1]), dim=1).indices
                     top1 += int((best[:, 0] == labels).sum())

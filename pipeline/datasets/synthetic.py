@@ -54,7 +54,9 @@ class SyntheticRegression(Dataset):
             raise DataError(f"{meta_file}: {len(names)} task names for {y.shape[1]} target columns")
         return TaskData(torch.from_numpy(x), torch.from_numpy(y), list(names), meta)
 
-    def build_model(self, data: TaskData, cfg: Any = None) -> MultiTaskNet:
+    def build_model(self, data: TaskData, cfg: Any = None, aux_outputs: int = 0) -> MultiTaskNet:
+        if aux_outputs:
+            raise ValueError(f"{self.name}: generated auxiliary tasks are not supported")
         return MODELS.get("shared_linear")(in_features=data.inputs.shape[1])
 
     def per_task_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from pipeline.methods.base import Method, SharedTrunk, StepContext
+from pipeline.methods.base import Batch, Method, SharedTrunk, StepContext
 from pipeline.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
@@ -21,10 +21,15 @@ def method_config_sections() -> dict[str, type[BaseModel]]:
     return sections
 
 
-def build_method(name: str, num_tasks: int, params) -> Method:
+def build_method(name: str, num_given_tasks: int, params, dataset=None, data=None) -> Method:
+    """The method ``name`` for a dataset with ``num_given_tasks`` tasks (plus any it generates itself),
+    bound to ``dataset``/``data`` when given (methods that build networks from the data need them)."""
     cls = METHODS.get(name)
     cfg = params.method_config(cls.config_section) if cls.config_section else None
-    return cls(num_tasks, cfg)
+    method = cls(num_given_tasks + len(cls.generated_tasks), cfg)
+    if dataset is not None:
+        method.bind(dataset, data, params)
+    return method
 
 
-__all__ = ["METHODS", "Method", "SharedTrunk", "StepContext", "build_method", "method_config_sections"]
+__all__ = ["METHODS", "Batch", "Method", "SharedTrunk", "StepContext", "build_method", "method_config_sections"]

@@ -1,9 +1,11 @@
 """The method protocol: how a training step turns per-task losses into an update of W (and of φ, if any).
 
 A method is an ``nn.Module`` so that its auxiliary parameters φ (if any) are saved with ``state_dict``.
-Per step the trainer calls ``backward(losses, shared)`` with per-sample, per-task losses [B, T]
-(column 0 is the main task) and a view of the shared trunk, steps W's optimiser, then calls
-``after_step(ctx)`` where bilevel methods update φ.
+Per step the trainer asks the method for the batch's losses (``batch_losses``: by default the dataset's
+given tasks; methods that generate an auxiliary task add its loss as a column), calls
+``backward(losses, shared)`` with per-sample, per-task losses [B, T] (column 0 is the main task; loss
+images [B, T, H, W] for methods with ``needs_loss_images``) and a view of the shared trunk, steps W's
+optimiser, then calls ``after_step(ctx)`` where bilevel methods update φ.
 """
 from __future__ import annotations
 
@@ -25,11 +27,23 @@ class SharedTrunk:
 
 
 @dataclass
+class Batch:
+    x: Tensor  # inputs after the dataset's batch_transform
+    y: Tensor  # targets, transformed alike
+    index: Tensor  # each sample's row in the dataset (fixed per-sample choices, e.g. random auxiliary labels)
+    labelled: Tensor  # whether each sample's main-task label may be used
+
+
+@dataclass
 class StepContext:
     step: int  # inner steps taken so far, counting from 1
     params: list[Tensor]  # the primary network's trainable parameters W
-    train_losses: Callable[[], Tensor]  # per-sample per-task losses [B, T] on a fresh training batch
+    train_losses: Callable[[], Tensor]  # per-sample per-task losses [B, T] on a fresh training batch (φ in the graph)
     aux_losses: Callable[[], Tensor]  # the same on the auxiliary set
+    model: Any = None  # the primary network (look-ahead methods call it functionally)
+    dataset: Any = None
+    train_batch: Callable[[], Batch] | None = None  # a fresh training batch
+    loss_scale: Tensor | None = None  # τ per task, as applied to the training losses
 
 
 class Method(nn.Module):
@@ -43,12 +57,33 @@ class Method(nn.Module):
     uses_aux_set: ClassVar[bool] = False
     config_section: ClassVar[str | None] = None
     Config: ClassVar[type[BaseModel] | None] = None
+    # True: ``backward``/``training_loss`` get loss images [B, T, H, W] (density-normalised, see
+    # ``Dataset.per_task_losses``) instead of their spatial means [B, T].
+    needs_loss_images: ClassVar[bool] = False
+    # Loss columns this method appends to the dataset's given tasks (generated auxiliaries).
+    generated_tasks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_tasks: int, cfg: Any = None) -> None:
         super().__init__()
         self.num_tasks = num_tasks
         # A method built without its section (e.g. in a test) gets its schema's defaults.
         self.cfg = self.Config() if cfg is None and self.Config is not None else cfg
+
+    def bind(self, dataset: Any, data: Any, params: Any) -> None:
+        """Called once the dataset is known, before training or loading a state (label generators are built here)."""
+
+    def aux_outputs(self) -> int:
+        """Channels of the extra head this method needs on the primary network (0: none)."""
+        return 0
+
+    def batch_losses(self, model: nn.Module, dataset: Any, batch: Batch, track_hparams: bool = False
+                     ) -> tuple[Tensor, Tensor]:
+        """Unscaled per-sample per-task losses of a batch and the shared representation z.
+
+        ``track_hparams``: keep φ (e.g. a label generator) in the graph, for hypergradients.
+        """
+        z = model.encode(batch.x)
+        return dataset.per_task_losses(model.decode(z), batch.y), z
 
     def joint_parameters(self) -> list[nn.Parameter]:
         """Method parameters trained by W's own optimiser on L_T (e.g. Uncertainty's log-variances)."""
@@ -76,7 +111,7 @@ class Method(nn.Module):
         with torch.enable_grad():
             x = losses.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.training_loss(x), x)
-        return grad.sum(0).detach()
+        return grad.transpose(0, 1).flatten(1).sum(1).detach()  # summed over samples (and pixels)
 
 
 class FixedWeights(Method):
@@ -87,10 +122,6 @@ class FixedWeights(Method):
         weights = torch.full((num_tasks,), aux_weight)
         weights[0] = 1.0
         self.register_buffer("weights", weights)
-
-    def joint_parameters(self) -> list[nn.Parameter]:
-        """Method parameters trained by W's own optimiser on L_T (e.g. Uncertainty's log-variances)."""
-        return []
 
     def training_loss(self, losses: Tensor) -> Tensor:
         return (losses.mean(0) * self.weights).sum()

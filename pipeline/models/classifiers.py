@@ -1,0 +1,178 @@
+"""Image classifiers for the learned-auxiliary-task experiments (AuxiLearn §5.4, App. B.3; MAXL §4).
+
+f(x; W) = main logits [B, C] from a backbone's pooled features z [B, F] through one linear head; with
+``aux_outputs > 0`` a second linear head on the same z gives the auxiliary logits [B, K] that a
+generated auxiliary task (MAXL, AuxiLearn's label generator) is trained on. The label generator itself
+is the same class with one head (``aux_outputs = 0``), so primary and auxiliary networks share their
+architecture, as in the papers.
+
+Backbones (all for 32 x 32 inputs, never downloaded, trained from scratch as in the paper):
+
+* ``vgg16``: torchvision's VGG-16 feature configuration ("D": 13 conv3x3 layers in 5 stages, each stage
+  ending in a 2x2 max-pool) with BatchNorm; 32 px become 1 x 1 after the five pools, so z is the flattened
+  last map, 512·width features. AuxiLearn and MAXL use it for CIFAR-10/100.
+* ``convnet4``: the "4-layer ConvNet" of AuxiLearn's SVHN experiment: four conv3x3-BN-ReLU-maxpool2 blocks
+  of 64 channels (the few-shot "Conv-4"), the last 2 x 2 map flattened: 4·64·width features.
+* ``resnet18``: torchvision's ResNet-18 (fc removed, z = its 512 pooled features), optionally with the
+  usual 32-px stem (3x3 stride-1 first conv, no max-pool) instead of the ImageNet 7x7/stride-2 + pool.
+
+``width`` multiplies every channel count (rounded, at least 1): 1 is the papers' size; the CPU-sized
+stand-in defaults use a fraction (see ``pipeline.datasets.cifar``). ResNet-18 comes only at width 1.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+from torchvision.models import resnet18
+from torchvision.models.vgg import cfgs as VGG_CONFIGS
+
+from pipeline.models import MODELS
+from pipeline.models.base import MultiTaskNet
+
+Backbone = Literal["vgg16", "convnet4", "resnet18"]
+BACKBONES: tuple[str, ...] = ("vgg16", "convnet4", "resnet18")
+CONVNET4_CHANNELS = 64
+CONVNET4_POOLED = 2  # the last map is pooled to 2 x 2 (its size for 32-px inputs) and flattened
+
+
+def scaled(channels: int, width: float) -> int:
+    """``channels`` times the width multiplier, rounded, at least 1."""
+    return max(1, round(channels * width))
+
+
+def conv_bn_relu(fan_in: int, fan_out: int) -> nn.Sequential:
+    # No conv bias: the BatchNorm supplies it.
+    return nn.Sequential(nn.Conv2d(fan_in, fan_out, 3, padding=1, bias=False), nn.BatchNorm2d(fan_out),
+                         nn.ReLU(inplace=True))
+
+
+class Backbone2d(nn.Module):
+    """x [B, 3, H, W] -> z [B, out_features]; ``last_block`` is the module whose parameters GradNorm watches."""
+
+    out_features: int
+
+    @property
+    def last_block(self) -> nn.Module:
+        raise NotImplementedError
+
+
+class VGG16Features(Backbone2d):
+    """torchvision's VGG-16 ("D") layer list with BatchNorm, channels scaled; one conv-BN-ReLU unit per conv."""
+
+    def __init__(self, width: float = 1.0, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        fan_in = in_channels
+        for item in VGG_CONFIGS["D"]:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                fan_out = scaled(int(item), width)
+                layers.append(conv_bn_relu(fan_in, fan_out))
+                fan_in = fan_out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # identity on the 1 x 1 map of a 32-px input; other sizes still work
+        self.out_features = fan_in
+        self._last_conv = max(i for i, m in enumerate(layers) if isinstance(m, nn.Sequential))
+
+    @property
+    def last_block(self) -> nn.Module:
+        return self.features[self._last_conv]  # the 13th conv-BN-ReLU
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+
+class ConvNet4(Backbone2d):
+    """Four conv3x3-BN-ReLU-maxpool2 blocks (64·width channels each); the last map pooled to 2 x 2 and flattened."""
+
+    def __init__(self, width: float = 1.0, in_channels: int = 3) -> None:
+        super().__init__()
+        channels = scaled(CONVNET4_CHANNELS, width)
+        blocks = []
+        fan_in = in_channels
+        for _ in range(4):
+            blocks.append(nn.Sequential(*conv_bn_relu(fan_in, channels), nn.MaxPool2d(2)))
+            fan_in = channels
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(CONVNET4_POOLED)
+        self.out_features = channels * CONVNET4_POOLED**2
+
+    @property
+    def last_block(self) -> nn.Module:
+        return self.blocks[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.blocks(x)).flatten(1)
+
+
+class ResNet18Features(Backbone2d):
+    """torchvision's ResNet-18 without its fc; ``small_stem`` swaps the ImageNet stem for a 3x3 stride-1 conv."""
+
+    def __init__(self, small_stem: bool = True) -> None:
+        super().__init__()
+        net = resnet18(weights=None)
+        if small_stem:
+            net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        self.out_features = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    @property
+    def last_block(self) -> nn.Module:
+        return self.net.layer4[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def build_backbone(backbone: str, width: float = 1.0, small_stem: bool = True) -> Backbone2d:
+    """One of ``BACKBONES``; ``width`` scales channels (``resnet18``: 1 only), ``small_stem`` is ResNet's 32-px stem."""
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    if backbone == "vgg16":
+        return VGG16Features(width)
+    if backbone == "convnet4":
+        return ConvNet4(width)
+    if backbone == "resnet18":
+        if width != 1:
+            raise ValueError(f"the resnet18 backbone has no width setting (got width = {width}; use 1)")
+        return ResNet18Features(small_stem)
+    raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
+
+
+@MODELS.register("image_classifier")
+class ImageClassifier(MultiTaskNet):
+    """backbone -> z [B, F] -> main logits [B, C], plus auxiliary logits [B, aux_outputs] when asked for.
+
+    ``decode`` returns the main logits alone when ``aux_outputs == 0`` and ``(main, aux)`` otherwise, so
+    the same class serves as the primary network, the primary network with a generated-task head, and
+    (with ``num_classes`` = the number of auxiliary classes) the label generator.
+    """
+
+    def __init__(self, num_classes: int, backbone: str = "vgg16", width: float = 1.0, aux_outputs: int = 0,
+                 small_stem: bool = True) -> None:
+        super().__init__()
+        if num_classes < 1 or aux_outputs < 0:
+            raise ValueError(f"num_classes must be >= 1 and aux_outputs >= 0, got {num_classes}, {aux_outputs}")
+        self.backbone = build_backbone(backbone, width, small_stem)
+        self.head = nn.Linear(self.backbone.out_features, num_classes)
+        self.aux_head = nn.Linear(self.backbone.out_features, aux_outputs) if aux_outputs else None
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def decode(self, z: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        logits = self.head(z)
+        if self.aux_head is None:
+            return logits
+        return logits, self.aux_head(z)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters())
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """The backbone's last block: VGG-16's last conv-BN, ConvNet-4's last block, ResNet-18's ``layer4[-1]``."""
+        return list(self.backbone.last_block.parameters())

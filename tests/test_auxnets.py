@@ -4,17 +4,23 @@ import torch
 
 from pipeline.auxnets import AUXNETS
 
-KINDS = ["linear", "deep_linear", "nonlinear"]
+KINDS = ["linear", "deep_linear", "nonlinear", "convnet"]
 
 
 def build(kind, tasks=4, init_weight=1.0):
-    return AUXNETS.get(kind)(tasks, hidden_units=10, hidden_layers=4, init_weight=init_weight)
+    return AUXNETS.get(kind)(tasks, hidden_units=10, hidden_layers=4, init_weight=init_weight, conv_layers=4,
+                             kernel_size=3)
+
+
+def random_losses(kind, n, tasks=4):
+    """Per-sample losses [n, T], or loss images [n, T, 6, 5] for the ConvNet."""
+    return torch.rand(n, tasks) * 5 if kind != "convnet" else torch.rand(n, tasks, 6, 5) * 5
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_starts_near_equal_weighting(kind):
     net = build(kind, init_weight=0.5)
-    w = net.effective_weights(torch.ones(8, 4))
+    w = net.effective_weights(torch.ones(8, 4) if kind != "convnet" else torch.ones(8, 4, 8, 8))
     assert torch.allclose(w[1:].mean(), torch.tensor(0.5), rtol=1e-4)
     if kind == "linear":
         assert torch.allclose(w, torch.tensor([0.0, 0.5, 0.5, 0.5]))
@@ -28,13 +34,35 @@ def test_projection_makes_network_monotone(kind):
         for p in net.parameters():
             p.add_(torch.randn_like(p))  # push some weights negative
     net.project()
-    losses = torch.rand(256, 4) * 5
-    grads = torch.stack([net.effective_weights(losses[i : i + 1]) for i in range(len(losses))])
+    losses = random_losses(kind, 64 if kind == "convnet" else 256)
+    if kind == "convnet":  # per pixel: the gradient of g w.r.t. every pixel of every loss channel
+        x = losses.clone().requires_grad_(True)
+        (grads,) = torch.autograd.grad(net(x).sum(), x)
+    else:
+        grads = torch.stack([net.effective_weights(losses[i : i + 1]) for i in range(len(losses))])
     assert (grads >= -1e-7).all()
     # and increasing any one loss never lowers g
     bumped = losses.clone()
     bumped[:, 2] += 1.0
     assert (net(bumped) >= net(losses) - 1e-6).all()
+
+
+def test_convnet_sees_space_and_needs_loss_images():
+    """The ConvNet's output depends on where a loss sits in the image (not only on its mean), so it can
+    weight pixels by their neighbourhood; and a loss vector is refused with the shape named."""
+    torch.manual_seed(0)
+    net = build("convnet")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.rand_like(p))
+    net.project()
+    corner, spread = torch.zeros(1, 4, 6, 6), torch.zeros(1, 4, 6, 6)
+    corner[0, 1, :2, :2] = 9.0  # same total auxiliary loss, concentrated vs spread out
+    spread[0, 1, ::2, ::2] = 4.0
+    assert corner.sum() == spread.sum()
+    assert not torch.allclose(net(corner), net(spread))
+    with pytest.raises(ValueError, match=r"loss images \[B, T, H, W\]"):
+        net(torch.rand(3, 4))
 
 
 def test_linear_ignores_main_loss_input():

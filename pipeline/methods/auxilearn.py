@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from pipeline.auxnets import AUXNETS
 from pipeline.bilevel import HyperOptimizer
 from pipeline.config import StrictModel
+from pipeline.datasets.base import reduce_pixels
 from pipeline.methods import METHODS
 from pipeline.methods.base import Method, StepContext
 
@@ -24,6 +25,15 @@ class AuxiLearnConfig(StrictModel):
     hidden_units: int = Field(10, ge=1)
     hidden_layers: int = Field(4, ge=1, description="hidden layers of deep_linear and nonlinear")
     init_weight: float = Field(1.0, ge=0, description="initial effective weight of every auxiliary")
+    conv_layers: int = Field(4, ge=1, description="convolutions of the ConvNet auxiliary network (§5.3)")
+    kernel_size: int = Field(3, ge=1, description="the ConvNet's kernel size (odd)")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("must be odd, so the loss image keeps its size")
+        return v
 
 
 class AuxiLearn(Method):
@@ -41,6 +51,8 @@ class AuxiLearn(Method):
             hidden_units=cfg.hidden_units,
             hidden_layers=cfg.hidden_layers,
             init_weight=cfg.init_weight,
+            conv_layers=cfg.conv_layers,
+            kernel_size=cfg.kernel_size,
         )
         self.hyper = HyperOptimizer(
             list(self.auxnet.parameters()),
@@ -54,7 +66,7 @@ class AuxiLearn(Method):
         )
 
     def training_loss(self, losses: Tensor) -> Tensor:
-        return (losses[:, 0] + self.auxnet(losses)).mean()
+        return (reduce_pixels(losses)[:, 0] + self.auxnet(losses)).mean()
 
     def after_step(self, ctx: StepContext) -> dict[str, float]:
         if not self.hyper.due(ctx.step):
@@ -67,6 +79,9 @@ class AuxiLearn(Method):
 
 for _kind in ("linear", "deep_linear", "nonlinear"):
     METHODS.add(f"auxilearn_{_kind}", type(f"AuxiLearn_{_kind}", (AuxiLearn,), {"auxnet_kind": _kind}))
+# §5.3: a CNN over loss images, for datasets with dense (per-pixel) tasks.
+METHODS.add("auxilearn_convnet", type("AuxiLearn_convnet", (AuxiLearn,), {"auxnet_kind": "convnet",
+                                                                          "needs_loss_images": True}))
 
 METHODS.add(
     "auxilearn_train_set",

@@ -11,6 +11,10 @@ from torch import Tensor, nn
 
 
 class MultiTaskNet(nn.Module):
+    # Set by models built with ``aux_outputs > 0``: ``decode`` then returns (outputs, generated-task output),
+    # while ``forward`` keeps returning only what the dataset's losses and metrics expect.
+    has_generated_head: bool = False
+
     def encode(self, x: Tensor) -> Tensor:
         """The shared representation z."""
         raise NotImplementedError
@@ -20,7 +24,8 @@ class MultiTaskNet(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Any:
-        return self.decode(self.encode(x))
+        out = self.decode(self.encode(x))
+        return out[0] if self.has_generated_head else out
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters used by every task (the trunk)."""

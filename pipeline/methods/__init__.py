@@ -8,7 +8,7 @@ from pipeline.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
 
-from pipeline.methods import auxilearn, dwa, fixed, gcs, gradnorm, labels, mgda, uncertainty  # noqa: E402,F401  (register the methods)
+from pipeline.methods import auxilearn, dwa, fixed, gcs, gradnorm, labels, mgda, reconstruction, uncertainty  # noqa: E402,F401  (register the methods)
 
 
 def method_config_sections() -> dict[str, type[BaseModel]]:

@@ -101,3 +101,81 @@ def loss_landscapes(exp: Experiment, run: TrainedRun, params: Any, path: Path, g
     axes[0].legend(loc="lower left")
     fig.suptitle(f"loss landscapes on the training set ({params.method}, seed {run.seed}); darker is higher")
     save_figure(fig, path)
+
+
+def method_log_series(runs: Sequence[TrainedRun], key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Steps and the seed-mean of a scalar the method logged (e.g. ``grad_cosine``), or None if never logged."""
+    series = [[(e["step"], e[key]) for e in r.history.get("method_log", []) if key in e] for r in runs]
+    if not series or not all(series) or len({len(s) for s in series}) != 1:
+        return None
+    steps = np.array([s for s, _ in series[0]], dtype=float)
+    return steps, np.mean([[v for _, v in s] for s in series], axis=0)
+
+
+def plot_series(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel: str, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(curves) > 1:
+        ax.legend()
+    save_figure(fig, path)
+
+
+def generated_labels(exp: Experiment, run: TrainedRun, split: str = "test", chunk: int = 256
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Soft auxiliary labels of a split from a trained label method: (labels [N, K], groups [N], rows [N])."""
+    from pipeline.methods.base import Batch
+
+    method = run.method_final
+    rows = torch.as_tensor(exp.splits[split])
+    out, groups = [], []
+    with torch.no_grad():
+        for part in rows.split(chunk):
+            x, y = exp.dataset.batch_transform(exp.data.inputs[part], exp.data.targets[part], train=False)
+            soft = method.soft_labels(Batch(x, y, part, torch.ones(len(part), dtype=torch.bool)))
+            out.append(soft.flatten(2).mean(2) if soft.dim() > 2 else soft)
+            groups.append(exp.dataset.label_group(y))
+    return torch.cat(out).numpy(), torch.cat(groups).numpy(), rows.numpy()
+
+
+def embed_2d(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+    """t-SNE to 2-d (AuxiLearn Figure 4); PCA when scikit-learn is missing or there are too few points."""
+    if len(vectors) > 5:
+        try:
+            from sklearn.manifold import TSNE
+
+            perplexity = float(min(30, (len(vectors) - 1) / 3))
+            return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(vectors), "t-SNE"
+        except ImportError:
+            pass
+    centred = vectors - vectors.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    coords = centred @ vt[:2].T
+    return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1]))), "PCA"
+
+
+def plot_soft_labels(soft: np.ndarray, groups: np.ndarray, mask: np.ndarray, group_names: list[str],
+                     hidden: np.ndarray | None, path: Path, show: Sequence[int] = (0, 1)) -> dict[str, float]:
+    """Figure 4: per main class, a 2-d embedding of its soft auxiliary labels (its own block of ψ classes),
+    coloured by the hidden sub-class where the data has one (the stand-in does). Returns, per shown class,
+    the normalised mutual information between the arg-max auxiliary class and the hidden sub-class."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    fig, axes = plt.subplots(1, len(show), figsize=(5 * len(show), 4.2), squeeze=False)
+    nmi: dict[str, float] = {}
+    for ax, g in zip(axes[0], show):
+        members = groups == g
+        block = soft[members][:, mask[g]]
+        coords, how = embed_2d(block)
+        colour = hidden[members] if hidden is not None else block.argmax(1)
+        sc = ax.scatter(coords[:, 0], coords[:, 1], c=colour, cmap="tab10", s=12)
+        ax.set_title(f"{group_names[g]}: {how} of its {block.shape[1]} soft labels")
+        ax.legend(*sc.legend_elements(), title="hidden sub-class" if hidden is not None else "arg-max class",
+                  fontsize=7, loc="best")
+        if hidden is not None:
+            nmi[group_names[g]] = float(normalized_mutual_info_score(hidden[members], block.argmax(1)))
+    save_figure(fig, path)
+    return nmi

@@ -9,7 +9,8 @@ from pipeline.experiment import load_experiment, load_run
 from pipeline.io import atomic_dir, write_text
 from pipeline.metrics import format_mean_sem
 from pipeline.paths import FIGURES, METRICS, PLOTS, REPORT_MD
-from pipeline.report import loss_landscapes, mean_history, plot_final_weights, plot_weights, write_csv
+from pipeline.report import (generated_labels, loss_landscapes, mean_history, method_log_series, plot_final_weights,
+                             plot_series, plot_soft_labels, plot_weights, write_csv)
 
 
 @click.command()
@@ -20,48 +21,99 @@ def main(params) -> None:
     if not METRICS.is_file():
         raise FileNotFoundError(f"{METRICS} is missing: run `dvc repro evaluate`")
     metrics = json.loads(METRICS.read_text())
-    names = exp.data.task_names
+    names = [*exp.data.task_names, *runs[0].method_final.generated_tasks]
     steps = np.asarray(runs[0].history["step"])
     weights = mean_history(runs, "weights")
     final = np.array([r.history["weights"][-1][1:] for r in runs])
 
+    overall = {k: v for k, v in metrics["test"].items() if "/" not in k}
+    per_group = {k: v for k, v in metrics["test"].items() if "/" in k}  # e.g. miou/<category> (Table 7)
     lines = [
         f"# {params.method} on {params.dataset}",
         "",
         f"Seeds: {params.seeds}. Test metrics of the model best on validation, mean ± SEM over seeds.",
         "",
-        "| method | " + " | ".join(metrics["test"]) + " |",
-        "|---|" + "---|" * len(metrics["test"]),
-        f"| {params.method} | " + " | ".join(format_mean_sem(v["mean"], v["sem"]) for v in metrics["test"].values()) + " |",
+        "| method | " + " | ".join(overall) + " |",
+        "|---|" + "---|" * len(overall),
+        f"| {params.method} | " + " | ".join(format_mean_sem(v["mean"], v["sem"]) for v in overall.values()) + " |",
         "",
+    ]
+    if per_group:
+        lines += ["| " + " | ".join(["metric", "group", params.method]) + " |", "|---|---|---|"]
+        lines += [f"| {k.split('/')[0]} | {k.split('/', 1)[1]} | {format_mean_sem(v['mean'], v['sem'])} |"
+                  for k, v in per_group.items()]
+        lines += [""]
+    epochs = [np.mean(r.history["epoch_seconds"]) for r in runs if r.history.get("epoch_seconds")]
+    if epochs:
+        lines += [f"Mean wall time of a training epoch: {np.mean(epochs):.2f} s (device: {params.device}).", ""]
+    with atomic_dir(FIGURES) as fig_dir, atomic_dir(PLOTS) as plot_dir:
+        losses = np.column_stack([steps, mean_history(runs, "train_loss"), mean_history(runs, "main_loss")])
+        write_csv(plot_dir / "losses.csv", ["step", "train_loss", "main_loss"], losses)
+        write_csv(plot_dir / "weights.csv", ["step", *names], np.column_stack([steps, weights]))
+        if final.shape[1]:  # auxiliaries exist: their learned weights
+            lines += weights_section(exp, steps, weights, final, names, fig_dir, plot_dir)
+        if exp.data.inputs.shape[1] == 2 and sum(p.numel() for p in runs[0].model.parameters()) == 2:
+            loss_landscapes(exp, runs[0], params, fig_dir / "loss_landscape.png")
+            lines += ["## Loss landscapes (paper Figure 2)", "", "![landscapes](figures/loss_landscape.png)", ""]
+        lines += generated_task_section(exp, runs, params, fig_dir, plot_dir)
+    write_text(REPORT_MD, "\n".join(lines))
+    click.echo(f"wrote {REPORT_MD}")
+
+
+def weights_section(exp, steps, weights, final, names, fig_dir, plot_dir) -> list[str]:
+    lines = [
         "## Learned auxiliary weights",
         "",
         "Effective weight of each auxiliary, ∂L_T/∂ℓ_j, at the last step (mean ± SEM over seeds):",
         "",
     ]
-    with atomic_dir(FIGURES) as fig_dir, atomic_dir(PLOTS) as plot_dir:
-        plot_weights(steps, weights, names, fig_dir / "task_weights.png")
-        write_csv(plot_dir / "weights.csv", ["step", *names], np.column_stack([steps, weights]))
-        losses = np.column_stack([steps, mean_history(runs, "train_loss"), mean_history(runs, "main_loss")])
-        write_csv(plot_dir / "losses.csv", ["step", "train_loss", "main_loss"], losses)
-        sem = final.std(0, ddof=1) / np.sqrt(len(final)) if len(final) > 1 else np.zeros(final.shape[1])
-        rows = [f"| {names[j + 1]} | {format_mean_sem(final[:, j].mean(), sem[j])} |"
-                for j in np.argsort(-final.mean(0))]
-        if len(rows) > 10:  # many auxiliaries: the five most and five least weighted
-            rows = rows[:5] + ["| … | |"] + rows[-5:]
-        lines += ["| task | weight |", "|---|---|", *rows, ""]
-        if final.shape[1] > 10:
-            rho = plot_final_weights(final, fig_dir / "final_weights.png")
-            if exp.dataset.auxiliary_order:
-                lines += [f"Auxiliaries are ordered: {exp.dataset.auxiliary_order}. Spearman correlation "
-                          f"between task index and learned weight: {rho:.3f}", ""]
-            lines += ["![final weights](figures/final_weights.png)"]
-        lines += ["", "![weights over training](figures/task_weights.png)", ""]
-        if exp.data.inputs.shape[1] == 2 and sum(p.numel() for p in runs[0].model.parameters()) == 2:
-            loss_landscapes(exp, runs[0], params, fig_dir / "loss_landscape.png")
-            lines += ["## Loss landscapes (paper Figure 2)", "", "![landscapes](figures/loss_landscape.png)", ""]
-    write_text(REPORT_MD, "\n".join(lines))
-    click.echo(f"wrote {REPORT_MD}")
+    plot_weights(steps, weights, names, fig_dir / "task_weights.png")
+    sem = final.std(0, ddof=1) / np.sqrt(len(final)) if len(final) > 1 else np.zeros(final.shape[1])
+    rows = [f"| {names[j + 1]} | {format_mean_sem(final[:, j].mean(), sem[j])} |"
+            for j in np.argsort(-final.mean(0))]
+    if len(rows) > 10:  # many auxiliaries: the five most and five least weighted
+        rows = rows[:5] + ["| … | |"] + rows[-5:]
+    lines += ["| task | weight |", "|---|---|", *rows, ""]
+    if final.shape[1] > 10:
+        rho = plot_final_weights(final, fig_dir / "final_weights.png")
+        if exp.dataset.auxiliary_order:
+            lines += [f"Auxiliaries are ordered: {exp.dataset.auxiliary_order}. Spearman correlation "
+                      f"between task index and learned weight: {rho:.3f}", ""]
+        lines += ["![final weights](figures/final_weights.png)"]
+    lines += ["", "![weights over training](figures/task_weights.png)", ""]
+    return lines
+
+
+def generated_task_section(exp, runs, params, fig_dir, plot_dir) -> list[str]:
+    """Label-learning methods: Figure 4 (soft labels of two main classes), the collapse diagnostic and
+    the auxiliary/main gradient cosine over training (MAXL Figure 4)."""
+    lines: list[str] = []
+    curves = {key: method_log_series(runs, key) for key in ("label_entropy", "grad_cosine")}
+    titles = {"label_entropy": ("entropy of the mean auxiliary label per group / log ψ", "collapse diagnostic"),
+              "grad_cosine": ("cos(∇ℓ_aux, ∇ℓ_main) on shared layers", "auxiliary vs main gradients")}
+    for key, curve in curves.items():
+        if curve is None:
+            continue
+        if not lines:
+            lines += ["## Generated auxiliary task", ""]
+        plot_series({params.method: curve}, *titles[key], fig_dir / f"{key}.png")
+        write_csv(plot_dir / f"{key}.csv", ["step", key], np.column_stack(curve))
+        lines += [f"Final {key.replace('_', ' ')}: {curve[1][-1]:.3f}. ![{key}](figures/{key}.png)", ""]
+    method = runs[0].method_final
+    if hasattr(method, "soft_labels") and getattr(method, "label_source", "") == "generator":
+        soft, groups, rows = generated_labels(exp, runs[0])
+        if soft.ndim == 2 and len(np.unique(groups)) >= 2:
+            hidden = exp.data.meta.get("subclass_labels")
+            hidden = np.asarray(hidden)[rows] if hidden is not None else None
+            names = list(exp.data.meta.get("class_names", [str(g) for g in range(int(groups.max()) + 1)]))
+            nmi = plot_soft_labels(soft, groups, method.mask.cpu().numpy(), names, hidden,
+                                   fig_dir / "soft_labels.png", show=tuple(np.unique(groups)[:2]))
+            lines += ["Soft auxiliary labels of two main classes on the test set (seed "
+                      f"{runs[0].seed}; paper Figure 4):", "", "![soft labels](figures/soft_labels.png)", ""]
+            if nmi:
+                lines += ["Normalised mutual information between the arg-max generated class and the stand-in's "
+                          "hidden sub-class: " + ", ".join(f"{k} {v:.2f}" for k, v in nmi.items()), ""]
+    return lines
 
 
 if __name__ == "__main__":

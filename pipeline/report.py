@@ -179,3 +179,42 @@ def plot_soft_labels(soft: np.ndarray, groups: np.ndarray, mask: np.ndarray, gro
             nmi[group_names[g]] = float(normalized_mutual_info_score(hidden[members], block.argmax(1)))
     save_figure(fig, path)
     return nmi
+
+
+def pixel_weights(method: Any, losses: torch.Tensor) -> torch.Tensor:
+    """Σ_j ∂L_T/∂ℓ_j per pixel of loss images [B, T, H, W] -> [B, H, W], scaled by B·H·W so that
+    plain averaging with weight w shows as w everywhere (AuxiLearn Figure 3e)."""
+    with torch.enable_grad():
+        x = losses.detach().requires_grad_(True)
+        loss = method.training_loss(x if method.needs_loss_images else x.flatten(2).mean(2))
+        (grad,) = torch.autograd.grad(loss, x)
+    b, _, h, w = x.shape
+    return grad.sum(1) * (b * h * w)
+
+
+def loss_image_figure(exp: Experiment, run: TrainedRun, params: Any, path: Path, count: int = 3) -> None:
+    """AuxiLearn Figure 3 for a few test images: image, ground truth, auxiliary loss image (the auxiliary
+    channels summed), main loss image, and the adaptive pixel weight of the trained method."""
+    rows = torch.as_tensor(exp.splits["test"][:count])
+    scale = task_scale(exp.data.num_tasks, params.train.aux_loss_scale)
+    with torch.no_grad():
+        x, y = exp.dataset.batch_transform(exp.data.inputs[rows], exp.data.targets[rows], train=False)
+        losses = exp.dataset.per_task_losses(run.model(x), y) * scale.view(1, -1, 1, 1)
+    weights = pixel_weights(run.method_final, losses)
+    titles = ["(a) image", "(b) ground truth", "(c) auxiliary loss", "(d) main loss", "(e) pixel weight"]
+    fig, axes = plt.subplots(len(rows), 5, figsize=(15, 2.6 * len(rows)), squeeze=False)
+    for i in range(len(rows)):
+        rgb, label = exp.dataset.display(x[i], y[i])
+        panels = [rgb, np.ma.masked_less(label, 0), losses[i, 1:].sum(0).numpy(), losses[i, 0].numpy(),
+                  weights[i].numpy()]
+        cmaps = [None, "tab20", "magma", "magma", "viridis"]
+        for j, (ax, panel, cmap) in enumerate(zip(axes[i], panels, cmaps)):
+            im = ax.imshow(panel, cmap=cmap, interpolation="nearest")
+            if j >= 2:
+                fig.colorbar(im, ax=ax, fraction=0.035)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(titles[j])
+    fig.suptitle(f"loss images and pixel weights: {params.method}, seed {run.seed}")
+    save_figure(fig, path)

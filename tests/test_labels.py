@@ -83,7 +83,7 @@ class Blobs(Dataset):
 
 
 def fake_params(method: str, steps: int = 30, **labels) -> SimpleNamespace:
-    cfg = LabelsConfig(**{"psi": 2, "diagnose_every": 10, "generator_every": 5, **labels})
+    cfg = LabelsConfig(**{"psi": 2, "diagnose_every": 10, "maxl_every": 5, "hyper_every": 5, **labels})
     return SimpleNamespace(method=method, device="cpu", seeds=[0], profile=SimpleNamespace(model=None),
                            train=TrainConfig(steps=steps, batch_size=16, optimizer="sgd", lr=0.1, eval_every=10),
                            method_config=lambda section: cfg)

@@ -103,6 +103,11 @@ class Dataset(ABC):
             x, y = self.batch_transform(data.inputs[indices], data.targets[indices], train=False)
             return float(reduce_pixels(self.per_task_losses(model(x), y))[:, 0].mean())
 
+    def display(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Dense datasets: one transformed sample as an RGB image [H, W, 3] in [0, 1] and its main-task
+        label map [H, W] (negative = ignored), for the report's loss-image figure."""
+        raise ValueError(f"dataset {self.name} has no per-pixel display")
+
     # -- generated auxiliary tasks (MAXL, AuxiLearn's label generator): optional --------------------
 
     def label_groups(self, data: TaskData) -> int:

@@ -467,7 +467,7 @@ def write_svhn(root: Path, raw: RawImages) -> None:
         variables: dict[str, Any] = {
             "X": np.ascontiguousarray(raw.images[rows].transpose(2, 3, 1, 0)),
             "y": np.where(labels == 0, 10, labels).astype(np.uint8)[:, None],
-            "class_names": np.array(raw.names["class"], dtype=object),
+            "class_names": np.array(raw.names["class"]),  # a MATLAB char matrix (rows space-padded)
         }
         if raw.subclass_labels is not None:
             variables["subclass"] = raw.subclass_labels[rows].astype(np.uint8)[:, None]

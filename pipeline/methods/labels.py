@@ -46,7 +46,8 @@ class LabelsConfig(StrictModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, description="MAXL: L1 penalty on θ2; AuxiLearn: SGD weight decay")
     entropy_weight: float = Field(0.2, ge=0, description="λ of MAXL's entropy term")
-    generator_every: int = Field(5, ge=1, description="inner steps between θ2 updates (both methods)")
+    maxl_every: int = Field(1, ge=1, description="MAXL: inner steps between θ2 updates (Alg. 1: one per batch)")
+    hyper_every: int = Field(5, ge=1, description="AuxiLearn: inner steps between θ2 updates (App. B.3: 5, 15, 25)")
     lookahead_lr: float | None = Field(None, gt=0, description="α of MAXL's look-ahead; null = train.lr")
     neumann_steps: int = Field(3, ge=0)
     neumann_lr: float = Field(0.02, gt=0)
@@ -196,7 +197,7 @@ class GeneratedLabels(Method):
                 "label_entropy": float(sum(entropy) / len(entropy))}
 
     def after_step(self, ctx: StepContext) -> dict[str, Any]:
-        logs = self.update_generator(ctx) if self.learns_generator and ctx.step % self.cfg.generator_every == 0 else {}
+        logs = self.update_generator(ctx) if self.learns_generator and ctx.step % self.update_every == 0 else {}
         if ctx.step % self.cfg.diagnose_every == 0:
             logs.update(self.diagnostics(ctx))
         return logs
@@ -208,6 +209,10 @@ class GeneratedLabels(Method):
 @METHODS.register("maxl")
 class Maxl(GeneratedLabels):
     learns_generator = True
+
+    @property
+    def update_every(self) -> int:
+        return self.cfg.maxl_every
 
     def bind(self, dataset: Any, data: Any, params: Any) -> None:
         super().bind(dataset, data, params)
@@ -244,6 +249,10 @@ class AuxiLearnLabels(GeneratedLabels):
     uses_aux_set = True
     learns_generator = True
 
+    @property
+    def update_every(self) -> int:
+        return self.cfg.hyper_every
+
     def bind(self, dataset: Any, data: Any, params: Any) -> None:
         super().bind(dataset, data, params)
         hparams = list(self.generator.parameters())
@@ -254,7 +263,7 @@ class AuxiLearnLabels(GeneratedLabels):
                 init_weight=1.0, conv_layers=1, kernel_size=1)
             hparams += list(self.combiner.parameters())
         self.hyper = HyperOptimizer(hparams, lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                    weight_decay=self.cfg.weight_decay, every=self.cfg.generator_every,
+                                    weight_decay=self.cfg.weight_decay, every=self.cfg.hyper_every,
                                     neumann_steps=self.cfg.neumann_steps, neumann_lr=self.cfg.neumann_lr,
                                     after_update=self.combiner.project if self.combiner is not None else None)
 

@@ -9,7 +9,8 @@ from pipeline.experiment import load_experiment, load_run
 from pipeline.io import atomic_dir, write_text
 from pipeline.metrics import format_mean_sem
 from pipeline.paths import FIGURES, METRICS, PLOTS, REPORT_MD
-from pipeline.report import (generated_labels, loss_landscapes, mean_history, method_log_series, plot_final_weights,
+from pipeline.datasets import Dataset
+from pipeline.report import (generated_labels, loss_image_figure, loss_landscapes, mean_history, method_log_series, plot_final_weights,
                              plot_series, plot_soft_labels, plot_weights, write_csv)
 
 
@@ -56,6 +57,12 @@ def main(params) -> None:
             loss_landscapes(exp, runs[0], params, fig_dir / "loss_landscape.png")
             lines += ["## Loss landscapes (paper Figure 2)", "", "![landscapes](figures/loss_landscape.png)", ""]
         lines += generated_task_section(exp, runs, params, fig_dir, plot_dir)
+        if type(exp.dataset).display is not Dataset.display:  # dense tasks: loss images
+            loss_image_figure(exp, runs[0], params, fig_dir / "loss_images.png")
+            lines += ["## Loss images and pixel weights (paper Figure 3)", "",
+                      "Columns: image, ground truth, auxiliary loss image (auxiliary channels summed, τ applied), "
+                      "main loss image, and the trained method's pixel weight Σ_j ∂L_T/∂ℓ_j (scaled so that a "
+                      "uniform weight w shows as w).", "", "![loss images](figures/loss_images.png)", ""]
     write_text(REPORT_MD, "\n".join(lines))
     click.echo(f"wrote {REPORT_MD}")
 

@@ -7,7 +7,6 @@ import builtins
 import os
 import pickle
 import re
-import shutil
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -118,7 +117,6 @@ def write_tiny_svhn(root: Path) -> SimpleNamespace:
     digits = np.array([0, 7, 3, 9, 0, 1])
     images = np.stack([marked_image(20 + i) for i in range(6)])  # [N, 3, 32, 32]
     for fname, rows in (("train_32x32.mat", slice(0, 4)), ("test_32x32.mat", slice(4, 6))):
-        x = np.zeros((32, 32, 3, 0), dtype=np.uint8)
         x = np.stack([img.transpose(1, 2, 0) for img in images[rows]], axis=3)  # X[row, col, channel, i]
         y = np.where(digits[rows] == 0, 10, digits[rows]).astype(np.uint8)[:, None]
         scipy.io.savemat(root / fname, {"X": x, "y": y})
@@ -200,7 +198,8 @@ class CallsEval:
         return builtins.eval, (f"open({str(self.marker)!r}, 'w')",)
 
 
-@pytest.mark.parametrize("payload, global_name", [(CallsSystem, r"(posix|os)\.system"), (CallsEval, r"(builtins|__builtin__)\.eval")])
+@pytest.mark.parametrize("payload, global_name", [(CallsSystem, r"(posix|os)\.system"),
+                                                  (CallsEval, r"(builtins|__builtin__)\.eval")])
 def test_malicious_pickle_is_refused_without_running_it(tmp_path, payload, global_name):
     tiny = write_tiny_cifar10(tmp_path / "c10")
     marker = tmp_path / "pwned"
@@ -375,14 +374,14 @@ def test_standin_subclasses_differ_in_appearance():
     assert len({s.colour for row in styles for s in row}) == len(cifar.STANDIN_COLOURS)
     raw = cifar.generate_standin(Cifar10.Config(standin_num_classes=2, standin_subclasses=3,
                                                 standin_train_per_class=30, standin_test_per_class=3, standin_noise=0))
-    # images of one (class, sub-class) are closer to each other than to the class's other sub-classes
+    # colour histograms alone put most images nearest their own (class, sub-class) centroid (chance: 1/6)
     feats = raw.images.reshape(len(raw.images), 3, -1).astype(float)
     hist = np.stack([np.histogram(f[c], bins=8, range=(0, 256))[0] for f in feats for c in range(3)]).reshape(
         len(feats), -1)
     keys = raw.labels["class"] * 10 + raw.subclass_labels
     centroids = {k: hist[keys == k].mean(0) for k in np.unique(keys)}
     nearest = np.array([min(centroids, key=lambda k: np.abs(h - centroids[k]).sum()) for h in hist])
-    assert (nearest == keys).mean() > 0.8
+    assert (nearest == keys).mean() > 0.6
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -415,7 +414,8 @@ def test_dataset_models_and_label_generator():
         gen = ds.build_label_generator(data, cfg, num_aux_classes=50)
         assert type(model.backbone).__name__ == family and type(gen.backbone).__name__ == family
         x = torch.randn(3, 3, 32, 32)
-        main, aux = model(x)
+        main, aux = model.decode(model.encode(x))
+        assert torch.equal(model(x), main)  # forward: what the dataset's losses and metrics expect
         assert main.shape == (3, 10) and aux.shape == (3, 50) and gen(x).shape == (3, 50)
         assert ds.build_model(data, cfg)(x).shape == (3, 10)
         assert ds.label_groups(data) == 10
@@ -519,6 +519,6 @@ def test_short_training_run_on_the_standin(tmp_path):
         params = parse_params({"dataset": "cifar10", "method": method, "seeds": [0],
                                "datasets": {"cifar10": {"train": {"steps": 2, "batch_size": 4, "eval_every": 2},
                                                         "model": {"width": 0.0625}}},
-                               "methods": {"labels": {"psi": 2, "generator_every": 1, "diagnose_every": 2}}})
+                               "methods": {"labels": {"psi": 2}}})
         result = train_run(ds, data, splits, params, 0, device=torch.device("cpu"))
         assert np.isfinite(result.history["val_main_loss"]).all()

@@ -132,7 +132,7 @@ class ShapeNetModelConfig(StrictModel):
 
 
 class ShapeNetSplitConfig(StrictModel):
-    """``datasets.shapenet_part.split``: K shapes per category for training, a few for the aux set, official val/test."""
+    """``datasets.shapenet_part.split``: K shapes per category to train on, a few for the aux set, official val/test."""
 
     seed: int = Field(0, description="seed of the per-category draws")
     train_per_category: int = Field(30, ge=0, description="official-train shapes per category in train; "
@@ -624,8 +624,8 @@ def _lamp(rng: np.random.Generator) -> list[Primitive]:
 def _mug(rng: np.random.Generator) -> list[Primitive]:
     """body, handle."""
     r, h = rng.uniform(0.3, 0.45), rng.uniform(0.6, 1.0)
-    handle = trimesh.creation.torus(major_radius=rng.uniform(0.15, 0.25) * h / 0.8, minor_radius=rng.uniform(0.03, 0.06),
-                                    major_sections=16, minor_sections=8)
+    handle = trimesh.creation.torus(major_radius=rng.uniform(0.15, 0.25) * h / 0.8,
+                                    minor_radius=rng.uniform(0.03, 0.06), major_sections=16, minor_sections=8)
     return [(_cylinder(r, h, (0, 0, h / 2)), 0),
             (_placed(handle, (r, 0, h * rng.uniform(0.45, 0.55)), _rot((1, 0, 0), np.pi / 2)), 1)]
 
@@ -900,8 +900,8 @@ class ShapeNetPart(Dataset):
         path = Path(folder) / H5_NAME
         shapes, attrs = read_prepared(path)
         points = torch.from_numpy(shapes.points).permute(0, 2, 1).contiguous()
-        targets = torch.cat([torch.from_numpy(shapes.labels).float(), torch.from_numpy(shapes.category).float()[:, None]],
-                            dim=1)
+        category = torch.from_numpy(shapes.category).float()[:, None]
+        targets = torch.cat([torch.from_numpy(shapes.labels).float(), category], dim=1)
         meta = {
             "source": attrs.get("source", ""),
             "category_names": shapes.category_names,

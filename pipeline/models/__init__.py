@@ -5,5 +5,6 @@ MODELS: Registry = Registry("model")
 
 from pipeline.models import linear  # noqa: E402,F401
 from pipeline.models import vision  # noqa: E402,F401
+from pipeline.models import classifiers  # noqa: E402,F401
 
 __all__ = ["MODELS"]

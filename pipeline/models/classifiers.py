@@ -160,6 +160,7 @@ class ImageClassifier(MultiTaskNet):
         self.backbone = build_backbone(backbone, width, small_stem)
         self.head = nn.Linear(self.backbone.out_features, num_classes)
         self.aux_head = nn.Linear(self.backbone.out_features, aux_outputs) if aux_outputs else None
+        self.has_generated_head = bool(aux_outputs)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.backbone(x)

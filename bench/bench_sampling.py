@@ -35,14 +35,15 @@ from pipeline.datasets import shapenet as sn  # noqa: E402
 
 
 def standin_meshes(count: int, seed: int) -> list[tuple[trimesh.Trimesh, np.ndarray, int]]:
-    """``count`` stand-in meshes (cycling through the categories) with per-face part labels."""
+    """``count`` stand-in meshes (cycling through the categories) with per-face global part ids."""
     rng = np.random.default_rng(seed)
+    offsets = np.cumsum([0] + [len(cat[2]) for cat in sn.STANDIN_CATEGORIES])  # global part ids
     out = []
     for i in range(count):
         c = i % len(sn.STANDIN_CATEGORIES)
         primitives = sn.STANDIN_CATEGORIES[c][3](rng)
         mesh = trimesh.util.concatenate([m for m, _ in primitives])
-        faces = np.concatenate([np.full(len(m.faces), p, dtype=np.int64) for m, p in primitives])
+        faces = np.concatenate([np.full(len(m.faces), p + offsets[c], dtype=np.int64) for m, p in primitives])
         out.append((mesh, faces, c))
     return out
 

@@ -193,7 +193,8 @@ def test_official_mat_is_read_with_mapping_splits_and_normals(tmp_path, normals_
 def test_official_resizes_to_image_size_and_drops_unlisted_images(tmp_path):
     off = write_official(tmp_path / "raw")
     scipy.io.savemat(off.root / "splits_subset.mat", {"trainNdxs": np.array([[1], [3]]), "testNdxs": np.array([[2]])})
-    _, data = prepare_and_load(tmp_path / "out", **official_cfg(off, image_size=(3, 5), splits_file="splits_subset.mat"))
+    cfg = official_cfg(off, image_size=(3, 5), splits_file="splits_subset.mat")
+    _, data = prepare_and_load(tmp_path / "out", **cfg)
     assert data.inputs.shape == (3, 3, 3, 5) and data.targets.shape == (3, 5, 3, 5)
     assert data.meta["sample_ids"].tolist() == [0, 1, 2]
     assert set(data.targets[:, 0].unique().tolist()) <= set(range(-1, 13))

@@ -460,7 +460,8 @@ def test_dgcnn_and_pointnet_shapes_and_trunk():
     model = ds.build_model(data, cfg)
     assert model(x).shape == (2, 7, 40) and model.encode(x).shape == (2, 16, 40)
     with_aux = ds.build_model(data, cfg, aux_outputs=18)
-    main, aux = with_aux(x)
+    main, aux = with_aux.decode(with_aux.encode(x))
+    assert torch.equal(with_aux(x), main)
     assert main.shape == (2, 7, 40) and aux.shape == (2, 18, 40)
     shared = {id(p) for p in with_aux.shared_parameters()}
     assert not shared & {id(p) for p in [*with_aux.part_head.parameters(), *with_aux.aux_head.parameters()]}

@@ -99,8 +99,8 @@ class Nyuv2Config(StrictModel):
                              "or an .npz with those arrays")
     normals_file: str | None = Field(
         None, description="official only, required: surface normals [N, H, W, 3] as .npy or .h5 (dataset 'normals')")
-    standin_train: int = Field(120, ge=2, description="stand-in only: official-train images")
-    standin_test: int = Field(60, ge=1, description="stand-in only: official-test images")
+    standin_train: int = Field(400, ge=2, description="stand-in only: official-train images (400: 40 val, 9 aux)")
+    standin_test: int = Field(200, ge=1, description="stand-in only: official-test images")
     standin_seed: int = Field(0, description="stand-in only: seed of the renderer (same seed, same files)")
 
     @model_validator(mode="after")
@@ -265,7 +265,8 @@ def preprocessed_index(root: Path) -> list[tuple[str, bool, int]]:
 
 
 def read_preprocessed_sample(root: Path, split: str, index: int, size: tuple[int, int]) -> Sample:
-    """One sample of the .npy layout, checked for shape: image [H, W, 3], label [H, W], depth [H, W(, 1)], normal [H, W, 3]."""
+    """One sample of the .npy layout, checked for shape: image [H, W, 3], label [H, W], depth [H, W(, 1)],
+    normal [H, W, 3]."""
     paths = {kind: root / split / kind / f"{index}.npy" for kind in KINDS}
     arrs = {kind: _load_npy(p) for kind, p in paths.items()}
     image = arrs["image"]
@@ -741,7 +742,8 @@ def segmentation_scores(cm: Tensor) -> dict[str, float]:
 
 
 def depth_error_sums(pred: Tensor, target: Tensor) -> Tensor:
-    """[3] float64: sum |d - d*|, sum |d - d*| / d*, number of valid pixels (d* > 0). ``pred`` [B, 1, H, W] or [B, H, W]."""
+    """[3] float64: sum |d - d*|, sum |d - d*| / d*, number of valid pixels (d* > 0).
+    ``pred`` [B, 1, H, W] or [B, H, W], ``target`` [B, H, W]."""
     pred = pred.reshape(target.shape)
     valid = target > 0
     err = (pred[valid] - target[valid]).abs().double()
@@ -865,6 +867,10 @@ class Nyuv2(Dataset):
                         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """uint8 images -> floats in [0, 1] (as Liu et al. feed them); no augmentation, targets unchanged."""
         return (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()), y
+
+    def display(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """A transformed image [3, H, W] as RGB [H, W, 3] in [0, 1], and its label map (-1 = ignored)."""
+        return x.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), y[0].long().cpu().numpy()
 
     def per_task_losses(self, outputs: tuple[Tensor, Tensor, Tensor], targets: Tensor) -> Tensor:
         """[B, 3, H, W] loss images normalised as densities (see ``Dataset.per_task_losses``):

@@ -6,5 +6,7 @@ MODELS: Registry = Registry("model")
 from pipeline.models import linear  # noqa: E402,F401
 from pipeline.models import vision  # noqa: E402,F401
 from pipeline.models import classifiers  # noqa: E402,F401
+from pipeline.models import segnet  # noqa: E402,F401
+from pipeline.models import pointcloud  # noqa: E402,F401
 
 __all__ = ["MODELS"]

@@ -94,6 +94,7 @@ class DGCNNPartSeg(MultiTaskNet):
         self.features = 2 * w
         self.part_head = nn.Conv1d(self.features, num_parts, 1)
         self.aux_head = nn.Conv1d(self.features, aux_outputs, 1) if aux_outputs else None
+        self.has_generated_head = bool(aux_outputs)
 
     def encode(self, x: Tensor) -> Tensor:
         n = x.shape[2]

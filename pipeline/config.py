@@ -53,11 +53,12 @@ def _section(name: str, configs: dict[str, type[BaseModel]]) -> type[BaseModel]:
     return create_model(name, __base__=StrictModel, **fields)
 
 
-def _dataset_profile(name: str, dataset: Any) -> type[BaseModel]:
-    """``datasets.<name>``: what each stage reads for this dataset (prepare, split, model, train).
+def _dataset_profile(name: str, dataset: Any, method_sections: dict[str, type[BaseModel]]) -> type[BaseModel]:
+    """``datasets.<name>``: what each stage reads for this dataset (prepare, split, model, train), and
+    ``methods``: per-dataset overrides of ``methods.<section>`` keys (the papers tune φ per dataset).
 
-    The dataset's own ``default_split``/``default_train`` sit under whatever the user writes, so a
-    partial section (``train: {steps: 50}``) keeps the dataset's other defaults.
+    The dataset's own ``default_split``/``default_train``/``default_methods`` sit under whatever the
+    user writes, so a partial section (``train: {steps: 50}``) keeps the dataset's other defaults.
     """
     dataset_defaults = {"split": dataset.default_split, "train": dataset.default_train}
 
@@ -69,16 +70,36 @@ def _dataset_profile(name: str, dataset: Any) -> type[BaseModel]:
             given = raw.get(key, {})
             if isinstance(given, dict):
                 merged[key] = {**defaults, **given}
+        given_methods = raw.get("methods", {})
+        if isinstance(given_methods, dict):
+            merged["methods"] = {section: {**dataset.default_methods.get(section, {}), **(given_methods.get(section) or {})}
+                                 for section in {*dataset.default_methods, *given_methods}}
         return merged
+
+    def check_method_overrides(cls: Any, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for section, keys in v.items():
+            if section not in method_sections:
+                raise ValueError(f"{section}: unknown method section; known: {', '.join(sorted(method_sections))}")
+            unknown = sorted(set(keys) - set(method_sections[section].model_fields))
+            if unknown:
+                raise ValueError(f"{section}: unknown key {', '.join(unknown)}")
+            try:
+                method_sections[section](**keys)
+            except ValidationError as err:
+                first = err.errors()[0]
+                raise ValueError(f"{section}.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        return v
 
     return create_model(
         f"{name}_profile",
         __base__=StrictModel,
-        __validators__={"_merge_defaults": model_validator(mode="before")(merge_defaults)},
+        __validators__={"_merge_defaults": model_validator(mode="before")(merge_defaults),
+                        "_check_methods": field_validator("methods")(check_method_overrides)},
         prepare=(dataset.Config, dataset.Config()),
         split=(dataset.SplitConfig, dataset.SplitConfig(**dataset.default_split)),
         model=(dataset.ModelConfig, dataset.ModelConfig()),
         train=(TrainConfig, TrainConfig(**dataset.default_train)),
+        methods=(dict[str, dict[str, Any]], {k: dict(v) for k, v in dataset.default_methods.items()}),
     )
 
 
@@ -86,8 +107,9 @@ def _build_params_model() -> type[BaseModel]:
     from pipeline.datasets import DATASETS
     from pipeline.methods import METHODS, method_config_sections
 
-    datasets_section = _section("DatasetsConfig", {n: _dataset_profile(n, DATASETS.get(n)) for n in DATASETS})
-    methods_section = _section("MethodsConfig", method_config_sections())
+    sections = method_config_sections()
+    datasets_section = _section("DatasetsConfig", {n: _dataset_profile(n, DATASETS.get(n), sections) for n in DATASETS})
+    methods_section = _section("MethodsConfig", sections)
 
     class Params(StrictModel):
         method: str = "auxilearn_linear"
@@ -142,7 +164,10 @@ def _build_params_model() -> type[BaseModel]:
             return self.profile.train
 
         def method_config(self, section: str) -> Any:
-            return getattr(self.methods, section)
+            """``methods.<section>`` with this dataset's overrides (``datasets.<dataset>.methods.<section>``) on top."""
+            cfg = getattr(self.methods, section)
+            overrides = self.profile.methods.get(section, {})
+            return type(cfg)(**{**cfg.model_dump(), **overrides}) if overrides else cfg
 
     return Params
 
@@ -189,3 +214,27 @@ def load_params(path: Path | str = PARAMS_FILE) -> Any:
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     return parse_params(raw, str(path))
+
+
+PARAMS_HEADER = """\
+# Parameters of the whole pipeline, validated by pipeline/config.py before any stage does work.
+# `method` and `dataset` pick the run; datasets.<name>.prepare / split / model / train are read by the
+# prepare, split and train stages only; datasets.<name>.methods overrides methods.<section> keys for that
+# dataset (the papers tune φ per dataset); methods.<section> holds each method family's hyperparameters.
+# Every dataset is a procedural stand-in unless its prepare.source names a real format and root points at it.
+# Regenerate the defaults with: python -m pipeline.config > params.yaml
+"""
+
+
+def default_params_yaml() -> str:
+    """params.yaml with every default, and the registered methods and datasets listed in the header."""
+    from pipeline.datasets import DATASETS
+    from pipeline.methods import METHODS
+
+    body = yaml.safe_dump(parse_params({}).model_dump(mode="json"), sort_keys=False)
+    return (PARAMS_HEADER + f"# Methods: {', '.join(METHODS.names())}.\n"
+            f"# Datasets: {', '.join(DATASETS.names())}.\n" + body)
+
+
+if __name__ == "__main__":
+    print(default_params_yaml(), end="")

@@ -90,8 +90,8 @@ class MonotoneNet(nn.Module):
 
 
 def _builder(activation: str, deep: bool, conv: bool = False):
-    def build(num_tasks: int, *, hidden_units: int, hidden_layers: int, init_weight: float, conv_layers: int,
-              kernel_size: int) -> MonotoneNet:
+    def build(num_tasks: int, *, hidden_units: int, hidden_layers: int, init_weight: float, conv_layers: int = 4,
+              kernel_size: int = 3) -> MonotoneNet:
         if conv:
             hidden = [hidden_units] * (conv_layers - 1)  # conv_layers convolutions in all, the last to one channel
         else:

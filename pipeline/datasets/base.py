@@ -52,6 +52,8 @@ class Dataset(ABC):
     ModelConfig: ClassVar[type[BaseModel]] = NoModelConfig  # schema of datasets.<name>.model
     default_split: ClassVar[dict[str, Any]] = {}
     default_train: ClassVar[dict[str, Any]] = {}
+    # Per-dataset overrides of method hyperparameters, {section: {key: value}} (e.g. φ's learning rate).
+    default_methods: ClassVar[dict[str, dict[str, Any]]] = {}
     # Set when the auxiliaries' index means something (the report then correlates weights with it).
     auxiliary_order: ClassVar[str | None] = None
 

@@ -792,11 +792,14 @@ class Nyuv2(Dataset):
     ModelConfig = Nyuv2ModelConfig
     default_split = {"seed": 0, "val_fraction": 0.1, "aux_fraction": 0.025}
     # Paper (App. B.2): Adam, lr 1e-4 for 200 epochs, halved after 100. On the 48 x 64 stand-in with the
-    # default SegNet (width 16, 3 stages) that is far too slow; lr 1e-3 and 600 steps of 8 (~45 epochs of
-    # the 108 train + aux images) take about a minute per seed of single-task training on a CPU and the
+    # default SegNet (width 16, 3 stages) that is far too slow; lr 1e-3 and 600 steps of 8 (~13 epochs of
+    # the 369 train + aux images) take about a minute per seed of single-task training on a CPU and the
     # validation loss flattens near the end; the lr is halved half-way as in the paper.
     default_train = {"steps": 600, "batch_size": 8, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
                      "lr_schedule": "halve_midway", "eval_every": 50}
+    # φ's learning rate from App. B.2's grid {1e-3, 5e-4, 1e-4}: with the global 1e-2 (CUB's grid) the first
+    # hypergradient step of the ConvNet over loss images overshoots and projection zeroes every weight.
+    default_methods = {"auxilearn": {"lr": 1e-4}}
 
     # -- files ---------------------------------------------------------------------------------
 

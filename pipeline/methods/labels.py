@@ -260,7 +260,7 @@ class AuxiLearnLabels(GeneratedLabels):
         if self.cfg.combine != "none":
             self.combiner = AUXNETS.get(self.cfg.combine)(
                 self.num_tasks, hidden_units=self.cfg.hidden_units, hidden_layers=self.cfg.hidden_layers,
-                init_weight=1.0, conv_layers=1, kernel_size=1)
+                init_weight=1.0)
             hparams += list(self.combiner.parameters())
         self.hyper = HyperOptimizer(hparams, lr=self.cfg.lr, momentum=self.cfg.momentum,
                                     weight_decay=self.cfg.weight_decay, every=self.cfg.hyper_every,

@@ -869,6 +869,8 @@ class ShapeNetPart(Dataset):
     # mIoU 72.6 (seed 0, eval_every 25).
     default_train = {"steps": 300, "batch_size": 8, "optimizer": "adam", "lr": 3e-3, "weight_decay": 1e-5,
                      "eval_every": 50, "lr_schedule": "cosine"}
+    # App. C.9: one learned auxiliary segmentation task per category with 6 classes.
+    default_methods = {"labels": {"psi": 6}}
 
     def __init__(self) -> None:
         self._model_cfg = ShapeNetModelConfig()

@@ -103,8 +103,13 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     """Train ``params.method`` with ``seed``; keeps the model that is best on the validation main loss."""
     device = device or resolve_device(params.device)
     generator = seed_everything(seed)
+    # The model is drawn from the seeded RNG before the method, as it always was (published runs repeat);
+    # a method that generates a task needs a head on it, so the model is then drawn again with that head.
+    model = dataset.build_model(data, params.profile.model)
     method: Method = build_method(params.method, data.num_tasks, params, dataset, data).to(device)
-    model = dataset.build_model(data, params.profile.model, aux_outputs=method.aux_outputs()).to(device)
+    if method.aux_outputs():
+        model = dataset.build_model(data, params.profile.model, aux_outputs=method.aux_outputs())
+    model = model.to(device)
     cfg = params.train
 
     train_idx = splits["train"] if method.uses_aux_set else np.concatenate([splits["train"], splits["aux"]])

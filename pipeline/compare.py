@@ -40,10 +40,11 @@ def latest_per_method(rows: list[dict[str, Any]], dataset: str) -> dict[str, dic
 
 
 def metric_names(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Metrics with a value in at least one row (exp show lists every dataset's columns for every row)."""
     names: list[str] = []
     for row in rows.values():
-        for key in row:
-            if key.startswith("test.") and key.endswith(".mean"):
+        for key, value in row.items():
+            if key.startswith("test.") and key.endswith(".mean") and isinstance(value, (int, float)):
                 name = key[len("test."):-len(".mean")]
                 if name not in names:
                     names.append(name)

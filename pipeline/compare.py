@@ -70,10 +70,12 @@ def render_table(rows: dict[str, dict[str, Any]]) -> str:
 @click.option("--dataset", required=True, help="compare the experiments run on this dataset")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="also write the table here (markdown); default: print only")
-def main(dataset: str, output: Path | None) -> None:
+@click.option("--commits", default=1, show_default=True,
+              help="include experiments based on this many commits back from HEAD")
+def main(dataset: str, output: Path | None, commits: int) -> None:
     import dvc.api
 
-    rows = latest_per_method(dvc.api.exp_show(), dataset)
+    rows = latest_per_method(dvc.api.exp_show(num=commits), dataset)
     if not rows:
         raise click.ClickException(f"no experiment with test metrics on dataset {dataset!r}: run `dvc exp run` first")
     table = f"Test metrics on `{dataset}`, mean ± SEM over seeds (latest experiment per method).\n\n" + render_table(rows)

@@ -75,6 +75,7 @@ class HyperOptimizer:
         neumann_steps: int,
         neumann_lr: float,
         after_update: Callable[[], None] | None = None,
+        max_norm: float | None = None,
     ) -> None:
         self.hparams = list(hparams)
         self.optimizer = torch.optim.SGD(self.hparams, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -82,6 +83,7 @@ class HyperOptimizer:
         self.neumann_steps = neumann_steps
         self.neumann_lr = neumann_lr
         self.after_update = after_update
+        self.max_norm = max_norm  # clip the hypergradient's total norm (a truncated Neumann series can spike)
 
     def due(self, step: int) -> bool:
         """Alg. 1: φ is updated after every block of ``every`` inner steps (``step`` counts from 1)."""
@@ -89,13 +91,15 @@ class HyperOptimizer:
 
     def step(self, train_loss: Tensor, aux_loss: Tensor, params: Sequence[Tensor]) -> HyperStepStats:
         grads = neumann_hypergradient(train_loss, aux_loss, params, self.hparams, self.neumann_steps, self.neumann_lr)
+        norm = float(torch.sqrt(sum((g**2).sum() for g in grads)))  # before any clipping
         self.optimizer.zero_grad(set_to_none=True)
         for h, g in zip(self.hparams, grads):
             h.grad = g
+        if self.max_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.hparams, self.max_norm)
         self.optimizer.step()
         if self.after_update is not None:
             self.after_update()
-        norm = float(torch.sqrt(sum((g**2).sum() for g in grads)))
         return HyperStepStats(hypergrad_norm=norm, aux_loss=float(aux_loss.detach()))
 
     def state_dict(self) -> dict:

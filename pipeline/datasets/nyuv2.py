@@ -798,8 +798,10 @@ class Nyuv2(Dataset):
     default_train = {"steps": 600, "batch_size": 8, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
                      "lr_schedule": "halve_midway", "eval_every": 50}
     # φ's learning rate from App. B.2's grid {1e-3, 5e-4, 1e-4}: with the global 1e-2 (CUB's grid) the first
-    # hypergradient step of the ConvNet over loss images overshoots and projection zeroes every weight.
-    default_methods = {"auxilearn": {"lr": 1e-4}}
+    # hypergradient step of the ConvNet over loss images overshoots and projection zeroes every weight, after
+    # which g is constant and can never recover. A single spiking hypergradient (norm 1.3e4 at step 200 of a
+    # stand-in run, where the J = 3 Neumann series diverged) did the same at lr 1e-4, hence the norm clip.
+    default_methods = {"auxilearn": {"lr": 1e-4, "max_hypergrad_norm": 1.0}}
 
     # -- files ---------------------------------------------------------------------------------
 

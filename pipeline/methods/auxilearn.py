@@ -22,6 +22,7 @@ class AuxiLearnConfig(StrictModel):
     neumann_steps: int = Field(3, ge=0, description="J: terms of the truncated Neumann series")
     neumann_lr: float = Field(0.02, gt=0, description="α: Neumann step size, below 2/λ_max of ∇²_W L_T")
     aux_batch_size: int = Field(0, ge=0, description="0 = the whole auxiliary set")
+    max_hypergrad_norm: float | None = Field(None, gt=0, description="clip φ's hypergradient norm; null = never")
     hidden_units: int = Field(10, ge=1)
     hidden_layers: int = Field(4, ge=1, description="hidden layers of deep_linear and nonlinear")
     init_weight: float = Field(1.0, ge=0, description="initial effective weight of every auxiliary")
@@ -63,6 +64,7 @@ class AuxiLearn(Method):
             neumann_steps=cfg.neumann_steps,
             neumann_lr=cfg.neumann_lr,
             after_update=self.auxnet.project,
+            max_norm=cfg.max_hypergrad_norm,
         )
 
     def training_loss(self, losses: Tensor) -> Tensor:

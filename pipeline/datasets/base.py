@@ -4,7 +4,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -99,6 +99,26 @@ class Dataset(ABC):
         or a subset of points, which must pick the same elements of both), else the evaluation
         transform. Random draws come from ``generator``. Default: none."""
         return x, y
+
+    def evaluation_outputs(self, model: nn.Module, data: TaskData, indices: Tensor, chunk: int = 64
+                           ) -> Iterator[tuple[Any, Tensor]]:
+        """(model outputs, targets) over ``indices`` in chunks of ``chunk`` samples on the model's device,
+        after the evaluation transform, in eval mode without gradients; the model's mode is restored."""
+        was_training = model.training
+        model.eval()
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else data.inputs.device
+        indices = torch.as_tensor(indices).to(data.inputs.device)
+        if len(indices) == 0:
+            raise ValueError("metrics need at least one sample")
+        try:
+            with torch.no_grad():
+                for part in indices.split(chunk):
+                    x, y = self.batch_transform(data.inputs[part].to(device), data.targets[part].to(device),
+                                                train=False)
+                    yield model(x), y
+        finally:
+            model.train(was_training)
 
     def main_loss(self, model: nn.Module, data: TaskData, indices: Tensor) -> float:
         with torch.no_grad():

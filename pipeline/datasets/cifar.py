@@ -680,11 +680,6 @@ CIFAR100_FORMAT = RawFormat(read_cifar100, write_cifar100, ("fine", "coarse"), "
 SVHN_FORMAT = RawFormat(read_svhn, write_svhn, ("class",), "SVHN")
 
 
-def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else fallback
-
-
 def _main_logits(outputs: Tensor | tuple[Tensor, Tensor]) -> Tensor:
     return outputs[0] if isinstance(outputs, tuple) else outputs
 
@@ -873,25 +868,12 @@ class ImageClassification(Dataset):
 
     def _evaluate(self, model: nn.Module, data: TaskData, indices: Tensor) -> dict[str, float]:
         """Accuracy (percent) and mean cross-entropy, in chunks, eval mode, no grad."""
-        was_training = model.training
-        model.eval()
-        device = _model_device(model, data.inputs.device)
-        indices = torch.as_tensor(indices).to(data.inputs.device)
-        n = len(indices)
-        if n == 0:
-            raise ValueError("metrics need at least one sample")
         correct, loss = 0, 0.0
-        try:
-            with torch.no_grad():
-                for chunk in indices.split(EVAL_CHUNK):
-                    x, y = data.inputs[chunk].to(device), data.targets[chunk].to(device)
-                    logits = _main_logits(model(self.batch_transform(x, y, train=False)[0]))
-                    labels = y[:, 0].long()
-                    correct += int((logits.argmax(1) == labels).sum())
-                    loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-        finally:
-            model.train(was_training)
-        return {"accuracy": 100.0 * correct / n, "main_loss": loss / n}
+        for outputs, y in self.evaluation_outputs(model, data, indices, EVAL_CHUNK):
+            logits, labels = _main_logits(outputs), y[:, 0].long()
+            correct += int((logits.argmax(1) == labels).sum())
+            loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+        return {"accuracy": 100.0 * correct / len(indices), "main_loss": loss / len(indices)}
 
     def metrics(self, model: nn.Module, data: TaskData, indices: Tensor) -> dict[str, float]:
         """``accuracy``: main-class accuracy in percent (the paper's Table 3); ``main_loss``: mean cross-entropy."""

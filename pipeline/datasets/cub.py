@@ -479,11 +479,6 @@ def _h5_text(values: Any) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else fallback
-
-
 @DATASETS.register("cub")
 class Cub(Dataset):
     """CUB-200-2011 (or its procedural stand-in): species classification with attribute auxiliaries.
@@ -655,27 +650,15 @@ class Cub(Dataset):
 
     def _evaluate(self, model: nn.Module, data: TaskData, indices: Tensor) -> dict[str, float]:
         """Top-1/top-3 accuracy (percent) and mean species cross-entropy, in chunks, eval mode, no grad."""
-        was_training = model.training
-        model.eval()
-        device = _model_device(model, data.inputs.device)
-        indices = torch.as_tensor(indices).to(data.inputs.device)
-        n = len(indices)
-        if n == 0:
-            raise ValueError("metrics need at least one sample")
         top1 = top3 = 0
         loss = 0.0
-        try:
-            with torch.no_grad():
-                for chunk in indices.split(EVAL_CHUNK):
-                    x, y = data.inputs[chunk].to(device), data.targets[chunk].to(device)
-                    logits = model(self.batch_transform(x, y, train=False)[0])[0]
-                    labels = y[:, 0].long()
-                    best = logits.topk(min(3, logits.shape[1]), dim=1).indices
-                    top1 += int((best[:, 0] == labels).sum())
-                    top3 += int((best == labels[:, None]).any(1).sum())
-                    loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-        finally:
-            model.train(was_training)
+        for (logits, _), y in self.evaluation_outputs(model, data, indices, EVAL_CHUNK):
+            labels = y[:, 0].long()
+            best = logits.topk(min(3, logits.shape[1]), dim=1).indices
+            top1 += int((best[:, 0] == labels).sum())
+            top3 += int((best == labels[:, None]).any(1).sum())
+            loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+        n = len(indices)
         return {"top1": 100.0 * top1 / n, "top3": 100.0 * top3 / n, "main_loss": loss / n}
 
     def metrics(self, model: nn.Module, data: TaskData, indices: Tensor) -> dict[str, float]:

@@ -882,28 +882,10 @@ class Nyuv2(Dataset):
         0: cross-entropy (label -1 ignored); 1: L1 depth where depth > 0; 2: 1 - cosine where the normal is non-zero."""
         return pixel_losses(outputs, targets)
 
-    def _chunks(self, model: nn.Module, data: TaskData, indices: Tensor) -> Iterator[tuple[Any, Tensor]]:
-        """(outputs, targets) per chunk, eval mode, no grad; the model's mode is restored afterwards."""
-        was_training = model.training
-        model.eval()
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else data.inputs.device
-        indices = torch.as_tensor(indices).to(data.inputs.device)
-        if len(indices) == 0:
-            raise ValueError("metrics need at least one sample")
-        try:
-            with torch.no_grad():
-                for chunk in indices.split(EVAL_CHUNK):
-                    x, y = self.batch_transform(data.inputs[chunk].to(device), data.targets[chunk].to(device),
-                                                train=False)
-                    yield model(x), y
-        finally:
-            model.train(was_training)
-
     def main_loss(self, model: nn.Module, data: TaskData, indices: Tensor) -> float:
         """Mean per-sample segmentation loss, in chunks."""
         total = sum(float(reduce_pixels(self.per_task_losses(out, y))[:, 0].sum())
-                    for out, y in self._chunks(model, data, indices))
+                    for out, y in self.evaluation_outputs(model, data, indices, EVAL_CHUNK))
         return total / len(indices)
 
     def metrics(self, model: nn.Module, data: TaskData, indices: Tensor) -> dict[str, float]:
@@ -912,7 +894,7 @@ class Nyuv2(Dataset):
         cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
         depth_sums = torch.zeros(3, dtype=torch.float64)
         angles, loss = [], 0.0
-        for (seg, depth, normal), y in self._chunks(model, data, indices):
+        for (seg, depth, normal), y in self.evaluation_outputs(model, data, indices, EVAL_CHUNK):
             cm += confusion_matrix(seg.argmax(1), y[:, 0])
             depth_sums += depth_error_sums(depth, y[:, 1])
             angles.append(normal_angles(normal, y[:, 2:5]).float())

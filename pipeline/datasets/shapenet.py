@@ -841,11 +841,6 @@ def miou_summary(ious: Tensor, category: Tensor, category_names: Sequence[str]) 
 # ----------------------------------------------------------------------------------------------
 
 
-def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else fallback
-
-
 def _main_logits(outputs: Tensor | tuple[Tensor, Tensor]) -> Tensor:
     return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
 
@@ -1003,29 +998,17 @@ class ShapeNetPart(Dataset):
 
     def _evaluate(self, model: nn.Module, data: TaskData, indices: Tensor, with_iou: bool) -> dict[str, float]:
         """Chunks of EVAL_CHUNK shapes, eval mode, no grad, every point."""
-        was_training = model.training
-        model.eval()
-        device = _model_device(model, data.inputs.device)
-        indices = torch.as_tensor(indices).to(data.inputs.device)
-        if len(indices) == 0:
-            raise ValueError("metrics need at least one shape")
         mask = part_mask(data.meta["parts_per_category"], int(data.meta["num_parts"]))
         losses, ious, cats = [], [], []
-        try:
-            with torch.no_grad():
-                for chunk in indices.split(EVAL_CHUNK):
-                    x, y = self.batch_transform(data.inputs[chunk].to(device), data.targets[chunk].to(device),
-                                                train=False)
-                    logits = _main_logits(model(x))
-                    losses.append(self.per_task_losses(logits, y)[:, 0].cpu())
-                    if with_iou:
-                        n = logits.shape[2]
-                        category = y[:, n].long()
-                        pred = restricted_argmax(logits, category, mask)
-                        ious.append(shape_ious(pred, y[:, :n].long(), category, mask).cpu())
-                        cats.append(category.cpu())
-        finally:
-            model.train(was_training)
+        for outputs, y in self.evaluation_outputs(model, data, indices, EVAL_CHUNK):
+            logits = _main_logits(outputs)
+            losses.append(self.per_task_losses(logits, y)[:, 0].cpu())
+            if with_iou:
+                n = logits.shape[2]
+                category = y[:, n].long()
+                pred = restricted_argmax(logits, category, mask)
+                ious.append(shape_ious(pred, y[:, :n].long(), category, mask).cpu())
+                cats.append(category.cpu())
         out = {"main_loss": float(torch.cat(losses).mean())}
         if with_iou:
             out.update(miou_summary(torch.cat(ious), torch.cat(cats), data.meta["category_names"]))

@@ -55,7 +55,8 @@ def trained(dataset: str, method: str) -> tuple[Experiment, TrainedRun, object]:
     return Experiment(ds, data, splits), TrainedRun(0, model, initial, final, res.history), params
 
 
-@pytest.mark.parametrize("method", ["stl", "equal", "gradnorm", "mgda", "auxilearn_nonlinear", "auxilearn_convnet"])
+@pytest.mark.parametrize("method", ["stl", "equal", "uncertainty", "dwa", "gradnorm", "gcs", "mgda", "auxilearn_linear",
+                                    "auxilearn_deep_linear", "auxilearn_nonlinear", "auxilearn_convnet"])
 def test_nyuv2_methods_train_and_evaluate(method):
     exp, run, _ = trained("nyuv2", method)
     metrics = exp.dataset.metrics(run.model, exp.data, torch.as_tensor(exp.splits["test"]))

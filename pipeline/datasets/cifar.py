@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from pipeline.config import StrictModel
 from pipeline.datasets import DATASETS
 from pipeline.datasets.base import DataError, Dataset, TaskData
+from pipeline.datasets.images import ChannelNorm, random_crops
 from pipeline.models import MODELS
 from pipeline.models.base import MultiTaskNet
 from pipeline.models.classifiers import BACKBONES  # noqa: F401  (registers image_classifier)
@@ -711,8 +712,7 @@ class ImageClassification(Dataset):
                      "weight_decay": 5e-4, "lr_schedule": "cosine", "eval_every": 50}
 
     def __init__(self) -> None:
-        self._mean: Tensor | None = None
-        self._std: Tensor | None = None
+        self._norm: ChannelNorm | None = None
 
     def main_labelling(self, cfg: ImageConfig) -> str:
         return self.raw_format.labellings[0]
@@ -759,13 +759,12 @@ class ImageClassification(Dataset):
         for key, value in extra.items():
             if key.endswith("_labels") and value.shape != (n,):
                 problems.append(f"{key} has shape {value.shape}, expected ({n},)")
-        if mean.shape != (3,) or std.shape != (3,) or not (std > 0).all():
-            problems.append("mean/std attributes must be 3 per-channel values with std > 0")
+        if ChannelNorm.problem(mean, std):
+            problems.append(ChannelNorm.problem(mean, std))
         if problems:
             raise DataError(f"{path}: " + "; ".join(problems))
 
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._norm = ChannelNorm(mean, std)
         meta: dict[str, Any] = {
             "source": attrs.get("source", ""),
             "main_label": attrs.get("main_label", ""),
@@ -839,28 +838,14 @@ class ImageClassification(Dataset):
         SVHN's digits) a random horizontal flip, per image; draws come from ``generator`` on the CPU (runs
         repeat on any device), only the gather runs on ``x``'s device. Evaluation: no augmentation.
         """
-        if self._mean is None or self._std is None:
+        if self._norm is None:
             raise RuntimeError(f"{type(self).__name__}.batch_transform needs the normalisation statistics: "
                                "call load() first")
         if train:
-            b, _, h, w = x.shape
             pad = CROP_PADDING
             padded = F.pad(x, (pad, pad, pad, pad))  # zeros: black borders, as torchvision's RandomCrop(padding=4)
-            oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-            ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-            if self.flip:
-                flip = torch.randint(0, 2, (b,), generator=generator).bool()
-            else:
-                flip = torch.zeros(b, dtype=torch.bool)
-            rows = oy[:, None] + torch.arange(h)
-            steps = torch.arange(w)
-            cols = torch.where(flip[:, None], ox[:, None] + w - 1 - steps, ox[:, None] + steps)
-            dev = x.device
-            batch = torch.arange(b, device=dev)[:, None, None]
-            x = padded.permute(0, 2, 3, 1)[batch, rows.to(dev)[:, :, None], cols.to(dev)[:, None, :]]
-            x = x.permute(0, 3, 1, 2)
-        mean, std = self._mean.to(x.device), self._std.to(x.device)
-        return ((x.float() / 255.0 - mean) / std).contiguous(), y
+            x = random_crops(padded, x.shape[-1], flip=self.flip, generator=generator)
+        return self._norm(x), y
 
     def per_task_losses(self, outputs: Tensor | tuple[Tensor, Tensor], targets: Tensor) -> Tensor:
         """[B, 1]: the main cross-entropy (a generated auxiliary task's loss is the method's)."""

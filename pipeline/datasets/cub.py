@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from pipeline.config import StrictModel
 from pipeline.datasets import DATASETS
 from pipeline.datasets.base import DataError, Dataset, TaskData
+from pipeline.datasets.images import ChannelNorm, random_crops
 from pipeline.models import MODELS
 from pipeline.models.base import MultiTaskNet
 
@@ -499,8 +500,7 @@ class Cub(Dataset):
                      "aux_loss_scale": 0.1, "eval_every": 50}
 
     def __init__(self) -> None:
-        self._mean: Tensor | None = None
-        self._std: Tensor | None = None
+        self._norm: ChannelNorm | None = None
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -544,13 +544,12 @@ class Cub(Dataset):
             problems.append(f"labels must lie in [0, {c})")
         elif attributes.size and attributes.max() > 1:
             problems.append("attributes must be 0/1")
-        if mean.shape != (3,) or std.shape != (3,) or not (std > 0).all():
-            problems.append("mean/std attributes must be 3 per-channel values with std > 0")
+        if ChannelNorm.problem(mean, std):
+            problems.append(ChannelNorm.problem(mean, std))
         if problems:
             raise DataError(f"{path}: " + "; ".join(problems))
 
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._norm = ChannelNorm(mean, std)
         targets = torch.cat([torch.from_numpy(labels).float()[:, None], torch.from_numpy(attributes).float()], 1)
         meta = {
             "source": attrs.get("source", ""),
@@ -618,28 +617,16 @@ class Cub(Dataset):
         on the CPU (so runs repeat on any device) and only the indexing runs on ``x``'s device.
         Evaluation: the centre crop.
         """
-        if self._mean is None or self._std is None:
+        if self._norm is None:
             raise RuntimeError("Cub.batch_transform needs the normalisation statistics: call load() first")
-        b, _, h, w = x.shape
+        _, _, h, w = x.shape
         crop = max(1, round(min(h, w) * CROP_FRACTION))
         if train:
-            oy = torch.randint(0, h - crop + 1, (b,), generator=generator)
-            ox = torch.randint(0, w - crop + 1, (b,), generator=generator)
-            flip = torch.randint(0, 2, (b,), generator=generator).bool()
-            steps = torch.arange(crop)
-            rows = oy[:, None] + steps  # [B, crop]
-            cols = torch.where(flip[:, None], ox[:, None] + crop - 1 - steps, ox[:, None] + steps)
-            dev = x.device
-            batch = torch.arange(b, device=dev)[:, None, None]
-            # Advanced indexing on the [B, H, W, C] view picks each image's own window in one gather; the result
-            # is made contiguous NCHW again because channels-last convolutions are several times slower on CPU.
-            x = x.permute(0, 2, 3, 1)[batch, rows.to(dev)[:, :, None], cols.to(dev)[:, None, :]]
-            x = x.permute(0, 3, 1, 2).contiguous()
+            x = random_crops(x, crop, flip=True, generator=generator)
         else:
             top, left = (h - crop) // 2, (w - crop) // 2
             x = x[:, :, top: top + crop, left: left + crop]
-        mean, std = self._mean.to(x.device), self._std.to(x.device)
-        return ((x.float() / 255.0 - mean) / std).contiguous(), y
+        return self._norm(x), y
 
     def per_task_losses(self, outputs: tuple[Tensor, Tensor], targets: Tensor) -> Tensor:
         """Column 0: species cross-entropy; columns 1..A: binary cross-entropy of each attribute. [B, 1+A]."""

@@ -17,7 +17,8 @@ from pipeline.metrics import format_mean_sem
 # The order of the papers' tables: single task, fixed weights, weighting baselines, learned ones.
 METHOD_ORDER = ["stl", "equal", "uncertainty", "dwa", "gradnorm", "gcs", "mgda",
                 "auxilearn_linear", "auxilearn_deep_linear", "auxilearn_nonlinear", "auxilearn_convnet",
-                "auxilearn_train_set", "random", "maxl_frozen", "maxl", "auxilearn_labels", "dae", "rs"]
+                "auxilearn_train_set", "random", "maxl_frozen", "maxl", "maxl_first_order",
+                "auxilearn_labels", "dae", "rs"]
 METRICS_PREFIX = "reports/metrics.json:"
 
 

@@ -1,5 +1,7 @@
-"""Generated auxiliary tasks (MAXL, MAXL-F, Random, AuxiLearn's label generator) on a tiny in-memory dataset:
-Mask SoftMax, focal loss, the look-ahead meta-gradient against finite differences, and short training runs."""
+"""Generated auxiliary tasks (MAXL, MAXL first-order, MAXL-F, Random, AuxiLearn's label generator) on a tiny
+in-memory dataset: Mask SoftMax, focal loss, the look-ahead meta-gradient against finite differences, the
+first-order meta-gradient against the exact one, MAXL's reference settings, the diagnostics' isolation, and
+short training runs."""
 from __future__ import annotations
 
 import math
@@ -14,7 +16,7 @@ from torch import Tensor, nn
 from pipeline.config import TrainConfig, parse_params
 from pipeline.datasets.base import Dataset, TaskData
 from pipeline.methods import build_method
-from pipeline.methods.base import Batch
+from pipeline.methods.base import Batch, StepContext
 from pipeline.methods.labels import (LabelsConfig, block_entropy, focal_loss, hierarchy_mask, mask_softmax,
                                      negative_entropy)
 from pipeline.models.base import MultiTaskNet
@@ -22,9 +24,10 @@ from pipeline.training import train_run
 
 
 class TinyNet(MultiTaskNet):
-    def __init__(self, features: int, classes: int, aux_outputs: int) -> None:
+    def __init__(self, features: int, classes: int, aux_outputs: int, batch_norm: bool = False) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(features, 8), nn.Tanh())
+        norm = [nn.BatchNorm1d(8)] if batch_norm else []
+        self.trunk = nn.Sequential(nn.Linear(features, 8), *norm, nn.Tanh())
         self.main = nn.Linear(8, classes)
         self.aux = nn.Linear(8, aux_outputs) if aux_outputs else None
         self.has_generated_head = bool(aux_outputs)
@@ -83,10 +86,15 @@ class Blobs(Dataset):
 
 
 def fake_params(method: str, steps: int = 30, **labels) -> SimpleNamespace:
-    cfg = LabelsConfig(**{"psi": 2, "diagnose_every": 10, "maxl_every": 5, "hyper_every": 5, **labels})
+    import pipeline.bilevel as bilevel
+
+    # AuxiLearn's outer-update settings live in methods.bilevel (BilevelConfig) once that section exists
+    ift = {} if hasattr(bilevel, "BilevelConfig") else {"hyper_every": 5}
+    cfg = LabelsConfig(**{"psi": 2, "diagnose_every": 10, "maxl_every": 5, **ift, **labels})
+    sections = {"labels": cfg, "bilevel": bilevel.BilevelConfig(hyper_every=5) if not ift else None}
     return SimpleNamespace(method=method, device="cpu", seeds=[0], profile=SimpleNamespace(model=None),
                            train=TrainConfig(steps=steps, batch_size=16, optimizer="sgd", lr=0.1, eval_every=10),
-                           method_config=lambda section: cfg)
+                           method_config=lambda section: sections[section])
 
 
 def splits_for(n: int) -> dict[str, np.ndarray]:
@@ -133,34 +141,212 @@ def bound(method: str, data: TaskData, **labels):
     return ds, m
 
 
-def test_maxl_meta_gradient_matches_finite_differences():
-    """∇θ2 of the look-ahead objective (second order through θ1⁺) against central differences, float64."""
+def float64_setup(method_name: str, **labels):
+    """A float64 Blobs problem: (method, model, batch, τ) for meta-gradient checks."""
     torch.manual_seed(0)
     ds = Blobs()
     data = ds.make()
     data = TaskData(data.inputs.double(), data.targets.double(), data.task_names, data.meta)
-    _, method = bound("maxl", data)
+    _, method = bound(method_name, data, **labels)
     method.double()
     model = ds.build_model(data, None, aux_outputs=method.aux_outputs()).double()
     batch = Batch(data.inputs[:24], data.targets[:24], torch.arange(24), torch.ones(24, dtype=torch.bool))
     scale = torch.tensor([1.0, 0.7], dtype=torch.float64)
+    return method, model, batch, scale
+
+
+def w_optimiser(model: nn.Module, momentum: float, **kw) -> torch.optim.SGD:
+    """W's SGD after one real step (so a momentum buffer exists), its rate moved as a schedule would."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=momentum, **kw)
+    x = torch.randn(10, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    main, aux = model.decode(model.encode(x))
+    (main.square().mean() + aux.square().mean()).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    for g in opt.param_groups:
+        g["lr"] = 0.05
+    return opt
+
+
+META_CASES = {
+    "reference": ({}, None),  # focal main loss, L2 as θ2's weight decay, W's plain SGD
+    "paper_l1_dataset_loss": ({"maxl_penalty": "l1", "maxl_main_loss": "dataset"}, None),
+    "w_momentum": ({"maxl_lookahead_momentum": True}, {"momentum": 0.9, "weight_decay": 1e-3}),
+    "w_nesterov": ({"maxl_lookahead_momentum": True}, {"momentum": 0.8, "nesterov": True}),
+}
+
+
+@pytest.mark.parametrize("case", list(META_CASES))
+def test_maxl_meta_gradient_matches_finite_differences(case):
+    """∇θ2 of the look-ahead objective (second order through θ1⁺) against central differences, float64."""
+    labels, opt_kw = META_CASES[case]
+    method, model, batch, scale = float64_setup("maxl", **labels)
+    opt = w_optimiser(model, **opt_kw) if opt_kw else None
     params = list(method.generator.parameters())
-    grads = torch.autograd.grad(method.meta_loss(model, batch, scale), params)
+    grads = torch.autograd.grad(method.meta_loss(model, batch, scale, opt), params)
     eps = 1e-6
     for p, g in zip(params, grads):
         for i in [0, p.numel() // 2, p.numel() - 1]:
             flat = p.data.view(-1)
             old = float(flat[i])
             flat[i] = old + eps
-            up = float(method.meta_loss(model, batch, scale).detach())
+            up = float(method.meta_loss(model, batch, scale, opt).detach())
             flat[i] = old - eps
-            down = float(method.meta_loss(model, batch, scale).detach())
+            down = float(method.meta_loss(model, batch, scale, opt).detach())
             flat[i] = old
             assert (up - down) / (2 * eps) == pytest.approx(float(g.view(-1)[i]), rel=1e-5, abs=1e-9)
     # the look-ahead term matters: without it (α → 0) the gradient is different
-    method.lookahead_lr = 1e-12
-    plain = torch.autograd.grad(method.meta_loss(model, batch, scale), params)
+    method.cfg = method.cfg.model_copy(update={"lookahead_lr": 1e-12})
+    plain = torch.autograd.grad(method.meta_loss(model, batch, scale, opt), params)
     assert not all(torch.allclose(a, b) for a, b in zip(grads, plain))
+
+
+@pytest.mark.parametrize("case", list(META_CASES))
+def test_maxl_first_order_matches_the_exact_meta_gradient(case):
+    """maxl_first_order's finite-difference Hessian-vector product against the exact second-order gradient."""
+    labels, opt_kw = META_CASES[case]
+    method, model, batch, scale = float64_setup("maxl_first_order", **labels)
+    opt = w_optimiser(model, **opt_kw) if opt_kw else None
+    exact_loss = method.meta_loss(model, batch, scale, opt)  # Maxl's second-order objective, inherited
+    exact = torch.autograd.grad(exact_loss, list(method.generator.parameters()))
+    loss, approx = method.meta_gradients(model, batch, scale, opt)
+    assert float(loss) == pytest.approx(float(exact_loss.detach()), rel=1e-12)
+    a, b = torch.cat([g.flatten() for g in approx]), torch.cat([g.flatten() for g in exact])
+    assert float(F.cosine_similarity(a, b, dim=0)) > 0.999
+    assert float((a - b).norm() / b.norm()) < 1e-3
+    # and the look-ahead part is really there (not just the entropy term's direct gradient)
+    direct = torch.autograd.grad(method.theta2_terms(method.soft_labels(batch, True)),
+                                 list(method.generator.parameters()), allow_unused=True)
+    d = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
+                   for g, p in zip(direct, method.generator.parameters())])
+    assert float((a - d).norm()) > 10 * float((a - b).norm())
+
+
+@pytest.mark.parametrize("opt_kw", [{"momentum": 0.0}, {"momentum": 0.9, "weight_decay": 1e-2},
+                                    {"momentum": 0.9, "dampening": 0.3}, {"momentum": 0.8, "nesterov": True}])
+@pytest.mark.parametrize("warm", [False, True])
+def test_lookahead_is_one_step_of_w_optimiser(opt_kw, warm):
+    """With maxl_lookahead_momentum, θ1⁺ is exactly what W's SGD would do with the same gradient."""
+    method, model, batch, scale = float64_setup("maxl", maxl_lookahead_momentum=True)
+    opt = w_optimiser(model, **opt_kw) if warm else torch.optim.SGD(model.parameters(), lr=0.05, **opt_kw)
+    params = {k: p for k, p in model.named_parameters()}
+    grads = tuple(torch.randn_like(p) for p in params.values())
+    ahead = method.lookahead(params, grads, method.lookahead_rule(params, opt))
+    for p, g in zip(params.values(), grads):
+        p.grad = g.clone()
+    opt.step()
+    for k, p in params.items():
+        assert torch.allclose(ahead[k], p.detach(), rtol=1e-12, atol=1e-14), k
+
+
+def test_lookahead_rate_follows_w_schedule_unless_set():
+    method, model, _, _ = float64_setup("maxl")
+    params = dict(model.named_parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    opt.step()
+    sched.step()
+    rule = method.lookahead_rule(params, opt)
+    assert [r[0] for r in rule.values()] == pytest.approx([0.15] * len(rule))
+    assert {r[1] for r in rule.values()} == {1e-3}
+    assert {r[2] for r in rule.values()} == {1.0}  # momentum off by default (maxl_lookahead_momentum: false)
+    assert {r[0] for r in method.lookahead_rule(params, None).values()} == {0.1}  # train.lr without optimiser
+    method.cfg = method.cfg.model_copy(update={"lookahead_lr": 0.02})
+    assert {r[0] for r in method.lookahead_rule(params, opt).values()} == {0.02}
+
+
+def test_maxl_reference_defaults_and_switches():
+    cfg = LabelsConfig()
+    assert (cfg.maxl_main_loss, cfg.maxl_momentum, cfg.maxl_penalty, cfg.lr, cfg.weight_decay,
+            cfg.maxl_lookahead_momentum, cfg.lookahead_lr) == ("focal", 0.0, "l2", 1e-3, 5e-4, False, None)
+    data = Blobs().make()
+    for name in ("maxl", "maxl_first_order"):
+        _, m = bound(name, data)
+        group = m.optimizer.param_groups[0]
+        assert (group["lr"], group["momentum"], group["weight_decay"]) == (1e-3, 0.0, 5e-4)
+        assert m.main_loss_kind == "focal"
+    _, m = bound("maxl", data, maxl_penalty="l1", maxl_momentum=0.5)
+    assert (m.optimizer.param_groups[0]["weight_decay"], m.optimizer.param_groups[0]["momentum"]) == (0.0, 0.5)
+    l1 = sum(p.abs().sum() for p in m.generator.parameters())
+    soft = torch.full((4, 6), 1 / 6)
+    assert torch.allclose(m.theta2_terms(soft), 0.2 * negative_entropy(soft) + 5e-4 * l1)
+    _, m = bound("maxl", data)
+    assert torch.allclose(m.theta2_terms(soft), 0.2 * negative_entropy(soft))  # l2: in θ2's SGD instead
+
+
+def test_focal_main_loss_for_maxl_only():
+    ds = Blobs()
+    data = ds.make()
+    batch = Batch(data.inputs[:12], data.targets[:12], torch.arange(12), torch.ones(12, dtype=torch.bool))
+    logits = torch.randn(12, 3)
+    ce = ds.per_task_losses(logits, batch.y)
+    y = batch.y[:, 0].long()
+    p_y = torch.softmax(logits, 1)[torch.arange(12), y]
+    for name in ("maxl", "maxl_first_order"):
+        _, m = bound(name, data)
+        assert torch.allclose(m.main_losses(logits, batch.y), (1 - p_y[:, None]) ** 2 * ce, atol=1e-6)
+        _, m = bound(name, data, focal_gamma=0.0)
+        assert torch.allclose(m.main_losses(logits, batch.y), ce, atol=1e-6)
+        _, m = bound(name, data, maxl_main_loss="dataset")
+        assert torch.equal(m.main_losses(logits, batch.y), ce)
+    for name in ("maxl_frozen", "random", "auxilearn_labels"):  # the others keep the dataset's loss, as STL
+        _, m = bound(name, data)
+        assert m.main_loss_kind == "dataset" and torch.equal(m.main_losses(logits, batch.y), ce)
+    # per-point logits [B, C, N] against y[:, :N], averaged over the points
+    _, m = bound("maxl", data)
+    pts = torch.randn(5, 3, 7)
+    labels = torch.randint(0, 3, (5, 7))
+    y_pts = torch.cat([labels, torch.zeros(5, 1, dtype=torch.long)], 1).float()
+    ce_pts = F.cross_entropy(pts, labels, reduction="none")
+    want = ((1 - torch.exp(-ce_pts)) ** 2 * ce_pts).mean(1, keepdim=True)
+    assert torch.allclose(m.main_losses(pts, y_pts), want, atol=1e-6)
+
+
+def fake_ctx(model, step_batch, fresh, diagnostic=None, optimizer=None, step=1):
+    return StepContext(step, list(model.parameters()), lambda: None, lambda: None, model=model,
+                       train_batch=fresh, loss_scale=torch.tensor([1.0, 1.0]), batch=step_batch,
+                       optimizer=optimizer, diagnostic_batch=diagnostic)
+
+
+@pytest.mark.parametrize("which", ["fresh", "step"])
+def test_maxl_meta_batch_switch(which):
+    """maxl_meta_batch: step reuses the batch W just stepped on (ctx.batch); fresh draws from the outer stream."""
+    ds = Blobs()
+    data = ds.make()
+    _, m = bound("maxl", data, maxl_meta_batch=which, diagnose_every=1000)
+    model = ds.build_model(data, None, aux_outputs=m.aux_outputs())
+    a = Batch(data.inputs[:16], data.targets[:16], torch.arange(16), torch.ones(16, dtype=torch.bool))
+    b = Batch(data.inputs[16:32], data.targets[16:32], torch.arange(16, 32), torch.ones(16, dtype=torch.bool))
+    used, original = [], m.meta_gradients
+    m.meta_gradients = lambda model, batch, *rest: used.append(batch) or original(model, batch, *rest)
+    logs = m.after_step(fake_ctx(model, a, lambda: b, step=5))
+    assert "meta_loss" in logs and used == [a if which == "step" else b]
+
+
+def test_diagnostics_observe_only():
+    """Diagnostics: the diagnostics' own batch, eval mode, BatchNorm statistics untouched, modes restored."""
+    ds = Blobs()
+    data = ds.make()
+    _, m = bound("maxl_frozen", data)
+    model = TinyNet(4, 3, m.aux_outputs(), batch_norm=True)
+    model.train()
+    model.main.eval()  # a mixed mode must come back as it was
+    m.generator.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen_modes = []
+    diag = Batch(data.inputs[:16], data.targets[:16], torch.arange(16), torch.ones(16, dtype=torch.bool))
+
+    def diagnostic_batch():
+        return diag
+
+    hook = model.trunk.register_forward_hook(lambda mod, i, o: seen_modes.append(mod.training))
+    out = m.diagnostics(fake_ctx(model, None, lambda: pytest.fail("train_batch used"), diagnostic_batch))
+    hook.remove()
+    assert seen_modes == [False]
+    assert 0 <= out["label_entropy"] <= 1 + 1e-6 and -1 <= out["grad_cosine"] <= 1
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and model.trunk.training and not model.main.training
+    assert m.generator.training
 
 
 def test_random_labels_are_fixed_per_sample_and_inside_the_block():
@@ -174,7 +360,7 @@ def test_random_labels_are_fixed_per_sample_and_inside_the_block():
     assert len(method.fixed_class.unique()) == 6  # every class of the balanced hierarchy is used
 
 
-@pytest.mark.parametrize("name", ["maxl", "maxl_frozen", "random", "auxilearn_labels"])
+@pytest.mark.parametrize("name", ["maxl", "maxl_first_order", "maxl_frozen", "random", "auxilearn_labels"])
 def test_training_runs_and_only_learning_methods_move_the_generator(name):
     ds = Blobs()
     data = ds.make()
@@ -187,7 +373,7 @@ def test_training_runs_and_only_learning_methods_move_the_generator(name):
     assert all(-1 <= e["grad_cosine"] <= 1 and 0 <= e["label_entropy"] <= 1 + 1e-6 for e in diag)
     generator = [k for k in res.method_state_final if k.startswith("generator.")]
     moved = any(not torch.equal(res.method_state_initial[k], res.method_state_final[k]) for k in generator)
-    assert moved == (name in ("maxl", "auxilearn_labels"))
+    assert moved == (name in ("maxl", "maxl_first_order", "auxilearn_labels"))
     assert (name == "random") == (not generator)
     if name == "auxilearn_labels":
         assert res.history["hyper_step"] == [5, 10, 15, 20, 25, 30]
@@ -213,3 +399,33 @@ def test_psi_must_match_the_groups_and_datasets_must_support_generation():
     ds, toy_data, _ = _prepared("toy2d")
     with pytest.raises(ValueError, match="toy2d does not support generated auxiliary tasks"):
         build_method("maxl", toy_data.num_tasks, toy, ds, toy_data)
+
+
+CIFAR_TINY = {"prepare": {"standin_train_per_class": 12, "standin_test_per_class": 2},
+              "split": {"train_fraction": 0.5, "val": 8}, "model": {"width": 0.0625},
+              "train": {"steps": 4, "batch_size": 4, "eval_every": 2}}
+
+
+def test_diagnostics_leave_training_bit_identical(tmp_path, method="maxl"):
+    """A diagnostic every step and none at all give the same network, generator and BN statistics, bit for
+    bit: the diagnostics draw from their own stream, run in eval mode and restore every module's mode."""
+    from pipeline.datasets import DATASETS
+
+    def params(every: int):
+        return parse_params({"dataset": "cifar10", "method": method, "seeds": [0],
+                             "datasets": {"cifar10": CIFAR_TINY},
+                             "methods": {"labels": {"psi": 2, "diagnose_every": every, "maxl_every": 1}}})
+
+    ds = DATASETS.get("cifar10")()
+    ds.prepare(params(1).dataset_config, tmp_path)
+    data = ds.load(tmp_path)
+    splits = ds.make_splits(data, params(1).split)
+    runs = {every: train_run(ds, data, splits, params(every), 0, device=torch.device("cpu")) for every in (1, 1000)}
+    assert [e["step"] for e in runs[1].history["method_log"] if "grad_cosine" in e] == [1, 2, 3, 4]
+    assert not any("grad_cosine" in e for e in runs[1000].history["method_log"])
+    for state in ("model_state", "method_state_final"):
+        a, b = getattr(runs[1], state), getattr(runs[1000], state)
+        assert a.keys() == b.keys() and any("running_mean" in k for k in a)  # BatchNorm on both networks
+        for k in a:
+            assert torch.equal(a[k], b[k]), (state, k)
+    assert runs[1].history["train_loss"] == runs[1000].history["train_loss"]

@@ -9,14 +9,39 @@ labels through Mask SoftMax (zero outside the sample's block), and the primary n
 the labels come from and how θ2 learns:
 
 - ``maxl``: θ2 follows the main loss after a one-step look-ahead of the primary network (second-order,
-  through ``torch.func.functional_call``), plus the entropy term λ·Σ_k ȳ_k log ȳ_k and an L1 penalty.
+  through ``torch.func.functional_call``), plus the entropy term λ·Σ_k ȳ_k log ȳ_k and a penalty on θ2.
+- ``maxl_first_order``: the same objective, with the second-order term (the mixed Hessian-vector
+  product) replaced by the central finite difference the MAXL authors ship (after DARTS, ε = 0.01/‖d‖).
 - ``maxl_frozen`` (MAXL-F): the generator at its random initialisation, never updated.
 - ``random``: a fixed random auxiliary class per sample, drawn uniformly inside its group's block.
 - ``auxilearn_labels``: θ2 follows the IFT hypergradient of the main loss on the auxiliary set
   (``pipeline.bilevel``), optionally with a loss-combining network on (ℓ_main, ℓ_aux) (App. B.3).
 
-The main task keeps the dataset's own loss (cross-entropy) for every method, STL included, so that
-the comparison isolates the auxiliary task; only the generated task uses the focal loss.
+MAXL's defaults follow its authors' reference code (github.com/lorenmt/maxl, ``model_vgg_maxl.py`` and
+``model_vgg_maxl_firstorder.py``), each switchable in ``methods.labels``:
+
+- ``maxl_main_loss: focal``: the reference trains the main task with the focal loss too (γ = focal_gamma,
+  its ``model_fit``), in W's step and in the meta objective. This applies to ``maxl`` and
+  ``maxl_first_order`` only; every other method (STL, MAXL-F, Random, AuxiLearn) keeps the dataset's own
+  main loss (cross-entropy), so that they compare with STL on the auxiliary task alone. Note the
+  reference's single-task baseline is trained with the focal loss as well: for a comparison with ``stl``
+  that isolates the auxiliary task, set ``maxl_main_loss: dataset``. Validation, model selection and the
+  test metrics use the dataset's loss for every method.
+- θ2's optimiser: SGD, ``lr`` 1e-3, no momentum (``maxl_momentum: 0``), and the penalty
+  ``maxl_penalty: l2`` = SGD weight decay ``weight_decay`` (5e-4), as the reference; the paper's text
+  says L1 (``maxl_penalty: l1``: weight_decay·Σ|θ2| added to the meta objective).
+- the look-ahead step θ1⁺ = θ1 − α·(∇ℓ + wd·θ1) uses W's optimiser's current learning rate (its
+  schedule) and weight decay, as the first-order reference does; ``maxl_lookahead_momentum: true`` adds
+  the optimiser's momentum buffer the way ``torch.optim.SGD`` would (the first-order reference always
+  does; its second-order script's W optimiser has no momentum). ``lookahead_lr`` overrides α.
+- the meta batch (``maxl_meta_batch``): the reference alternates a whole epoch of W steps with a whole
+  epoch of θ2 steps over a freshly shuffled pass of the training set, so a θ2 step never reuses the batch
+  W just stepped on; ``fresh`` (default) draws it from the outer update's own stream (an independent
+  shuffle of the training set), ``step`` reuses the batch W just stepped on. ``maxl_every`` interleaves
+  θ2 steps with W's steps instead of alternating whole epochs.
+- the first-order reference drops the entropy term's gradient (it overwrites θ2's gradient with the
+  finite-difference term); here its direct gradient is kept, so λ means the same in both methods.
+
 """
 from __future__ import annotations
 
@@ -44,11 +69,26 @@ class LabelsConfig(StrictModel):
     focal_gamma: float = Field(2.0, ge=0, description="γ of the focal loss on the generated task")
     lr: float = Field(1e-3, gt=0, description="θ2's SGD learning rate (MAXL and AuxiLearn)")
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0, description="MAXL: L1 penalty on θ2; AuxiLearn: SGD weight decay")
+    weight_decay: float = Field(
+        5e-4, ge=0, description="θ2's penalty: MAXL as maxl_penalty says; AuxiLearn: SGD weight decay")
     entropy_weight: float = Field(0.2, ge=0, description="λ of MAXL's entropy term")
     maxl_every: int = Field(1, ge=1, description="MAXL: inner steps between θ2 updates (Alg. 1: one per batch)")
     hyper_every: int = Field(5, ge=1, description="AuxiLearn: inner steps between θ2 updates (App. B.3: 5, 15, 25)")
-    lookahead_lr: float | None = Field(None, gt=0, description="α of MAXL's look-ahead; null = train.lr")
+    maxl_main_loss: Literal["focal", "dataset"] = Field(
+        "focal", description="maxl, maxl_first_order: main-task loss in W's step and the meta objective "
+                             "(focal, γ = focal_gamma, as the reference; dataset = the dataset's loss, as STL)")
+    maxl_momentum: float = Field(0.0, ge=0, lt=1, description="MAXL: momentum of θ2's SGD (reference: none)")
+    maxl_penalty: Literal["l2", "l1"] = Field(
+        "l2", description="MAXL: weight_decay as SGD weight decay (l2, the reference code) or an L1 term (the paper)")
+    maxl_lookahead_momentum: bool = Field(
+        False, description="MAXL: the look-ahead step adds W's optimiser's momentum buffer, as torch's SGD would")
+    maxl_meta_batch: Literal["fresh", "step"] = Field(
+        "fresh", description="MAXL: θ2's batch: a fresh one from the outer stream (the reference's separate "
+                             "pass over the training set) or the batch W just stepped on")
+    maxl_fd_epsilon: float = Field(
+        0.01, gt=0, description="maxl_first_order: finite-difference step ε = maxl_fd_epsilon / ‖d‖ (DARTS: 0.01)")
+    lookahead_lr: float | None = Field(
+        None, gt=0, description="α of MAXL's look-ahead; null = W's optimiser's current learning rate")
     neumann_steps: int = Field(3, ge=0)
     neumann_lr: float = Field(0.02, gt=0)
     aux_batch_size: int = Field(0, ge=0, description="0 = the whole auxiliary set")
@@ -123,7 +163,7 @@ class WithGeneratedHead(nn.Module):
 
 
 class GeneratedLabels(Method):
-    """Base of the four methods: the generated task, its loss, and the diagnostics."""
+    """Base of the label methods: the generated task, its loss, and the diagnostics."""
 
     config_section = "labels"
     Config = LabelsConfig
@@ -138,7 +178,7 @@ class GeneratedLabels(Method):
             raise ValueError(f"methods.labels.psi: {len(psi)} entries, but {dataset.name} has {groups} groups")
         self.register_buffer("mask", hierarchy_mask(psi))
         self.dataset = dataset
-        self.lookahead_lr = self.cfg.lookahead_lr or params.train.lr
+        self.base_lr = params.train.lr  # the look-ahead's rate when no optimiser is at hand (direct calls)
         if self.label_source == "generator":
             self.generator = dataset.build_label_generator(data, params.profile.model, self.num_aux_classes)
             if not self.learns_generator:
@@ -153,24 +193,45 @@ class GeneratedLabels(Method):
     def num_aux_classes(self) -> int:
         return int(self.mask.shape[1])
 
+    @property
+    def main_loss_kind(self) -> Literal["focal", "dataset"]:
+        """The main task's training loss: the dataset's own (as STL) unless a method says otherwise."""
+        return "dataset"
+
     def aux_outputs(self) -> int:
         return self.num_aux_classes
 
-    def soft_labels(self, batch: Batch, track_hparams: bool = False) -> Tensor:
-        """Auxiliary targets [B, K, *points] for a batch (θ2 in the graph only when ``track_hparams``)."""
+    def soft_labels(self, batch: Batch, track_hparams: bool = False, train_mode: bool | None = None) -> Tensor:
+        """Auxiliary targets [B, K, *points] for a batch (θ2 in the graph only when ``track_hparams``).
+
+        ``train_mode``: the generator's mode for this call (None: training mode for a generator that learns,
+        evaluation mode for a frozen one)."""
         groups = self.dataset.label_group(batch.y)
         if self.label_source == "random":
             return F.one_hot(self.fixed_class[batch.index], self.num_aux_classes).float()
-        self.generator.train(self.learns_generator)
+        self.generator.train(self.learns_generator if train_mode is None else train_mode)
         with torch.set_grad_enabled(track_hparams and self.learns_generator):
             return mask_softmax(self.generator(batch.x), groups, self.mask)
 
+    def main_losses(self, main_out: Any, y: Tensor) -> Tensor:
+        """[B, 1]: the main task's loss per sample, as ``main_loss_kind`` says.
+
+        ``focal``: −(1 − p_y)^γ log p_y (the reference's ``model_fit`` on the main task), for class logits
+        [B, C] against ``y[:, 0]`` or per-point logits [B, C, N] against ``y[:, :N]`` (averaged over points,
+        as the dataset's cross-entropy); γ = 0 gives the dataset's cross-entropy back."""
+        if self.main_loss_kind == "dataset":
+            return reduce_pixels(self.dataset.per_task_losses(main_out, y))[:, :1]
+        labels = (y[:, 0] if main_out.dim() == 2 else y[:, :main_out.shape[2]]).long()
+        log_pt = F.log_softmax(main_out, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+        loss = -(1 - log_pt.exp()) ** self.cfg.focal_gamma * log_pt
+        return (loss.flatten(1).mean(1) if loss.dim() > 1 else loss)[:, None]
+
     def losses_from_outputs(self, outputs: tuple[Any, Tensor], batch: Batch, soft: Tensor) -> Tensor:
-        """[B, 2]: the dataset's main loss and the focal loss of the aux head against ``soft``."""
+        """[B, 2]: the main loss (``main_losses``) and the focal loss of the aux head against ``soft``."""
         main_out, aux_out = outputs
         if soft.dim() == 2 and aux_out.dim() > 2:  # one label per sample, predicted at every point
             soft = soft.view(*soft.shape, *([1] * (aux_out.dim() - 2))).expand_as(aux_out)
-        main = reduce_pixels(self.dataset.per_task_losses(main_out, batch.y))[:, :1]
+        main = self.main_losses(main_out, batch.y)
         return torch.cat([main, focal_loss(aux_out, soft, self.cfg.focal_gamma)[:, None]], dim=1)
 
     def batch_losses(self, model: nn.Module, dataset: Any, batch: Batch, track_hparams: bool = False
@@ -182,14 +243,24 @@ class GeneratedLabels(Method):
         return losses.mean(0).sum()
 
     def diagnostics(self, ctx: StepContext) -> dict[str, Any]:
-        """Label entropy per group (collapse) and cos(∇ℓ_aux, ∇ℓ_main) on the shared layers (MAXL Fig. 4)."""
-        batch = ctx.train_batch()
-        soft = self.soft_labels(batch).detach()
+        """Label entropy per group (collapse) and cos(∇ℓ_aux, ∇ℓ_main) on the shared layers (MAXL Fig. 4).
+
+        Observation only: a batch from the diagnostics' own stream, the primary network and the generator in
+        evaluation mode (no BatchNorm statistics move, no dropout draws), every module's mode restored after."""
+        batch = ctx.diagnostic_batch()
         model = ctx.model
-        losses = self.losses_from_outputs(model.decode(model.encode(batch.x)), batch, soft)
-        shared = model.shared_parameters()
-        g_main = torch.autograd.grad(losses[:, 0].mean(), shared, retain_graph=True, allow_unused=True)
-        g_aux = torch.autograd.grad(losses[:, 1].mean(), shared, allow_unused=True)
+        modules = [*model.modules(), *(self.generator.modules() if self.label_source == "generator" else ())]
+        modes = [(m, m.training) for m in modules]
+        try:
+            model.eval()
+            soft = self.soft_labels(batch, train_mode=False).detach()
+            losses = self.losses_from_outputs(model.decode(model.encode(batch.x)), batch, soft)
+            shared = model.shared_parameters()
+            g_main = torch.autograd.grad(losses[:, 0].mean(), shared, retain_graph=True, allow_unused=True)
+            g_aux = torch.autograd.grad(losses[:, 1].mean(), shared, allow_unused=True)
+        finally:
+            for m, mode in modes:
+                m.training = mode
         flat = [torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(gs, shared)])
                 for gs in (g_main, g_aux)]
         entropy = block_entropy(soft, self.dataset.label_group(batch.y), self.mask)
@@ -208,40 +279,152 @@ class GeneratedLabels(Method):
 
 @METHODS.register("maxl")
 class Maxl(GeneratedLabels):
+    """MAXL with the exact second-order meta-gradient (the reference's ``model_vgg_maxl.py``)."""
+
     learns_generator = True
 
     @property
     def update_every(self) -> int:
         return self.cfg.maxl_every
 
+    @property
+    def main_loss_kind(self) -> Literal["focal", "dataset"]:
+        return self.cfg.maxl_main_loss
+
     def bind(self, dataset: Any, data: Any, params: Any) -> None:
         super().bind(dataset, data, params)
-        self.optimizer = torch.optim.SGD(self.generator.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
+        decay = self.cfg.weight_decay if self.cfg.maxl_penalty == "l2" else 0.0
+        self.optimizer = torch.optim.SGD(self.generator.parameters(), lr=self.cfg.lr,
+                                         momentum=self.cfg.maxl_momentum, weight_decay=decay)
 
-    def meta_loss(self, model: nn.Module, batch: Batch, loss_scale: Tensor) -> Tensor:
-        """Alg. 1's meta objective: the main loss after one look-ahead SGD step on ℓ_main + τ·ℓ_aux,
-        plus λ·Σ ȳ log ȳ and the L1 penalty; differentiable w.r.t. θ2 (second order through θ1⁺)."""
+    # -- the look-ahead step θ1⁺ -------------------------------------------------------------------
+
+    def lookahead_rule(self, params: dict[str, Tensor], optimizer: Any = None
+                       ) -> dict[str, tuple[float, float, float, Tensor | float]]:
+        """Per parameter (α, wd, c, b) with θ1⁺ = θ1 − α·(c·(∇ℓ + wd·θ1) + b): one step of W's optimiser as
+        ``torch.optim.SGD`` takes it. α: ``lookahead_lr`` if set, else the optimiser's current learning rate
+        (its schedule); wd: its weight decay; c, b: 1, 0 unless ``maxl_lookahead_momentum`` (then the
+        momentum buffer's share, with dampening and Nesterov as SGD applies them). Without an optimiser:
+        α = ``lookahead_lr`` or ``train.lr``, no decay, no momentum."""
+        group_of = {p: g for g in optimizer.param_groups for p in g["params"]} if optimizer is not None else {}
+        rule = {}
+        for name, p in params.items():
+            group = group_of.get(p)
+            lr = self.cfg.lookahead_lr or (group["lr"] if group is not None else self.base_lr)
+            wd = float(group.get("weight_decay", 0.0) or 0.0) if group is not None else 0.0
+            c, b = 1.0, 0.0
+            mu = float(group.get("momentum", 0.0) or 0.0) if group is not None else 0.0
+            if self.cfg.maxl_lookahead_momentum and mu > 0:
+                damp, nesterov = float(group.get("dampening", 0.0)), bool(group.get("nesterov", False))
+                buf = optimizer.state.get(p, {}).get("momentum_buffer")
+                if buf is None:  # SGD's first step: the buffer starts as the gradient itself
+                    c = 1 + mu if nesterov else 1.0
+                else:
+                    c = 1 + mu * (1 - damp) if nesterov else 1 - damp
+                    b = (mu * mu if nesterov else mu) * buf.detach()
+            rule[name] = (float(lr), wd, c, b)
+        return rule
+
+    def lookahead(self, params: dict[str, Tensor], grads: tuple[Tensor | None, ...],
+                  rule: dict[str, tuple[float, float, float, Tensor | float]]) -> dict[str, Tensor]:
+        ahead = {}
+        for (name, p), g in zip(params.items(), grads):
+            lr, wd, c, b = rule[name]
+            g = torch.zeros_like(p) if g is None else g
+            ahead[name] = p - lr * (c * (g + wd * p) + b)
+        return ahead
+
+    # -- the meta objective ------------------------------------------------------------------------
+
+    @staticmethod
+    def _functional(model: nn.Module) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:
+        """The network with its generated head, its trainable parameters, and copies of its buffers (the
+        look-ahead passes run in training mode on batch statistics and must not move W's BN statistics)."""
         full = WithGeneratedHead(model)
-        params = dict(full.named_parameters())
-        buffers = {k: v.clone() for k, v in full.named_buffers()}  # the look-ahead must not move BN statistics
+        params = {k: p for k, p in full.named_parameters() if p.requires_grad}
+        buffers = {k: v.clone() for k, v in full.named_buffers()}
+        return full, params, buffers
+
+    def _losses_at(self, full: nn.Module, weights: dict[str, Tensor], buffers: dict[str, Tensor], batch: Batch,
+                   soft: Tensor) -> Tensor:
+        return self.losses_from_outputs(functional_call(full, {**weights, **buffers}, (batch.x,)), batch, soft)
+
+    @staticmethod
+    def _inner(losses: Tensor, loss_scale: Tensor | None) -> Tensor:
+        """W's objective on the batch: ℓ_main + τ·ℓ_aux, as the trainer scales it."""
+        return (losses if loss_scale is None else losses * loss_scale).mean(0).sum()
+
+    def theta2_terms(self, soft: Tensor) -> Tensor:
+        """The terms of the meta objective that depend on θ2 directly: λ·Σ ȳ log ȳ, and the L1 penalty
+        when ``maxl_penalty: l1`` (with l2 the penalty is θ2's SGD weight decay)."""
+        terms = self.cfg.entropy_weight * negative_entropy(soft)
+        if self.cfg.maxl_penalty == "l1":
+            terms = terms + self.cfg.weight_decay * sum(p.abs().sum() for p in self.generator.parameters())
+        return terms
+
+    def meta_loss(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None) -> Tensor:
+        """Alg. 1's meta objective: the main loss after one look-ahead step of W on ℓ_main + τ·ℓ_aux, plus
+        ``theta2_terms``; differentiable w.r.t. θ2 (second order through θ1⁺)."""
+        full, params, buffers = self._functional(model)
         soft = self.soft_labels(batch, track_hparams=True)
-        losses = self.losses_from_outputs(functional_call(full, {**params, **buffers}, (batch.x,)), batch, soft)
-        inner = (losses * loss_scale).mean(0).sum()
+        inner = self._inner(self._losses_at(full, params, buffers, batch, soft), loss_scale)
         grads = torch.autograd.grad(inner, list(params.values()), create_graph=True, allow_unused=True)
-        ahead = {k: p if g is None else p - self.lookahead_lr * g for (k, p), g in zip(params.items(), grads)}
-        main_after = self.losses_from_outputs(functional_call(full, {**ahead, **buffers}, (batch.x,)), batch,
-                                              soft.detach())[:, 0].mean()
-        l1 = sum(p.abs().sum() for p in self.generator.parameters())
-        return main_after + self.cfg.entropy_weight * negative_entropy(soft) + self.cfg.weight_decay * l1
+        ahead = self.lookahead(params, grads, self.lookahead_rule(params, optimizer))
+        main_after = self._losses_at(full, ahead, buffers, batch, soft.detach())[:, 0].mean()
+        return main_after + self.theta2_terms(soft)
+
+    def meta_gradients(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None
+                       ) -> tuple[Tensor, list[Tensor]]:
+        """(meta objective, its gradient w.r.t. θ2)."""
+        loss = self.meta_loss(model, batch, loss_scale, optimizer)
+        return loss.detach(), list(torch.autograd.grad(loss, list(self.generator.parameters())))
 
     def update_generator(self, ctx: StepContext) -> dict[str, Any]:
-        loss = self.meta_loss(ctx.model, ctx.train_batch(), ctx.loss_scale)
-        params = list(self.generator.parameters())
-        grads = torch.autograd.grad(loss, params)
-        for p, g in zip(params, grads):
+        batch = ctx.batch if self.cfg.maxl_meta_batch == "step" else ctx.train_batch()
+        loss, grads = self.meta_gradients(ctx.model, batch, ctx.loss_scale, ctx.optimizer)
+        for p, g in zip(self.generator.parameters(), grads):
             p.grad = g
         self.optimizer.step()
-        return {"meta_loss": float(loss.detach())}
+        return {"meta_loss": float(loss)}
+
+
+@METHODS.register("maxl_first_order")
+class MaxlFirstOrder(Maxl):
+    """MAXL with the reference's first-order approximation (``model_vgg_maxl_firstorder.py``, after DARTS):
+    ∇θ2 ℓ_main(θ1⁺) = −α·c·∇²_{θ2,θ1} L_T · d with d = ∇ℓ_main(θ1⁺), and the mixed Hessian-vector product
+    from a central difference of ∇θ2 L_T at θ1 ± ε·d, ε = ``maxl_fd_epsilon`` / ‖d‖. No second-order graph:
+    two extra forward/backward passes instead."""
+
+    def meta_gradients(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None
+                       ) -> tuple[Tensor, list[Tensor]]:
+        theta2 = list(self.generator.parameters())
+        full, params, buffers = self._functional(model)
+        soft = self.soft_labels(batch, track_hparams=True)
+        current = {k: p.detach() for k, p in params.items()}
+        inner = self._inner(self._losses_at(full, params, buffers, batch, soft.detach()), loss_scale)
+        grads = torch.autograd.grad(inner, list(params.values()), allow_unused=True)
+        rule = self.lookahead_rule(params, optimizer)
+        ahead = {k: v.detach().requires_grad_(True) for k, v in self.lookahead(current, grads, rule).items()}
+        main_after = self._losses_at(full, ahead, buffers, batch, soft.detach())[:, 0].mean()
+        d = torch.autograd.grad(main_after, list(ahead.values()), allow_unused=True)
+        # θ1⁺ depends on θ2 through −α·c·∇θ1 L_T: scale d by α·c per parameter (one factor when uniform)
+        d = {k: (torch.zeros_like(p) if g is None else g.detach()) * (rule[k][0] * rule[k][2])
+             for (k, p), g in zip(current.items(), d)}
+        norm = torch.sqrt(sum((v * v).sum() for v in d.values()))
+        direct = self.theta2_terms(soft)
+        meta = [torch.zeros_like(p) if g is None else g
+                for g, p in zip(torch.autograd.grad(direct, theta2, retain_graph=True, allow_unused=True), theta2)]
+        if float(norm) > 0:
+            eps = self.cfg.maxl_fd_epsilon / norm
+            sides = []
+            for sign in (1.0, -1.0):
+                shifted = {k: p + sign * eps * d[k] for k, p in current.items()}
+                inner_s = self._inner(self._losses_at(full, shifted, buffers, batch, soft), loss_scale)
+                sides.append(torch.autograd.grad(inner_s, theta2, retain_graph=True, allow_unused=True))
+            for i, (up, down) in enumerate(zip(*sides)):
+                if up is not None and down is not None:
+                    meta[i] = meta[i] - (up - down) / (2 * eps)
+        return (main_after + direct).detach(), [m.detach() for m in meta]
 
 
 @METHODS.register("auxilearn_labels")

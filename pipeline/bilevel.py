@@ -2,16 +2,65 @@
 
 ∇φ L_A(W*(φ)) = ∂L_A/∂φ − ∇W L_A · (∇²_W L_T)⁻¹ · ∇φ∇W L_T, with the inverse-Hessian-vector product
 approximated by a J-term Neumann series  H⁻¹v ≈ α Σ_{j=0..J} (I − αH)^j v  (Lorraine et al., 2020).
-Only vector-Hessian products are formed, by double backward through one retained graph of ∇W L_T,
-which costs less than re-running a forward-over-reverse ``torch.func.jvp`` for each of the J terms.
+Only vector-Hessian products are formed, by double backward through one retained graph of ∇W L_T.
+
+Units. ``neumann_hypergradient`` returns the IFT hypergradient itself (the leading α included), which
+converges to the exact dL_A/dφ as J grows. The AuxiLearn reference code omits that α (its ``hpo_lr``),
+so its hypergradient is ours / α. ``HyperOptimizer`` keeps the IFT value and makes φ's step independent
+of α in two ways: Adam (the default, as DTG-AuxL's upper level) is invariant to the gradient's scale,
+and the norm clip is applied in the reference's units (‖g/α‖ ≤ ``max_hypergrad_norm``), where each
+Neumann term (I − αH)^j v is bounded by ‖v‖ whatever α is. ``from_reference`` maps the reference's
+settings (φ lr, ``hpo_lr``, ``max_grad_norm``) onto these, exactly for SGD.
+
+Curvature. The series only converges when α·λ_max(∇²_W L_T) < 2. ``neumann_lr: auto`` estimates λ_max
+by power iteration on the same vHp (warm-started from the last eigenvector), sets α = c/λ̂ with the
+safety factor c = ``curvature_safety`` < 1, and refreshes it every ``curvature_every`` hyper steps; every
+refresh logs α·λ̂ (the α that was in force against the new estimate). A fixed α with α·λ̂ ≥ 2 warns,
+naming the key.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
+from pydantic import Field
 from torch import Tensor
+
+from pipeline.config import StrictModel
+
+
+class BilevelConfig(StrictModel):
+    """``methods.bilevel``: the outer update of every method with φ trained by IFT hypergradients
+    (the AuxiLearn loss-combining networks and AuxiLearn's label generator)."""
+
+    optimizer: Literal["adam", "sgd"] = Field(
+        "adam", description="φ's optimiser; adam is insensitive to the hypergradient's scale (α, τ, loss units)")
+    lr: float = Field(3e-3, gt=0, description="φ's learning rate (for sgd, in IFT units: reference lr / hpo_lr)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    weight_decay: float = Field(0.0, ge=0, description="on φ (sgd: in IFT units, reference value × hpo_lr)")
+    hyper_every: int = Field(20, ge=1, description="N: inner steps between φ updates")
+    neumann_steps: int = Field(3, ge=0, description="J: terms of the truncated Neumann series")
+    neumann_lr: float | Literal["auto"] = Field(
+        "auto", description="α of the Neumann series; auto = curvature_safety / λ̂_max(∇²_W L_T) by power iteration")
+    curvature_safety: float = Field(0.5, gt=0, lt=1, description="c in α = c / λ̂_max (auto)")
+    curvature_every: int = Field(5, ge=1, description="hyper steps between λ̂_max refreshes")
+    curvature_iterations: int = Field(8, ge=1, description="power iterations per refresh (warm-started)")
+    max_hypergrad_norm: float | None = Field(
+        None, gt=0, description="clip ‖hypergradient / α‖ (the reference's units, AuxiLearn max_grad_norm); null = never")
+    hyper_train_batch: int = Field(0, ge=0, description="batch of L_T for the hypergradient; 0 = train.batch_size")
+    hyper_aux_batch: int = Field(0, ge=0, description="batch of L_A (auxiliary set); 0 = the whole auxiliary set")
+
+
+def from_reference(lr: float, hpo_lr: float, max_grad_norm: float | None, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> dict:
+    """``methods.bilevel`` settings that reproduce the AuxiLearn reference's MetaOptimizer (SGD with ``lr``,
+    Neumann scale ``hpo_lr``, clip ``max_grad_norm``) step for step: its hypergradient is ours / α, so
+    φ's SGD lr and weight decay are rescaled by α and the clip keeps its value (it is applied to g / α)."""
+    return {"optimizer": "sgd", "lr": lr / hpo_lr, "momentum": momentum, "weight_decay": weight_decay * hpo_lr,
+            "neumann_lr": hpo_lr, "max_hypergrad_norm": max_grad_norm}
 
 
 def _grads(out: Tensor, inputs: Sequence[Tensor], **kwargs) -> list[Tensor]:
@@ -21,6 +70,54 @@ def _grads(out: Tensor, inputs: Sequence[Tensor], **kwargs) -> list[Tensor]:
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     return sum((x * y).sum() for x, y in zip(a, b))
+
+
+def _norm(a: Sequence[Tensor]) -> Tensor:
+    return torch.sqrt(sum((x.detach() ** 2).sum() for x in a))
+
+
+class TrainCurvature:
+    """∇W L_T kept in the graph, so vector-Hessian products H·v cost one backward each."""
+
+    def __init__(self, train_loss: Tensor, params: Sequence[Tensor]) -> None:
+        self.params = list(params)
+        self.gradient = _grads(train_loss, self.params, create_graph=True)
+
+    def hvp(self, v: Sequence[Tensor]) -> list[Tensor]:
+        return [h.detach() for h in _grads(_dot(self.gradient, v), self.params, retain_graph=True)]
+
+    def top_eigenvalue(self, start: Sequence[Tensor], iterations: int) -> tuple[float, list[Tensor]]:
+        """|λ|_max of ∇²_W L_T by power iteration from ``start``: (Rayleigh quotient, unit eigenvector)."""
+        v = [x.detach().clone() for x in start]
+        scale = _norm(v)
+        if not torch.isfinite(scale) or scale == 0:
+            v = [torch.ones_like(x) for x in v]
+            scale = _norm(v)
+        v = [x / scale for x in v]
+        estimate = torch.zeros(())
+        for _ in range(iterations):
+            hv = self.hvp(v)
+            estimate = _dot(v, hv)  # Rayleigh quotient of the unit vector v
+            size = _norm(hv)
+            if size == 0:
+                break
+            v = [x / size for x in hv]
+        return abs(float(estimate)), v
+
+    def inverse_hvp(self, v: Sequence[Tensor], neumann_steps: int, neumann_lr: float) -> list[Tensor]:
+        """Σ_{j=0..J} (I − αH)^j v: the reference's series; × α it approximates H⁻¹ v."""
+        v = [x.detach() for x in v]
+        p = [x.clone() for x in v]
+        for _ in range(neumann_steps):
+            v = [vi - neumann_lr * hvi for vi, hvi in zip(v, self.hvp(v))]
+            p = [pi + vi for pi, vi in zip(p, v)]
+        return p
+
+
+def _series_hypergradient(direct: list[Tensor], series: list[Tensor], curvature: TrainCurvature,
+                          hparams: list[Tensor], neumann_lr: float) -> list[Tensor]:
+    mixed = _grads(_dot(curvature.gradient, [neumann_lr * s for s in series]), hparams)
+    return [(d - m).detach() for d, m in zip(direct, mixed)]
 
 
 def neumann_hypergradient(
@@ -35,72 +132,124 @@ def neumann_hypergradient(
 
     ``train_loss`` and ``aux_loss`` must be built from ``params`` (W) and, where they depend on them,
     ``hparams`` (φ). With ``neumann_steps`` → ∞ and ``neumann_lr`` < 2/λ_max(H) this is the exact IFT
-    hypergradient; the paper's Alg. 2 omits the leading α, which only rescales φ's learning rate.
+    hypergradient.
     """
     params, hparams = list(params), list(hparams)
     direct = _grads(aux_loss, hparams, retain_graph=True)
     v = [g.detach() for g in _grads(aux_loss, params, retain_graph=True)]
-    dtrain_dw = _grads(train_loss, params, create_graph=True)
-    p = [x.clone() for x in v]
-    for _ in range(neumann_steps):
-        hv = _grads(_dot(dtrain_dw, v), params, retain_graph=True)
-        v = [vi - neumann_lr * hvi.detach() for vi, hvi in zip(v, hv)]
-        p = [pi + vi for pi, vi in zip(p, v)]
-    inverse_hvp = [neumann_lr * pi for pi in p]
-    mixed = _grads(_dot(dtrain_dw, inverse_hvp), hparams)
-    return [(d - m).detach() for d, m in zip(direct, mixed)]
+    curvature = TrainCurvature(train_loss, params)
+    series = curvature.inverse_hvp(v, neumann_steps, neumann_lr)
+    return _series_hypergradient(direct, series, curvature, hparams, neumann_lr)
 
 
 @dataclass
 class HyperStepStats:
-    hypergrad_norm: float
+    hypergrad_norm: float  # ‖dL_A/dφ‖ in IFT units, before clipping
+    reference_norm: float  # ‖dL_A/dφ‖ / α: the quantity the clip bounds
+    clipped: bool
     aux_loss: float
+    neumann_lr: float  # α used in this step
+    alpha_lambda: float | None  # α in force × the fresh λ̂_max, on steps that refreshed it
 
 
 class HyperOptimizer:
-    """Owns φ and its optimiser; every ``every`` inner steps it takes one IFT hypergradient step.
+    """Owns φ and its optimiser; every ``cfg.hyper_every`` inner steps it takes one IFT hypergradient step.
 
     Any method with auxiliary parameters (loss-combining networks, label generators) uses this.
     ``after_update`` runs after each φ step (e.g. clipping negative weights for monotone networks).
+    ``key`` names the config section in messages (e.g. ``methods.bilevel``).
     """
 
-    def __init__(
-        self,
-        hparams: Sequence[Tensor],
-        *,
-        lr: float,
-        momentum: float,
-        weight_decay: float,
-        every: int,
-        neumann_steps: int,
-        neumann_lr: float,
-        after_update: Callable[[], None] | None = None,
-        max_norm: float | None = None,
-    ) -> None:
+    def __init__(self, hparams: Sequence[Tensor], cfg: BilevelConfig, *,
+                 after_update: Callable[[], None] | None = None, key: str = "methods.bilevel") -> None:
         self.hparams = list(hparams)
-        self.optimizer = torch.optim.SGD(self.hparams, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        self.every = every
-        self.neumann_steps = neumann_steps
-        self.neumann_lr = neumann_lr
+        self.cfg = cfg
+        self.key = key
+        if cfg.optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(self.hparams, lr=cfg.lr,
+                                                                     weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.hparams, lr=cfg.lr, momentum=cfg.momentum,
+                                             weight_decay=cfg.weight_decay)
         self.after_update = after_update
-        self.max_norm = max_norm  # clip the hypergradient's total norm (a truncated Neumann series can spike)
+        self.auto = cfg.neumann_lr == "auto"
+        self.neumann_lr: float | None = None if self.auto else float(cfg.neumann_lr)
+        self.hyper_steps = 0
+        self._eigenvector: list[Tensor] | None = None
+        self._warned = False
+
+    @property
+    def every(self) -> int:
+        return self.cfg.hyper_every
+
+    @property
+    def neumann_steps(self) -> int:
+        return self.cfg.neumann_steps
 
     def due(self, step: int) -> bool:
         """Alg. 1: φ is updated after every block of ``every`` inner steps (``step`` counts from 1)."""
-        return step % self.every == 0
+        return step % self.cfg.hyper_every == 0
+
+    def _refresh_curvature(self, curvature: TrainCurvature) -> float | None:
+        """Power iteration when due; returns α_in_force × λ̂ (None when not refreshed this step)."""
+        if self.hyper_steps % self.cfg.curvature_every != 0 and self.neumann_lr is not None:
+            return None
+        start = self._eigenvector if self._eigenvector is not None else curvature.gradient
+        iterations = self.cfg.curvature_iterations * (2 if self._eigenvector is None else 1)
+        lam, self._eigenvector = curvature.top_eigenvalue(start, iterations)
+        if not math.isfinite(lam):
+            raise FloatingPointError(f"the curvature estimate λ̂_max of ∇²_W L_T is {lam}: W has diverged "
+                                     f"(lower train.lr) or the data holds NaN/inf")
+        in_force = self.neumann_lr
+        if self.auto:
+            self.neumann_lr = self.cfg.curvature_safety / max(lam, 1e-12)
+        if in_force is None:
+            in_force = self.neumann_lr
+        product = in_force * lam
+        if not self.auto and product >= 2 and not self._warned:
+            warnings.warn(f"{self.key}.neumann_lr = {in_force:g} gives α·λ̂_max = {product:.2f} ≥ 2: the Neumann "
+                          f"series diverges; set {self.key}.neumann_lr: auto or below {2 / lam:.3g}", stacklevel=3)
+            self._warned = True
+        return product
 
     def step(self, train_loss: Tensor, aux_loss: Tensor, params: Sequence[Tensor]) -> HyperStepStats:
-        grads = neumann_hypergradient(train_loss, aux_loss, params, self.hparams, self.neumann_steps, self.neumann_lr)
-        norm = float(torch.sqrt(sum((g**2).sum() for g in grads)))  # before any clipping
+        params = list(params)
+        direct = _grads(aux_loss, self.hparams, retain_graph=True)
+        v = [g.detach() for g in _grads(aux_loss, params, retain_graph=True)]
+        curvature = TrainCurvature(train_loss, params)
+        alpha_lambda = self._refresh_curvature(curvature)
+        alpha = float(self.neumann_lr)  # type: ignore[arg-type]
+        series = curvature.inverse_hvp(v, self.cfg.neumann_steps, alpha)
+        grads = _series_hypergradient(direct, series, curvature, self.hparams, alpha)
+        norm = float(_norm(grads))
+        if not math.isfinite(norm):
+            raise FloatingPointError(
+                f"the hypergradient of φ is {norm} at hyper step {self.hyper_steps + 1} (α = {alpha:.3g}): "
+                f"lower {self.key}.lr or {self.key}.neumann_lr (or use neumann_lr: auto), "
+                f"or set {self.key}.max_hypergrad_norm")
+        reference_norm = norm / alpha
+        clipped = self.cfg.max_hypergrad_norm is not None and reference_norm > self.cfg.max_hypergrad_norm
+        if clipped:
+            grads = [g * (self.cfg.max_hypergrad_norm / reference_norm) for g in grads]
         self.optimizer.zero_grad(set_to_none=True)
         for h, g in zip(self.hparams, grads):
             h.grad = g
-        if self.max_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.hparams, self.max_norm)
         self.optimizer.step()
         if self.after_update is not None:
             self.after_update()
-        return HyperStepStats(hypergrad_norm=norm, aux_loss=float(aux_loss.detach()))
+        if not all(torch.isfinite(h).all() for h in self.hparams):
+            raise FloatingPointError(f"φ became non-finite at hyper step {self.hyper_steps + 1}: lower {self.key}.lr")
+        self.hyper_steps += 1
+        return HyperStepStats(hypergrad_norm=norm, reference_norm=reference_norm, clipped=clipped,
+                              aux_loss=float(aux_loss.detach()), neumann_lr=alpha, alpha_lambda=alpha_lambda)
 
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
+
+    def log(self, stats: HyperStepStats) -> dict[str, float]:
+        """The scalars a method logs for one hyper step."""
+        out = {"hypergrad_norm": stats.hypergrad_norm, "outer_main_loss": stats.aux_loss,
+               "neumann_lr": stats.neumann_lr, "clipped": float(stats.clipped)}
+        if stats.alpha_lambda is not None:
+            out["alpha_lambda"] = stats.alpha_lambda
+        return out

@@ -30,6 +30,19 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+# Each role draws its batches (and their augmentations) from its own generator, so an outer update or a
+# diagnostic never changes W's batches. W's stream keeps the run's seed, as it always did.
+STREAM_ROLES = ("weights", "outer", "diagnostics")
+
+
+def stream_generator(seed: int, role: str) -> torch.Generator:
+    """The seeded generator of one batch stream role (``STREAM_ROLES``) of a run."""
+    if role == "weights":
+        return torch.Generator().manual_seed(seed)
+    entropy = np.random.SeedSequence([seed % 2**32, STREAM_ROLES.index(role)]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(entropy))
+
+
 class BatchStream:
     """Endless mini-batches over ``indices``, reshuffled every epoch by a seeded generator (0 = full batch)."""
 
@@ -113,9 +126,13 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     cfg = params.train
 
     train_idx = splits["train"] if method.uses_aux_set else np.concatenate([splits["train"], splits["aux"]])
-    train_stream = BatchStream(data, train_idx, cfg.batch_size, generator, device, splits.get("unlabelled"))
-    aux_batch = getattr(method.cfg, "aux_batch_size", 0)
-    aux_stream = BatchStream(data, splits["aux"], aux_batch, generator, device)
+    unlabelled = splits.get("unlabelled")
+    train_stream = BatchStream(data, train_idx, cfg.batch_size, generator, device, unlabelled)
+    outer_generator, diagnostic_generator = stream_generator(seed, "outer"), stream_generator(seed, "diagnostics")
+    outer_train_size, outer_aux_size = method.outer_batch_sizes(cfg.batch_size)
+    outer_train_stream = BatchStream(data, train_idx, outer_train_size, outer_generator, device, unlabelled)
+    aux_stream = BatchStream(data, splits["aux"], outer_aux_size, outer_generator, device)
+    diagnostic_stream = BatchStream(data, train_idx, cfg.batch_size, diagnostic_generator, device, unlabelled)
     val_idx = torch.as_tensor(splits["val"])
     val_data = TaskData(data.inputs[val_idx].to(device), data.targets[val_idx].to(device), data.task_names, data.meta)
     all_val = torch.arange(len(val_idx), device=device)
@@ -124,11 +141,12 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
 
     def next_batch(stream: BatchStream) -> Batch:
         x, y, rows, labelled = stream.next()
-        x, y = dataset.batch_transform(x, y, train=True, generator=generator)
+        x, y = dataset.batch_transform(x, y, train=True, generator=stream.generator)
         return Batch(x, y, rows, labelled)
 
-    def losses_and_representation(stream: BatchStream, track_hparams: bool = False) -> tuple[Tensor, Tensor]:
-        batch = next_batch(stream)
+    def scaled_losses(batch: Batch, track_hparams: bool = False) -> tuple[Tensor, Tensor]:
+        """The one objective of a batch, for W's step and the outer update alike: τ-scaled per-task losses
+        (main loss only where the main label is known) and the shared representation z."""
         losses, z = method.batch_losses(model, dataset, batch, track_hparams)
         if not method.needs_loss_images:
             losses = reduce_pixels(losses)
@@ -144,17 +162,21 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     shared, last_shared = model.shared_parameters(), model.last_shared_parameters()
     optimizer = make_optimizer(w_params + method.joint_parameters(), cfg)
     schedule = make_lr_schedule(optimizer, cfg)
-    initial_method_state = _state(method)
     history: dict[str, list] = {"step": [], "train_loss": [], "main_loss": [], "weights": [],
                                 "val_step": [], "val_main_loss": [], "hyper_step": [], "hypergrad_norm": [],
                                 "method_log": [], "epoch_seconds": []}
     best_val, best_state = math.inf, _state(model)
-    ctx_common = dict(model=model, dataset=dataset, train_batch=lambda: next_batch(train_stream), loss_scale=scale)
+    ctx_common = dict(model=model, dataset=dataset, train_batch=lambda: next_batch(outer_train_stream),
+                      loss_scale=scale, optimizer=optimizer, diagnostic_batch=lambda: next_batch(diagnostic_stream))
     epoch_start, epoch_len = time.perf_counter(), train_stream.steps_per_epoch
 
     for step in tqdm(range(1, cfg.steps + 1), desc=f"{params.method} seed {seed}", disable=None if progress else True):
         model.train()
-        losses, z = losses_and_representation(train_stream)
+        batch = next_batch(train_stream)
+        losses, z = scaled_losses(batch)
+        if step == 1:  # a method may calibrate φ at the losses this run sees; φ's initial state is after that
+            method.start(losses.detach())
+            initial_method_state = _state(method)
         optimizer.zero_grad(set_to_none=True)
         train_loss = method.backward(losses, SharedTrunk(shared, last_shared, z))
         optimizer.step()
@@ -164,8 +186,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         history["main_loss"].append(float(reduce_pixels(losses)[:, 0].detach().mean()))
         history["weights"].append(method.task_weights(losses).cpu().tolist())
 
-        ctx = StepContext(step, w_params, lambda: losses_and_representation(train_stream, True)[0],
-                          lambda: losses_and_representation(aux_stream, True)[0], **ctx_common)
+        ctx = StepContext(step, w_params, lambda: scaled_losses(next_batch(outer_train_stream), True)[0],
+                          lambda: scaled_losses(next_batch(aux_stream), True)[0], batch=batch, **ctx_common)
         logs = method.after_step(ctx)
         if "hypergrad_norm" in logs:
             history["hyper_step"].append(step)

@@ -8,8 +8,8 @@ KINDS = ["linear", "deep_linear", "nonlinear", "convnet"]
 
 
 def build(kind, tasks=4, init_weight=1.0):
-    return AUXNETS.get(kind)(tasks, hidden_units=10, hidden_layers=4, init_weight=init_weight, conv_layers=4,
-                             kernel_size=3)
+    return AUXNETS.get(kind)(tasks, hidden_units=10, hidden_layers=4, init_weight=init_weight,
+                             conv_channels=(8, 16), kernel_size=3)
 
 
 def random_losses(kind, n, tasks=4):
@@ -74,3 +74,42 @@ def test_linear_ignores_main_loss_input():
 def test_unknown_kind_names_the_known_ones():
     with pytest.raises(KeyError, match="deep_linear"):
         AUXNETS.get("resnet")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_calibration_starts_every_task_at_equal_weight_at_the_runs_losses(kind):
+    """At the first batch's losses (far from 1, and different per task) every auxiliary's effective weight
+    is init_weight and g adds nothing to the main task's weight (Equal's weighting)."""
+    torch.manual_seed(0)
+    net = build(kind, init_weight=1.0)
+    scale = torch.tensor([2.0, 0.03, 7.0, 0.4])
+    losses = random_losses(kind, 16) * (scale if kind != "convnet" else scale.view(1, -1, 1, 1))
+    net.calibrate(losses)
+    w = net.effective_weights(losses)
+    assert torch.allclose(w[1:], torch.ones(3), rtol=1e-3), w
+    assert abs(float(w[0])) < 1e-4  # softplus weights start at 1e-6 where a clipped one starts at 0
+
+
+def test_deep_linear_has_no_biases_and_linear_can_learn_the_main_weight():
+    assert all(m.bias is None for m in build("deep_linear").layers)
+    net = AUXNETS.get("linear")(3, learn_main_weight=True)
+    assert not net.main_skip
+    assert torch.allclose(net.effective_weights(torch.rand(5, 3)), torch.ones(3))
+
+
+def test_convnet_is_the_reference_shape_and_every_layer_gets_gradient():
+    """3×3 convolutions to 8 and 16 channels with average pooling, a 1×1 output convolution, U[0, 0.1]
+    init; the hypergradient reaches the first layers in proportion to their size (none is starved)."""
+    torch.manual_seed(0)
+    net = build("convnet")
+    convs = net.layers
+    assert [c.out_channels for c in convs] == [8, 16, 1]
+    assert [c.kernel_size for c in convs] == [(3, 3), (3, 3), (1, 1)]
+    assert any(isinstance(m, torch.nn.AvgPool2d) for m in net.net)
+    losses = random_losses("convnet", 4)
+    net.calibrate(losses)
+    weights = [p for name, p in net.named_parameters() if "weight" in name]  # raw (softplus) parameters
+    assert len(weights) == 3
+    grads = torch.autograd.grad(net(losses).sum(), weights)
+    relative = [float(g.norm() / w.detach().norm()) for g, w in zip(grads, weights)]
+    assert min(relative) > 1e-2 * max(relative), relative

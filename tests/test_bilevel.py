@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipeline.auxnets import AUXNETS
-from pipeline.bilevel import HyperOptimizer, neumann_hypergradient
+from pipeline.bilevel import BilevelConfig, HyperOptimizer, from_reference, neumann_hypergradient
 
 
 
@@ -131,8 +131,9 @@ def test_hyper_optimizer_descends_aux_loss_and_projects():
     x, y, xa, ya, auxnet = _problem(1)
     before = _aux_loss(_inner_optimum(x, y, _weights(auxnet)), xa, ya)
     w_star = _inner_optimum(x, y, _weights(auxnet)).requires_grad_(True)
-    opt = HyperOptimizer(list(auxnet.parameters()), lr=0.05, momentum=0.0, weight_decay=0.0, every=1,
-                         neumann_steps=500, neumann_lr=_safe_lr((x, y, xa, ya, auxnet)), after_update=auxnet.project)
+    cfg = BilevelConfig(optimizer="sgd", lr=0.05, momentum=0.0, weight_decay=0.0, hyper_every=1,
+                        neumann_steps=500, neumann_lr=_safe_lr((x, y, xa, ya, auxnet)))
+    opt = HyperOptimizer(list(auxnet.parameters()), cfg, after_update=auxnet.project)
     opt.step(_train_loss(w_star, x, y, auxnet), _aux_loss(w_star, xa, ya), [w_star])
     after = _aux_loss(_inner_optimum(x, y, _weights(auxnet)), xa, ya)
     assert after < before
@@ -140,13 +141,117 @@ def test_hyper_optimizer_descends_aux_loss_and_projects():
 
 
 def test_hyper_optimizer_clips_the_hypergradient_norm():
-    """With ``max_norm`` the φ step is bounded whatever the hypergradient (a diverging Neumann series)."""
+    """With ``max_hypergrad_norm`` the φ step is bounded whatever the hypergradient (a diverging Neumann
+    series). The bound is in the reference's units, ‖g / α‖, so the IFT-unit step is α · max_norm · lr."""
     x, y, xa, ya, auxnet = _problem(1)
     w_star = _inner_optimum(x, y, _weights(auxnet)).requires_grad_(True)
     start = [p.detach().clone() for p in auxnet.parameters()]
-    opt = HyperOptimizer(list(auxnet.parameters()), lr=1.0, momentum=0.0, weight_decay=0.0, every=1,
-                         neumann_steps=50, neumann_lr=_safe_lr((x, y, xa, ya, auxnet)), max_norm=1e-3)
+    alpha = _safe_lr((x, y, xa, ya, auxnet))
+    cfg = BilevelConfig(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, hyper_every=1,
+                        neumann_steps=50, neumann_lr=alpha, max_hypergrad_norm=1e-3)
+    opt = HyperOptimizer(list(auxnet.parameters()), cfg)
     stats = opt.step(_train_loss(w_star, x, y, auxnet), _aux_loss(w_star, xa, ya), [w_star])
     moved = torch.sqrt(sum(((p.detach() - s) ** 2).sum() for p, s in zip(auxnet.parameters(), start)))
-    assert stats.hypergrad_norm > 1e-3  # the logged norm is the unclipped one
-    assert float(moved) == pytest.approx(1e-3, rel=1e-4)
+    assert stats.hypergrad_norm > alpha * 1e-3 and stats.clipped  # the logged norm is the unclipped one
+    assert float(moved) == pytest.approx(alpha * 1e-3, rel=1e-4)
+
+
+def _reference_alg2_trajectory(problem, lr, hpo_lr, clip, momentum, weight_decay, hyper_steps, inner_steps, j):
+    """AuxiLearn Alg. 2 as published, written from the paper: p = v = ∇_W L_A; J times v −= α·H v, p += v;
+    hypergradient −p·∇_φ∇_W L_T (the reference omits the leading α); φ by SGD-momentum with its norm clip."""
+    x, y, xa, ya, auxnet = problem
+    w = torch.zeros(D, requires_grad=True)
+    params = list(auxnet.parameters())
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    trajectory = []
+    for _ in range(hyper_steps):
+        for _ in range(inner_steps):  # W: plain gradient steps on L_T
+            (g,) = torch.autograd.grad(_train_loss(w, x, y, auxnet), [w])
+            w = (w - 0.05 * g).detach().requires_grad_(True)
+        (v,) = torch.autograd.grad(_aux_loss(w, xa, ya), [w])
+        (dtrain,) = torch.autograd.grad(_train_loss(w, x, y, auxnet), [w], create_graph=True)
+        p = v.clone()
+        for _ in range(j):
+            (hv,) = torch.autograd.grad(dtrain, [w], grad_outputs=v, retain_graph=True)
+            v = v - hpo_lr * hv
+            p = p + v
+        grads = torch.autograd.grad(dtrain, params, grad_outputs=p)
+        opt.zero_grad()
+        for param, g in zip(params, grads):
+            param.grad = -g
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        auxnet.project()
+        trajectory.append(torch.cat([q.detach().flatten() for q in params]).clone())
+    return trajectory
+
+
+def _engine_trajectory(problem, cfg, hyper_steps, inner_steps):
+    x, y, xa, ya, auxnet = problem
+    w = torch.zeros(D, requires_grad=True)
+    opt = HyperOptimizer(list(auxnet.parameters()), cfg, after_update=auxnet.project)
+    trajectory = []
+    for _ in range(hyper_steps):
+        for _ in range(inner_steps):
+            (g,) = torch.autograd.grad(_train_loss(w, x, y, auxnet), [w])
+            w = (w - 0.05 * g).detach().requires_grad_(True)
+        opt.step(_train_loss(w, x, y, auxnet), _aux_loss(w, xa, ya), [w])
+        trajectory.append(torch.cat([q.detach().flatten() for q in auxnet.parameters()]).clone())
+    return trajectory
+
+
+@pytest.mark.parametrize("clip", [1e9, 0.05])  # clip never binds / binds
+def test_from_reference_reproduces_the_reference_phi_trajectory(clip):
+    """The reference's settings mapped by ``from_reference`` give its φ trajectory step for step."""
+    settings = dict(lr=0.1, hpo_lr=0.02, clip=clip, momentum=0.9, weight_decay=1e-3)
+    reference = _reference_alg2_trajectory(_problem(3), **settings, hyper_steps=6, inner_steps=5, j=3)
+    cfg = BilevelConfig(hyper_every=1, neumann_steps=3,
+                        **from_reference(settings["lr"], settings["hpo_lr"], clip, settings["momentum"],
+                                         settings["weight_decay"]))
+    ours = _engine_trajectory(_problem(3), cfg, hyper_steps=6, inner_steps=5)
+    assert len(ours) == 6
+    moved = float(torch.linalg.vector_norm(reference[-1] - reference[0]))
+    assert moved > 1e-3  # φ really moves, so the comparison means something
+    for r, o in zip(reference, ours):
+        assert torch.allclose(r, o, rtol=0, atol=1e-6), (r, o)
+
+
+def _quadratic(eigenvalues, seed=0):
+    """L_T = ½ wᵀAw + φ·(c·w): ∇²_W L_T = A, with A's eigenvalues known."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=g))
+    a = q @ torch.diag(torch.tensor(eigenvalues)) @ q.T
+    c = torch.randn(len(eigenvalues), generator=g)
+    w = torch.randn(len(eigenvalues), generator=g, requires_grad=True)
+    phi = torch.zeros(1, requires_grad=True)
+    train = 0.5 * w @ a @ w + phi[0] * (c @ w)
+    aux = ((w - 1) ** 2).sum()
+    return train, aux, w, phi
+
+
+def test_auto_neumann_lr_estimates_lambda_max_and_stays_convergent():
+    eigenvalues = [40.0, 12.0, 5.0, 1.0, 0.3, 0.1]
+    train, aux, w, phi = _quadratic(eigenvalues)
+    cfg = BilevelConfig(optimizer="sgd", lr=1e-3, hyper_every=1, neumann_lr="auto", curvature_safety=0.5)
+    opt = HyperOptimizer([phi], cfg)
+    stats = opt.step(train, aux, [w])
+    estimate = cfg.curvature_safety / stats.neumann_lr
+    assert estimate == pytest.approx(max(eigenvalues), rel=0.1)
+    assert stats.neumann_lr * max(eigenvalues) < 2
+    assert stats.alpha_lambda == pytest.approx(cfg.curvature_safety, rel=1e-9)
+
+
+def test_fixed_neumann_lr_beyond_curvature_warns_with_the_key():
+    train, aux, w, phi = _quadratic([40.0, 1.0])
+    opt = HyperOptimizer([phi], BilevelConfig(hyper_every=1, neumann_lr=0.1), key="methods.bilevel")
+    with pytest.warns(UserWarning, match=r"methods\.bilevel\.neumann_lr .*α·λ̂_max = 4\.0"):
+        stats = opt.step(train, aux, [w])
+    assert stats.alpha_lambda == pytest.approx(4.0, rel=0.1)
+
+
+def test_non_finite_hypergradient_names_the_key():
+    train, aux, w, phi = _quadratic([4.0, 1.0])
+    aux = aux * float("nan")
+    opt = HyperOptimizer([phi], BilevelConfig(hyper_every=1, neumann_lr=0.1))
+    with pytest.raises(FloatingPointError, match="methods.bilevel"):
+        opt.step(train, aux, [w])

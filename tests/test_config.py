@@ -75,13 +75,13 @@ def test_committed_params_yaml_lists_every_default():
 
 
 def test_per_dataset_method_overrides_apply_to_that_dataset_only():
-    params = parse_params({"dataset": "toy2d", "methods": {"auxilearn": {"lr": 0.5}},
-                           "datasets": {"toy2d": {"methods": {"auxilearn": {"neumann_steps": 7}}}}})
-    cfg = params.method_config("auxilearn")
+    params = parse_params({"dataset": "toy2d", "methods": {"bilevel": {"lr": 0.5}},
+                           "datasets": {"toy2d": {"methods": {"bilevel": {"neumann_steps": 7}}}}})
+    cfg = params.method_config("bilevel")
     assert (cfg.lr, cfg.neumann_steps) == (0.5, 7)
-    other = parse_params({"dataset": "noisy_aux", "datasets": {"toy2d": {"methods": {"auxilearn": {"neumann_steps": 7}}}}})
-    assert other.method_config("auxilearn").neumann_steps == 3
-    with pytest.raises(ParamsError, match=r"datasets.toy2d.methods: auxilearn: unknown key lrr"):
-        parse_params({"datasets": {"toy2d": {"methods": {"auxilearn": {"lrr": 1}}}}})
-    with pytest.raises(ParamsError, match=r"datasets.toy2d.methods: auxilearn.lr: Input should be greater than 0"):
-        parse_params({"datasets": {"toy2d": {"methods": {"auxilearn": {"lr": 0}}}}})
+    other = parse_params({"dataset": "noisy_aux", "datasets": {"toy2d": {"methods": {"bilevel": {"neumann_steps": 7}}}}})
+    assert other.method_config("bilevel").neumann_steps == 3
+    with pytest.raises(ParamsError, match=r"datasets.toy2d.methods: bilevel: unknown key lrr"):
+        parse_params({"datasets": {"toy2d": {"methods": {"bilevel": {"lrr": 1}}}}})
+    with pytest.raises(ParamsError, match=r"datasets.toy2d.methods: bilevel.lr: Input should be greater than 0"):
+        parse_params({"datasets": {"toy2d": {"methods": {"bilevel": {"lr": 0}}}}})

@@ -71,7 +71,7 @@ def test_training_param_reruns_only_training_and_after(pipeline_repo: Path):
     edit_params(pipeline_repo, lambda p: p["datasets"]["toy2d"]["train"].update(lr=0.02))
     assert stale_stages(pipeline_repo) == {"train"}
     # report rebuilds the trained method from its section (e.g. ψ of a label generator), so it reads methods too
-    edit_params(pipeline_repo, lambda p: p["methods"]["auxilearn"].update(lr=0.02))
+    edit_params(pipeline_repo, lambda p: p["methods"]["bilevel"].update(lr=0.02))
     assert stale_stages(pipeline_repo) == {"train", "report"}
     edit_params(pipeline_repo, lambda p: p["datasets"]["toy2d"]["methods"].update(auxilearn={"lr": 0.03}))
     assert stale_stages(pipeline_repo) == {"train", "report"}

@@ -31,8 +31,8 @@ SMALL = {
 def small_params(dataset: str, method: str, steps: int = 6, **extra) -> object:
     profile = {**SMALL[dataset], "train": {"steps": steps, "batch_size": 4, "eval_every": 3}}
     return parse_params({"dataset": dataset, "method": method, "seeds": [0], "datasets": {dataset: profile},
-                         "methods": {"labels": {"diagnose_every": 3, "maxl_every": 2, "hyper_every": 2},
-                                     "auxilearn": {"hyper_every": 3}}, **extra})
+                         "methods": {"labels": {"diagnose_every": 3, "maxl_every": 2},
+                                     "bilevel": {"hyper_every": 3}}, **extra})
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,7 +10,7 @@ from stages import evaluate, prepare, report, split, train
 def test_report_for_many_auxiliaries(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = {"dataset": "noisy_aux", "method": "auxilearn_linear", "seeds": [0, 1],
-              "datasets": {"noisy_aux": {"train": {"steps": 60}}}, "methods": {"auxilearn": {"hyper_every": 10}}}
+              "datasets": {"noisy_aux": {"train": {"steps": 60}}}, "methods": {"bilevel": {"hyper_every": 10}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     runner = CliRunner()
     for cmd, args in ((prepare.main, ["--dataset", "noisy_aux"]), (split.main, []), (train.main, []),

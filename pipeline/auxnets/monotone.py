@@ -4,19 +4,42 @@ All four are one network over the losses that differ only in depth, activation a
 fully connected over the loss vector [B, T], or (ConvNet, §5.3) convolutional over the *loss image*
 [B, T, H, W], one channel of per-pixel losses per task, whose per-pixel output is averaged over the
 image. Monotone non-decreasing in every loss: weights are clipped to ≥ 0 after each update
-(``project``) and the activations are non-decreasing. The main loss enters L_T = ℓ_main + g(ℓ; φ)
-directly (the skip connection), so g only adds to it.
+(``project``) and the activations (and average pooling) are non-decreasing. The main loss enters
+L_T = ℓ_main + g(ℓ; φ) directly (the skip connection), so g only adds to it; the linear network can
+instead learn the main task's weight too (``learn_main_weight``, as the reference NYUv2 trainer does).
+
+Where they start: at Equal's weighting, every auxiliary's effective weight ∂g/∂ℓ_j = ``init_weight``
+and the main task's 1. ``calibrate`` sets that at the losses a run actually sees (its first batch),
+by rescaling the first layer's input columns until the batch-mean effective weights match; before it
+is called the networks are calibrated at losses of 1. The deep networks start from small non-negative
+random weights (U[0, ``init_range``], the reference ConvNet's init) so every layer has gradient to learn
+from; the ConvNet is 3×3 convolutions with average pooling and a 1×1 output convolution.
 """
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from pipeline.auxnets import AUXNETS
 
 ACTIVATIONS = {"identity": nn.Identity, "softplus": nn.Softplus}
+SMALLEST_WEIGHT = 1e-6  # a softplus-parametrised weight set to 0 starts here instead (its raw value is finite)
+
+
+class SoftplusPositive(nn.Module):
+    """weight = softplus(raw): positive without clipping, so no step can zero a layer for good (a clipped
+    deep network whose weights are small next to φ's step size dies: g becomes constant forever)."""
+
+    def forward(self, raw: Tensor) -> Tensor:
+        return F.softplus(raw)
+
+    def right_inverse(self, weight: Tensor) -> Tensor:
+        w = weight.clamp_min(SMALLEST_WEIGHT)
+        return w + torch.log(-torch.expm1(-w))
 
 
 class MonotoneNet(nn.Module):
@@ -29,42 +52,91 @@ class MonotoneNet(nn.Module):
         activation: Literal["identity", "softplus"] = "identity",
         init_weight: float = 1.0,
         kernel_size: int | None = None,
+        *,
+        bias: bool = True,
+        pool: int = 1,
+        init_range: float = 0.1,
+        learn_main_weight: bool = False,
+        positive_weights: Literal["clip", "softplus"] = "clip",
     ) -> None:
         super().__init__()
+        if learn_main_weight and hidden:
+            raise ValueError("learn_main_weight applies to the linear auxiliary network only")
         self.kernel_size = kernel_size
+        self.learn_main_weight = learn_main_weight
+        self.init_weight = init_weight
         sizes = [num_tasks, *hidden, 1]
         layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            last = i == len(sizes) - 2
+            use_bias = bias and bool(hidden)
             if kernel_size is None:
-                layers.append(nn.Linear(fan_in, fan_out, bias=bool(hidden)))
+                layers.append(nn.Linear(fan_in, fan_out, bias=use_bias))
             else:
-                layers.append(nn.Conv2d(fan_in, fan_out, kernel_size, padding=kernel_size // 2, bias=bool(hidden)))
-            if i < len(sizes) - 2:
+                k = 1 if last and hidden else kernel_size  # the reference's 1×1 output convolution
+                layers.append(nn.Conv2d(fan_in, fan_out, k, padding=k // 2, bias=use_bias))
+            if not last:
                 layers.append(ACTIVATIONS[activation]())
+                if kernel_size is not None and pool > 1:
+                    layers.append(nn.AvgPool2d(pool, ceil_mode=True))
         self.net = nn.Sequential(*layers)
-        # Linear: a combination of the auxiliary losses only (the main loss keeps weight 1 via the skip);
-        # deeper networks see every loss so they can model interactions with the main task.
+        # The main loss reaches L_T through the skip connection; a linear g that learns the main weight sees
+        # it, the deeper networks see it (to model interactions) but start with zero weight on it.
         mask = torch.ones(num_tasks)
-        if not hidden:
+        if not hidden and not learn_main_weight:
             mask[0] = 0.0
         self.register_buffer("input_mask", mask)
-        self._init(num_tasks, init_weight)
+        self._init(num_tasks, init_range)
+        self.positive_weights = positive_weights
+        if positive_weights == "softplus":
+            for layer in self.layers:
+                parametrize.register_parametrization(layer, "weight", SoftplusPositive())
 
-    def _init(self, num_tasks: int, init_weight: float) -> None:
-        """Start from (about) equal weighting: every auxiliary's effective weight ∂g/∂ℓ_j ≈ init_weight."""
-        linears = [m for m in self.net if isinstance(m, (nn.Linear, nn.Conv2d))]
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [m for m in self.net if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+    @property
+    def main_skip(self) -> bool:
+        """Whether L_T adds ℓ_main itself (otherwise g carries the main task's learned weight)."""
+        return not self.learn_main_weight
+
+    def _init(self, num_tasks: int, init_range: float) -> None:
+        layers = self.layers
         with torch.no_grad():
-            if len(linears) == 1 and self.kernel_size is None:  # plain linear: exactly [0, w, …, w]
-                linears[0].weight.fill_(init_weight)  # (the main loss already has weight 1)
-                linears[0].weight[0, 0] = 0.0
+            if len(layers) == 1 and self.kernel_size is None:  # plain linear: exactly [0 or 1, w, …, w]
+                layers[0].weight.fill_(self.init_weight)
+                layers[0].weight[0, 0] = 1.0 if self.learn_main_weight else 0.0
                 return
-            for layer in linears:
-                layer.weight.abs_()
+            for layer in layers:
+                layer.weight.uniform_(0.0, init_range)
                 if layer.bias is not None:
                     layer.bias.zero_()
-            probe = torch.ones(1, num_tasks) if self.kernel_size is None else torch.ones(1, num_tasks, 8, 8)
-            mean_aux = self.effective_weights(probe)[1:].mean()
-            linears[-1].weight.mul_(init_weight / mean_aux.clamp_min(1e-12))
+            layers[0].weight[:, 0] = 0.0  # main effective weight starts at 1 (the skip alone)
+        probe = torch.ones(2, num_tasks) if self.kernel_size is None else torch.ones(2, num_tasks, 8, 8)
+        self.calibrate(probe)
+
+    @torch.no_grad()
+    def calibrate(self, losses: Tensor, iterations: int = 50, tolerance: float = 1e-4) -> None:
+        """Rescale the first layer's input columns so every auxiliary's batch-mean effective weight at
+        ``losses`` is ``init_weight`` (exact in one pass for the linear networks; a few for softplus)."""
+        first = self.layers[0]
+        if len(self.layers) == 1 and self.kernel_size is None:
+            return  # the linear network's weights are its effective weights already
+        for _ in range(iterations):
+            weights = self.effective_weights(losses)[1:]
+            alive = weights > 0
+            if not alive.any():
+                return
+            ratio = torch.where(alive, self.init_weight / weights.clamp_min(1e-30), torch.ones_like(weights))
+            scaled = first.weight.clone()
+            scaled[:, 1:] *= ratio.view(1, -1, *([1] * (scaled.dim() - 2)))
+            if parametrize.is_parametrized(first, "weight"):
+                first.weight = scaled  # through SoftplusPositive.right_inverse
+            else:
+                first.weight.copy_(scaled)
+            if (ratio - 1).abs().max() < tolerance:
+                return
 
     def forward(self, losses: Tensor) -> Tensor:
         """[B, T] -> [B]; or loss images [B, T, H, W] -> per-pixel output averaged over the image, [B]."""
@@ -76,9 +148,10 @@ class MonotoneNet(nn.Module):
 
     @torch.no_grad()
     def project(self) -> None:
-        """Clip negative weights so g stays monotone non-decreasing in every loss."""
-        for m in self.net:
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
+        """Clip negative weights so g stays monotone non-decreasing in every loss (softplus weights are
+        positive by construction)."""
+        if self.positive_weights == "clip":
+            for m in self.layers:
                 m.weight.clamp_(min=0.0)
 
     def effective_weights(self, losses: Tensor) -> Tensor:
@@ -90,13 +163,21 @@ class MonotoneNet(nn.Module):
 
 
 def _builder(activation: str, deep: bool, conv: bool = False):
-    def build(num_tasks: int, *, hidden_units: int, hidden_layers: int, init_weight: float, conv_layers: int = 4,
-              kernel_size: int = 3) -> MonotoneNet:
+    def build(num_tasks: int, *, hidden_units: int = 10, hidden_layers: int = 4, init_weight: float = 1.0,
+              conv_channels: tuple[int, ...] | list[int] = (8, 16), kernel_size: int = 3, pool: int = 2,
+              init_range: float = 0.1, learn_main_weight: bool = False,
+              positive_weights: str = "auto") -> MonotoneNet:
+        # auto: the linear network clips (its weights are O(1), φ's steps are small beside them); deeper ones
+        # use softplus weights, which small U[0, init_range] weights need to survive φ's first steps.
+        positivity = positive_weights if positive_weights != "auto" else ("softplus" if deep else "clip")
         if conv:
-            hidden = [hidden_units] * (conv_layers - 1)  # conv_layers convolutions in all, the last to one channel
-        else:
-            hidden = [hidden_units] * hidden_layers if deep else []
-        return MonotoneNet(num_tasks, hidden, activation, init_weight, kernel_size if conv else None)  # type: ignore[arg-type]
+            return MonotoneNet(num_tasks, list(conv_channels), activation, init_weight, kernel_size,  # type: ignore[arg-type]
+                               pool=pool, init_range=init_range, positive_weights=positivity)  # type: ignore[arg-type]
+        hidden = [hidden_units] * hidden_layers if deep else []
+        # Deep linear: no biases (a constant added to L_T changes nothing of W's gradient).
+        return MonotoneNet(num_tasks, hidden, activation, init_weight, None, bias=activation != "identity",  # type: ignore[arg-type]
+                           init_range=init_range, learn_main_weight=learn_main_weight and not deep,
+                           positive_weights=positivity)  # type: ignore[arg-type]
 
     return build
 

@@ -710,6 +710,8 @@ class ImageClassification(Dataset):
     # ~76 % test accuracy on the CIFAR-10 stand-in (chance 10 %) in about a minute on 2 CPU cores.
     default_train = {"steps": 400, "batch_size": 64, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
                      "weight_decay": 5e-4, "lr_schedule": "cosine", "eval_every": 50}
+    # App. B.3: the label generator's φ is updated every 5 steps (its grid: 5, 15, 25).
+    default_methods = {"bilevel": {"hyper_every": 5}}
 
     def __init__(self) -> None:
         self._norm: ChannelNorm | None = None

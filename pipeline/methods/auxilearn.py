@@ -7,7 +7,7 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from pipeline.auxnets import AUXNETS
-from pipeline.bilevel import HyperOptimizer
+from pipeline.bilevel import BilevelConfig, HyperOptimizer
 from pipeline.config import StrictModel
 from pipeline.datasets.base import reduce_pixels
 from pipeline.methods import METHODS
@@ -15,19 +15,22 @@ from pipeline.methods.base import Method, StepContext
 
 
 class AuxiLearnConfig(StrictModel):
-    lr: float = Field(1e-2, gt=0, description="φ's SGD learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-5, ge=0)
-    hyper_every: int = Field(20, ge=1, description="N: inner steps between φ updates")
-    neumann_steps: int = Field(3, ge=0, description="J: terms of the truncated Neumann series")
-    neumann_lr: float = Field(0.02, gt=0, description="α: Neumann step size, below 2/λ_max of ∇²_W L_T")
-    aux_batch_size: int = Field(0, ge=0, description="0 = the whole auxiliary set")
-    max_hypergrad_norm: float | None = Field(None, gt=0, description="clip φ's hypergradient norm; null = never")
+    """``methods.auxilearn``: the auxiliary network g(ℓ; φ); its outer update is ``methods.bilevel``."""
+
     hidden_units: int = Field(10, ge=1)
     hidden_layers: int = Field(4, ge=1, description="hidden layers of deep_linear and nonlinear")
-    init_weight: float = Field(1.0, ge=0, description="initial effective weight of every auxiliary")
-    conv_layers: int = Field(4, ge=1, description="convolutions of the ConvNet auxiliary network (§5.3)")
+    init_weight: float = Field(1.0, ge=0, description="initial effective weight of every auxiliary (Equal's: 1)")
+    calibrate_init: bool = Field(
+        True, description="set the initial effective weights at the first batch's losses (else at losses of 1)")
+    init_range: float = Field(0.1, gt=0, description="deep networks start from weights U[0, init_range]")
+    learn_main_weight: bool = Field(False, description="linear: learn the main task's weight too (reference NYUv2)")
+    positive_weights: Literal["auto", "clip", "softplus"] = Field(
+        "auto", description="monotone by clipping weights at 0 (the paper) or softplus weights; auto = clip for "
+                            "linear, softplus for the deeper networks (clipped small weights die under φ's steps)")
+    conv_channels: list[int] = Field(default_factory=lambda: [8, 16], min_length=1,
+                                     description="hidden channels of the ConvNet auxiliary network (§5.3)")
     kernel_size: int = Field(3, ge=1, description="the ConvNet's kernel size (odd)")
+    pool: int = Field(2, ge=1, description="the ConvNet's average pooling after each hidden convolution")
 
     @field_validator("kernel_size")
     @classmethod
@@ -36,47 +39,55 @@ class AuxiLearnConfig(StrictModel):
             raise ValueError("must be odd, so the loss image keeps its size")
         return v
 
+    @field_validator("conv_channels")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if min(v) < 1:
+            raise ValueError("every channel count must be ≥ 1")
+        return v
+
 
 class AuxiLearn(Method):
     uses_aux_set = True
+    uses_bilevel = True
     config_section = "auxilearn"
     Config = AuxiLearnConfig
     auxnet_kind: ClassVar[str]
     # "train" is the App. C.1 ablation: φ learned on the training set collapses toward STL.
     hyper_set: ClassVar[Literal["aux", "train"]] = "aux"
 
-    def __init__(self, num_tasks: int, cfg: AuxiLearnConfig) -> None:
-        super().__init__(num_tasks, cfg)
+    def __init__(self, num_tasks: int, cfg: AuxiLearnConfig | None = None, bilevel: BilevelConfig | None = None
+                 ) -> None:
+        super().__init__(num_tasks, cfg, bilevel)
+        cfg = self.cfg
         self.auxnet = AUXNETS.get(self.auxnet_kind)(
             num_tasks,
             hidden_units=cfg.hidden_units,
             hidden_layers=cfg.hidden_layers,
             init_weight=cfg.init_weight,
-            conv_layers=cfg.conv_layers,
+            conv_channels=cfg.conv_channels,
             kernel_size=cfg.kernel_size,
+            pool=cfg.pool,
+            init_range=cfg.init_range,
+            learn_main_weight=cfg.learn_main_weight,
+            positive_weights=cfg.positive_weights,
         )
-        self.hyper = HyperOptimizer(
-            list(self.auxnet.parameters()),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            every=cfg.hyper_every,
-            neumann_steps=cfg.neumann_steps,
-            neumann_lr=cfg.neumann_lr,
-            after_update=self.auxnet.project,
-            max_norm=cfg.max_hypergrad_norm,
-        )
+        self.hyper = HyperOptimizer(list(self.auxnet.parameters()), self.bilevel_cfg, after_update=self.auxnet.project)
+
+    def start(self, losses: Tensor) -> None:
+        if self.cfg.calibrate_init:
+            self.auxnet.calibrate(losses.detach())
 
     def training_loss(self, losses: Tensor) -> Tensor:
-        return (reduce_pixels(losses)[:, 0] + self.auxnet(losses)).mean()
+        extra = self.auxnet(losses)
+        return (reduce_pixels(losses)[:, 0] + extra).mean() if self.auxnet.main_skip else extra.mean()
 
     def after_step(self, ctx: StepContext) -> dict[str, float]:
         if not self.hyper.due(ctx.step):
             return {}
         train_loss = self.training_loss(ctx.train_losses())
         outer = ctx.aux_losses() if self.hyper_set == "aux" else ctx.train_losses()
-        stats = self.hyper.step(train_loss, outer[:, 0].mean(), ctx.params)
-        return {"hypergrad_norm": stats.hypergrad_norm, "outer_main_loss": stats.aux_loss}
+        return self.hyper.log(self.hyper.step(train_loss, reduce_pixels(outer)[:, 0].mean(), ctx.params))
 
 
 for _kind in ("linear", "deep_linear", "nonlinear"):

@@ -36,14 +36,21 @@ class Batch:
 
 @dataclass
 class StepContext:
+    """What a method's outer update may use after W's step. Every batch source is its own seeded stream
+    (W's, the outer update's, the diagnostics'), so an outer update or a diagnostic never changes which
+    batches W sees."""
+
     step: int  # inner steps taken so far, counting from 1
     params: list[Tensor]  # the primary network's trainable parameters W
-    train_losses: Callable[[], Tensor]  # per-sample per-task losses [B, T] on a fresh training batch (φ in the graph)
-    aux_losses: Callable[[], Tensor]  # the same on the auxiliary set
+    train_losses: Callable[[], Tensor]  # scaled per-task losses [B, T] on a fresh outer training batch (φ in graph)
+    aux_losses: Callable[[], Tensor]  # the same on a fresh batch of the auxiliary set
     model: Any = None  # the primary network (look-ahead methods call it functionally)
     dataset: Any = None
-    train_batch: Callable[[], Batch] | None = None  # a fresh training batch
+    train_batch: Callable[[], Batch] | None = None  # a fresh training batch from the outer update's stream
     loss_scale: Tensor | None = None  # τ per task, as applied to the training losses
+    batch: Batch | None = None  # the batch W's step just used (MAXL's meta update reuses it, as its reference does)
+    optimizer: Any = None  # W's optimiser (its current lr and momentum, for look-ahead steps)
+    diagnostic_batch: Callable[[], Batch] | None = None  # a fresh training batch from the diagnostics' own stream
 
 
 class Method(nn.Module):
@@ -62,12 +69,18 @@ class Method(nn.Module):
     needs_loss_images: ClassVar[bool] = False
     # Loss columns this method appends to the dataset's given tasks (generated auxiliaries).
     generated_tasks: ClassVar[tuple[str, ...]] = ()
+    # True: φ is trained by the IFT outer update, configured by the shared ``methods.bilevel`` section.
+    uses_bilevel: ClassVar[bool] = False
 
-    def __init__(self, num_tasks: int, cfg: Any = None) -> None:
+    def __init__(self, num_tasks: int, cfg: Any = None, bilevel: Any = None) -> None:
         super().__init__()
         self.num_tasks = num_tasks
         # A method built without its section (e.g. in a test) gets its schema's defaults.
         self.cfg = self.Config() if cfg is None and self.Config is not None else cfg
+        if self.uses_bilevel:
+            from pipeline.bilevel import BilevelConfig
+
+            self.bilevel_cfg = bilevel if bilevel is not None else BilevelConfig()
 
     def bind(self, dataset: Any, data: Any, params: Any) -> None:
         """Called once the dataset is known, before training or loading a state (label generators are built here)."""
@@ -84,6 +97,15 @@ class Method(nn.Module):
         """
         z = model.encode(batch.x)
         return dataset.per_task_losses(model.decode(z), batch.y), z
+
+    def start(self, losses: Tensor) -> None:
+        """Called once with the first training batch's scaled losses, before W's first step (calibration)."""
+
+    def outer_batch_sizes(self, train_batch_size: int) -> tuple[int, int]:
+        """Batch sizes of the outer update's training and auxiliary streams (0 = the whole split)."""
+        if self.uses_bilevel:
+            return self.bilevel_cfg.hyper_train_batch or train_batch_size, self.bilevel_cfg.hyper_aux_batch
+        return train_batch_size, 0
 
     def joint_parameters(self) -> list[nn.Parameter]:
         """Method parameters trained by W's own optimiser on L_T (e.g. Uncertainty's log-variances)."""

@@ -73,7 +73,6 @@ class LabelsConfig(StrictModel):
         5e-4, ge=0, description="θ2's penalty: MAXL as maxl_penalty says; AuxiLearn: SGD weight decay")
     entropy_weight: float = Field(0.2, ge=0, description="λ of MAXL's entropy term")
     maxl_every: int = Field(1, ge=1, description="MAXL: inner steps between θ2 updates (Alg. 1: one per batch)")
-    hyper_every: int = Field(5, ge=1, description="AuxiLearn: inner steps between θ2 updates (App. B.3: 5, 15, 25)")
     maxl_main_loss: Literal["focal", "dataset"] = Field(
         "focal", description="maxl, maxl_first_order: main-task loss in W's step and the meta objective "
                              "(focal, γ = focal_gamma, as the reference; dataset = the dataset's loss, as STL)")
@@ -89,9 +88,6 @@ class LabelsConfig(StrictModel):
         0.01, gt=0, description="maxl_first_order: finite-difference step ε = maxl_fd_epsilon / ‖d‖ (DARTS: 0.01)")
     lookahead_lr: float | None = Field(
         None, gt=0, description="α of MAXL's look-ahead; null = W's optimiser's current learning rate")
-    neumann_steps: int = Field(3, ge=0)
-    neumann_lr: float = Field(0.02, gt=0)
-    aux_batch_size: int = Field(0, ge=0, description="0 = the whole auxiliary set")
     combine: Literal["none", "linear", "nonlinear"] = Field(
         "none", description="auxilearn_labels: learn a loss-combining network too (App. B.3); none = ℓ_main + ℓ_aux")
     hidden_units: int = Field(10, ge=1)
@@ -429,12 +425,15 @@ class MaxlFirstOrder(Maxl):
 
 @METHODS.register("auxilearn_labels")
 class AuxiLearnLabels(GeneratedLabels):
+    """θ2 (and the optional combining network) trained by the IFT outer update of ``methods.bilevel``."""
+
     uses_aux_set = True
+    uses_bilevel = True
     learns_generator = True
 
     @property
     def update_every(self) -> int:
-        return self.cfg.hyper_every
+        return self.bilevel_cfg.hyper_every
 
     def bind(self, dataset: Any, data: Any, params: Any) -> None:
         super().bind(dataset, data, params)
@@ -445,10 +444,12 @@ class AuxiLearnLabels(GeneratedLabels):
                 self.num_tasks, hidden_units=self.cfg.hidden_units, hidden_layers=self.cfg.hidden_layers,
                 init_weight=1.0)
             hparams += list(self.combiner.parameters())
-        self.hyper = HyperOptimizer(hparams, lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                    weight_decay=self.cfg.weight_decay, every=self.cfg.hyper_every,
-                                    neumann_steps=self.cfg.neumann_steps, neumann_lr=self.cfg.neumann_lr,
+        self.hyper = HyperOptimizer(hparams, self.bilevel_cfg,
                                     after_update=self.combiner.project if self.combiner is not None else None)
+
+    def start(self, losses: Tensor) -> None:
+        if self.combiner is not None:
+            self.combiner.calibrate(losses.detach())
 
     def training_loss(self, losses: Tensor) -> Tensor:
         if self.combiner is None:
@@ -457,7 +458,7 @@ class AuxiLearnLabels(GeneratedLabels):
 
     def update_generator(self, ctx: StepContext) -> dict[str, Any]:
         stats = self.hyper.step(self.training_loss(ctx.train_losses()), ctx.aux_losses()[:, 0].mean(), ctx.params)
-        return {"hypergrad_norm": stats.hypergrad_norm, "outer_main_loss": stats.aux_loss}
+        return self.hyper.log(stats)
 
 
 METHODS.add("maxl_frozen", type("MaxlFrozen", (GeneratedLabels,), {}))

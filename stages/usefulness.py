@@ -1,0 +1,54 @@
+"""DVC stage `usefulness`: which auxiliaries will help, before any auxiliary training (AuxiLearn Prop. 1).
+
+Trains the main task alone per seed, then scores every auxiliary by u_j = −dL_A/dφ_j and by the cosine proxy;
+writes reports/usefulness.md (ranked table), reports/usefulness.png, reports/usefulness.csv (every auxiliary)
+and the small metrics file reports/usefulness.json. See pipeline/usefulness.py.
+"""
+import csv
+
+import click
+
+from pipeline.cli import stage
+from pipeline.experiment import load_experiment
+from pipeline.io import atomic_path, write_json, write_text
+from pipeline.paths import REPORTS
+from pipeline.training import resolve_device
+from pipeline.usefulness import UsefulnessConfig, analyse, csv_rows, markdown_report, plot_usefulness, summarise
+
+USEFULNESS_MD = REPORTS / "usefulness.md"
+USEFULNESS_PNG = REPORTS / "usefulness.png"
+USEFULNESS_CSV = REPORTS / "usefulness.csv"
+USEFULNESS_JSON = REPORTS / "usefulness.json"
+
+
+def usefulness_config(params) -> UsefulnessConfig:
+    """``params.usefulness`` once pipeline/config.py declares the section; its defaults until then."""
+    cfg = getattr(params, "usefulness", None)
+    return cfg if cfg is not None else UsefulnessConfig()
+
+
+@click.command()
+@stage
+def main(params) -> None:
+    cfg = usefulness_config(params)
+    exp = load_experiment(params)
+    roles = exp.data.meta.get("aux_roles") or None
+    result = analyse(exp.dataset, exp.data, exp.splits, params.train, params.profile.model, cfg, params.seeds,
+                     resolve_device(params.device))
+    summary = summarise(result, roles, ordered=bool(exp.dataset.auxiliary_order))
+    summary = {"dataset": params.dataset, **summary}
+    plot_usefulness(result, roles, USEFULNESS_PNG)
+    header, rows = csv_rows(result, roles)
+    with atomic_path(USEFULNESS_CSV) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows(rows)
+    write_text(USEFULNESS_MD, markdown_report(result, summary, roles, cfg, params.dataset))
+    write_json(USEFULNESS_JSON, summary)
+    click.echo(f"usefulness of {len(result.task_names)} auxiliaries on {params.dataset}: top (Prop. 1) "
+               f"{summary['prop1']['top']}, top (cosine) {summary['cosine']['top']}; wrote {USEFULNESS_MD}")
+
+
+if __name__ == "__main__":
+    main()

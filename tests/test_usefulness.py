@@ -1,0 +1,208 @@
+"""AuxiLearn Prop. 1 usefulness scores: closed forms, retraining, the synthetic problems and the stage."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from torch import nn
+
+from pipeline.config import parse_params
+from pipeline.usefulness import (UsefulnessConfig, analyse, auc, conjugate_gradient, hvp_operator, main_parameters,
+                                 role_separation, score_batch, spearman, summarise)
+from tests.conftest import _prepared
+
+EXACT = UsefulnessConfig(damping=0.0, cg_iters=200, cg_tol=1e-13, batches=1, batch_size=0)
+
+
+# -- a linear-regression problem where (∇²L_T)⁻¹ is exact ----------------------------------------------------
+
+def _regression(seed: int = 0, n: int = 80, d: int = 5):
+    """Main task y0 = xᵀw + noise; auxiliaries: a less noisy copy (helpful), another weight vector (harmful),
+    pure noise, and a biased copy. Float64 throughout."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, generator=g, dtype=torch.float64)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) + 0.5
+    xa = torch.randn(40, d, generator=g, dtype=torch.float64) + 0.5
+    noise = lambda m, s: s * torch.randn(m, generator=g, dtype=torch.float64)  # noqa: E731
+    y = torch.stack([x @ w + noise(n, 2.0), x @ w + noise(n, 0.3), x @ (w + 2 * torch.randn(d, generator=g, dtype=torch.float64)) + noise(n, 0.3),
+                     noise(n, 1.0), x @ w + 1.0 + noise(n, 0.3)], 1)
+    ya = xa @ w + noise(40, 2.0)
+    return x, y, xa, ya
+
+
+def _weighted_fit(x, y, j, phi):
+    """argmin_w mean (xw − y0)² + φ mean (xw − y_j)², in closed form."""
+    a = x.T @ x
+    return torch.linalg.solve((1 + phi) * a, x.T @ (y[:, 0] + phi * y[:, j]))
+
+
+def _aux_loss(w, xa, ya):
+    return float(((xa @ w - ya) ** 2).mean())
+
+
+def _scores(x, y, xa, ya, cfg=EXACT):
+    w = nn.Parameter(_weighted_fit(x, y, 1, 0.0))
+    losses = ((x @ w)[:, None] - y).pow(2).mean(0)
+    aux = ((xa @ w - ya) ** 2).mean()
+    return w.detach(), score_batch(losses, aux, [w], [w], cfg)
+
+
+def test_score_equals_closed_form_and_predicts_retraining():
+    x, y, xa, ya = _regression()
+    w, out = _scores(x, y, xa, ya)
+    n = len(x)
+    hessian = 2 * x.T @ x / n
+    grad_aux_set = 2 * xa.T @ (xa @ w - ya) / len(xa)
+    for j in range(1, y.shape[1]):
+        grad_j = 2 * x.T @ (x @ w - y[:, j]) / n
+        closed = float(torch.linalg.solve(hessian, grad_aux_set) @ grad_j)  # −dL_A/dφ_j
+        assert out.usefulness[j - 1] == pytest.approx(closed, rel=1e-6, abs=1e-9)
+        # retrain with a small weight on auxiliary j: L_A falls iff the score is positive, by ε·score
+        eps = 1e-6
+        change = _aux_loss(_weighted_fit(x, y, j, eps), xa, ya) - _aux_loss(_weighted_fit(x, y, j, 0.0), xa, ya)
+        assert np.sign(change) == -np.sign(out.usefulness[j - 1])
+        assert -change / eps == pytest.approx(out.usefulness[j - 1], rel=1e-3)
+    assert out.info.relative_residual < 1e-10 and not out.info.negative_curvature
+    assert out.usefulness[0] > 0 > out.usefulness[1]  # on this draw: helpful copy positive, other weights negative
+
+
+def test_neumann_and_damping():
+    x, y, xa, ya = _regression(seed=1)
+    _, cg = _scores(x, y, xa, ya)
+    lam_max = float(torch.linalg.eigvalsh(2 * x.T @ x / len(x)).max())
+    _, neumann = _scores(x, y, xa, ya, EXACT.model_copy(update={"solver": "neumann", "neumann_lr": 1 / lam_max,
+                                                                  "neumann_steps": 3000}))
+    np.testing.assert_allclose(neumann.usefulness, cg.usefulness, rtol=1e-6)
+    _, damped = _scores(x, y, xa, ya, EXACT.model_copy(update={"damping": 1e3}))
+    # huge damping: (H + λI)⁻¹ ≈ I/λ, the score becomes ⟨∇L_A, ∇ℓ_j⟩ / λ
+    w = _weighted_fit(x, y, 1, 0.0)
+    grad_aux_set = 2 * xa.T @ (xa @ w - ya) / len(xa)
+    plain = np.array([float(grad_aux_set @ (2 * x.T @ (x @ w - y[:, j]) / len(x))) / 1e3 for j in range(1, 5)])
+    np.testing.assert_allclose(damped.usefulness, plain, rtol=0.05)
+
+
+def test_hvp_and_cg_on_a_small_network_match_the_explicit_hessian():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(30, 3, generator=g, dtype=torch.float64), torch.randn(30, 2, generator=g, dtype=torch.float64)
+    theta = nn.Parameter(0.5 * torch.randn(3 * 4 + 4 * 2, generator=g, dtype=torch.float64))
+
+    def loss(t):
+        hidden = torch.tanh(x @ t[:12].view(3, 4))
+        return ((hidden @ t[12:].view(4, 2) - y) ** 2).mean()
+
+    hessian = torch.autograd.functional.hessian(loss, theta.detach())
+    matvec, grad = hvp_operator(loss(theta), [theta], damping=0.5)
+    v = torch.randn(20, generator=g, dtype=torch.float64)
+    np.testing.assert_allclose(matvec(v).numpy(), ((hessian + 0.5 * torch.eye(20)) @ v).numpy(), rtol=1e-10)
+    b = torch.randn(20, generator=g, dtype=torch.float64)
+    solution, info = conjugate_gradient(matvec, b, iters=200, tol=1e-12)
+    expected = torch.linalg.solve(hessian + 0.5 * torch.eye(20), b)
+    if not info.negative_curvature:
+        np.testing.assert_allclose(solution.numpy(), expected.numpy(), rtol=1e-6, atol=1e-9)
+    assert torch.allclose(grad, torch.autograd.functional.jacobian(loss, theta.detach()))
+
+
+def test_negative_curvature_stops_cg():
+    a = torch.diag(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    _, info = conjugate_gradient(lambda v: a @ v, torch.tensor([0.0, 1.0], dtype=torch.float64), 10, 1e-12)
+    assert info.negative_curvature
+
+
+def test_auxiliary_heads_are_outside_w():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk, self.main, self.aux = nn.Linear(3, 4), nn.Linear(4, 1), nn.Linear(4, 1)
+
+    net = TwoHeads()
+    z = net.trunk(torch.randn(5, 3))
+    inside, heads = main_parameters(net, net.main(z).pow(2).mean())
+    assert {id(p) for p in inside} == {id(p) for p in [*net.trunk.parameters(), *net.main.parameters()]}
+    assert {id(p) for p in heads} == {id(p) for p in net.aux.parameters()}
+
+
+def test_role_separation_metrics():
+    assert auc(np.array([3.0, 2.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
+    sep = role_separation(np.array([2.0, 0.1, -1.0, -3.0]), ["a", "b", "c", "d"],
+                          {"a": "helpful", "b": "irrelevant", "c": "harmful", "d": "harmful"})
+    assert sep["auc_helpful_vs_harmful"] == 1.0 and sep["spearman_with_role"] > 0.9
+    assert sep["by_role"]["harmful"] == {"mean": -2.0, "count": 2}
+    assert np.isnan(spearman(np.ones(3), np.arange(3.0)))
+
+
+# -- the synthetic problems, through the whole analysis (STL training included) ---------------------------------
+
+def _retrained_usefulness(data, splits, j, eps=1e-4):
+    """−ΔL_A/ε from retraining the shared linear model in closed form with weight ε on auxiliary j."""
+    x = data.inputs[torch.as_tensor(splits["train"])].double()
+    y = data.targets[torch.as_tensor(splits["train"])].double()
+    xa = data.inputs[torch.as_tensor(splits["aux"])].double()
+    ya = data.targets[torch.as_tensor(splits["aux"]), 0].double()
+    base = _aux_loss(_weighted_fit(x, y, j, 0.0), xa, ya)
+    return -(_aux_loss(_weighted_fit(x, y, j, eps), xa, ya) - base) / eps
+
+
+def _analyse(name, seeds, **cfg):
+    params = parse_params({"dataset": name})
+    dataset, data, splits = _prepared(name)
+    return data, splits, analyse(dataset, data, splits, params.train, params.profile.model,
+                                 UsefulnessConfig(**cfg), seeds)
+
+
+def test_toy2d_helpful_positive_harmful_negative_over_three_seeds():
+    """The default toy2d draw (what `dvc repro usefulness` scores), seeds 0, 1, 2, default batches (8 × 64 of the
+    100 training samples). The sign of an auxiliary's *first-order* effect depends on the data draw (the harmful
+    one lowers L_A at a small weight on some draws; see the report of issue 18): this pins the default draw, and
+    the next test checks the score against retraining."""
+    data, splits, result = _analyse("toy2d", [0, 1, 2], stl_steps=1000)
+    per_seed = result.usefulness.reshape(3, -1, 2).mean(1)
+    helpful, harmful = data.task_names.index("helpful") - 1, data.task_names.index("harmful") - 1
+    assert (per_seed[:, helpful] > 0).all() and (per_seed[:, harmful] < 0).all()
+    summary = summarise(result, data.meta.get("aux_roles"), ordered=False)
+    if data.meta.get("aux_roles"):
+        assert summary["prop1"]["auc_helpful_vs_harmful"] == 1.0
+
+
+def test_toy2d_whole_batch_score_is_the_retrained_effect():
+    data, splits, result = _analyse("toy2d", [0], batches=1, batch_size=0, stl_steps=1000)
+    for j in (1, 2):
+        assert result.usefulness[0, j - 1] == pytest.approx(_retrained_usefulness(data, splits, j), rel=0.02)
+    assert result.whole_training_set
+
+
+def test_noisy_aux_scores_match_retraining():
+    """Every auxiliary's score agrees with retraining; the index correlation is therefore what retraining says
+    (on the default draw it is positive: STL under-predicts on the aux set and the noisy, upward-biased
+    auxiliaries push predictions up; see the report of issue 18)."""
+    data, splits, result = _analyse("noisy_aux", [0], batches=1, batch_size=0, stl_steps=4000)
+    scores = result.usefulness.mean(0)
+    retrained = np.array([_retrained_usefulness(data, splits, j) for j in range(1, data.num_tasks)])
+    assert spearman(scores, retrained) > 0.99
+    np.testing.assert_allclose(scores, retrained, rtol=0.05, atol=0.01 * np.abs(retrained).max())
+    index = np.arange(1, len(scores) + 1)
+    assert spearman(index, scores) == pytest.approx(spearman(index, retrained), abs=0.02)
+    summary = summarise(result, None, ordered=True)
+    assert summary["prop1"]["spearman_with_index"] == pytest.approx(spearman(index, scores))
+
+
+def test_stage_writes_table_plot_and_metrics(tmp_path, monkeypatch):
+    from stages import prepare, split, usefulness
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": "toy2d", "seeds": [0, 1],
+                                                          "datasets": {"toy2d": {"train": {"steps": 300}}}}))
+    runner = CliRunner()
+    for cmd, args in ((prepare.main, ["--dataset", "toy2d"]), (split.main, []), (usefulness.main, [])):
+        result = runner.invoke(cmd, args)
+        assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "reports/usefulness.json").read_text())
+    assert metrics["dataset"] == "toy2d" and metrics["num_aux"] == 2 and metrics["draws"] == 2 * UsefulnessConfig().batches
+    assert metrics["prop1"]["top"] == "helpful"
+    table = (tmp_path / "reports/usefulness.md").read_text()
+    assert "| 1 | helpful |" in table and "| 2 | harmful |" in table
+    assert (tmp_path / "reports/usefulness.png").stat().st_size > 1000
+    assert (tmp_path / "reports/usefulness.csv").read_text().startswith("auxiliary,role,prop1_mean,prop1_sem,cosine_mean")

@@ -113,9 +113,12 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int
         ap = matvec(p)
         curvature = p @ ap
         if float(curvature) <= 0.0:
-            if it == 1:  # no positive curvature at all along b: fall back to the gradient direction
-                x = b / b_norm
-            return x, SolveInfo(it - 1, float(torch.linalg.vector_norm(r)) / b_norm, negative_curvature=True)
+            # H + λI is not positive definite along p: take this last step with the curvature's absolute value
+            # (a finite step that still lowers the quadratic's gradient part) and stop; flagged in the report.
+            if float(curvature) < 0.0:
+                x = x + (rr / curvature.abs()) * p
+            residual = float(torch.linalg.vector_norm(b - matvec(x))) / b_norm
+            return x, SolveInfo(it, residual, negative_curvature=True)
         alpha = rr / curvature
         x = x + alpha * p
         r = r - alpha * ap
@@ -196,7 +199,10 @@ def _cos(dot: Tensor, norms: Tensor) -> float:
 # -- the analysis on a dataset ------------------------------------------------------------------------------
 
 def batch_task_losses(model: nn.Module, dataset: Any, x: Tensor, y: Tensor, labelled: Tensor | None = None) -> Tensor:
-    """[T] batch means of the raw per-task losses; the main task averaged over the samples whose label is known."""
+    """[T] batch means of the raw per-task losses; the main task averaged over the samples whose label is known.
+
+    (Autograd connects every entry to every head through the concatenations, with zero gradients where a head
+    plays no part: ``main_parameters`` therefore tests for zero gradients, not for missing ones.)"""
     from pipeline.datasets.base import reduce_pixels
 
     losses = reduce_pixels(dataset.per_task_losses(model(x), y))
@@ -210,10 +216,14 @@ def batch_task_losses(model: nn.Module, dataset: Any, x: Tensor, y: Tensor, labe
 
 
 def main_parameters(model: nn.Module, loss: Tensor) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(parameters ℓ_main reaches, trainable parameters it does not reach: the auxiliary heads)."""
+    """(parameters ℓ_main depends on, trainable parameters it does not: the auxiliary heads).
+
+    A parameter whose gradient is missing or exactly zero on the batch counts as not reached (a concatenation
+    of all tasks' losses gives an auxiliary head a zero gradient rather than none)."""
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=False)
-    return [p for p, g in zip(params, grads) if g is not None], [p for p, g in zip(params, grads) if g is None]
+    reached = [g is not None and bool(g.ne(0).any()) for g in grads]
+    return [p for p, r in zip(params, reached) if r], [p for p, r in zip(params, reached) if not r]
 
 
 class _Sampler:
@@ -238,15 +248,20 @@ class _Sampler:
 
 
 def train_main_task(dataset: Any, data: Any, splits: dict[str, np.ndarray], train_cfg: Any, model_cfg: Any, seed: int,
-                    steps: int, device: torch.device) -> nn.Module:
-    """Single-task learning on the training split only (not the aux set): the final weights, in eval mode."""
+                    steps: int, device: torch.device) -> tuple[nn.Module, list[nn.Parameter], list[nn.Parameter]]:
+    """Single-task learning on the training split only (not the aux set): the final weights, in eval mode, with
+    (W: the parameters ℓ_main depends on, the auxiliary heads). Only W is optimised: the heads keep their
+    initial values (an optimiser's weight decay would otherwise shrink them towards 0 on zero gradients)."""
     from pipeline.training import BatchStream, make_lr_schedule, make_optimizer, seed_everything
 
     generator = seed_everything(seed)
     model = dataset.build_model(data, model_cfg).to(device)
     cfg = train_cfg.model_copy(update={"steps": steps})
     stream = BatchStream(data, splits["train"], cfg.batch_size, generator, device, splits.get("unlabelled"))
-    params = [p for p in model.parameters() if p.requires_grad]
+    x, y, _, labelled = stream.next()
+    x, y = dataset.batch_transform(x, y, train=False)
+    params, heads = main_parameters(model, batch_task_losses(model, dataset, x, y, labelled)[0])
+    stream = BatchStream(data, splits["train"], cfg.batch_size, generator, device, splits.get("unlabelled"))
     optimizer = make_optimizer(params, cfg)
     schedule = make_lr_schedule(optimizer, cfg)
     model.train()
@@ -262,7 +277,7 @@ def train_main_task(dataset: Any, data: Any, splits: dict[str, np.ndarray], trai
         schedule.step()
     if not all(torch.isfinite(p).all() for p in params):
         raise FloatingPointError("the main-task-only training diverged: lower datasets.<name>.train.lr")
-    return model.eval()
+    return model.eval(), params, heads
 
 
 def fit_aux_heads(model: nn.Module, dataset: Any, sampler: _Sampler, heads: list[nn.Parameter], steps: int, lr: float) -> None:
@@ -312,12 +327,10 @@ def analyse(dataset: Any, data: Any, splits: dict[str, np.ndarray], train_cfg: A
     steps = cfg.stl_steps or train_cfg.steps
     scores, cosines, cosines_aux, solves, aux_losses = [], [], [], [], []
     for seed in seeds:
-        model = train_main_task(dataset, data, splits, train_cfg, model_cfg, seed, steps, device)
+        model, params, heads = train_main_task(dataset, data, splits, train_cfg, model_cfg, seed, steps, device)
         generator = torch.Generator().manual_seed(10_000 + seed)
         train = _Sampler(dataset, data, splits["train"], cfg.batch_size, generator, device, splits.get("unlabelled"))
         aux = _Sampler(dataset, data, splits["aux"], cfg.aux_batch_size, generator, device)
-        x, y, labelled = train.draw()
-        params, heads = main_parameters(model, batch_task_losses(model, dataset, x, y, labelled)[0])
         fit_aux_heads(model, dataset, train, heads, cfg.head_steps, cfg.head_lr)
         trunk = model.shared_parameters()
         whole_aux = _Sampler(dataset, data, splits["aux"], 0, generator, device)

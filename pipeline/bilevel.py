@@ -7,7 +7,8 @@ Only vector-Hessian products are formed, by double backward through one retained
 Units. ``neumann_hypergradient`` returns the IFT hypergradient itself (the leading α included), which
 converges to the exact dL_A/dφ as J grows. The AuxiLearn reference code omits that α (its ``hpo_lr``),
 so its hypergradient is ours / α. ``HyperOptimizer`` keeps the IFT value and makes φ's step independent
-of α in two ways: Adam (the default, as DTG-AuxL's upper level) is invariant to the gradient's scale,
+of α in two ways: the ``normalized`` optimiser (the default) and Adam (DTG-AuxL's upper level) are
+invariant to the gradient's scale,
 and the norm clip is applied in the reference's units (‖g/α‖ ≤ ``max_hypergrad_norm``), where each
 Neumann term (I − αH)^j v is bounded by ‖v‖ whatever α is. ``from_reference`` maps the reference's
 settings (φ lr, ``hpo_lr``, ``max_grad_norm``) onto these, exactly for SGD.
@@ -36,10 +37,12 @@ class BilevelConfig(StrictModel):
     """``methods.bilevel``: the outer update of every method with φ trained by IFT hypergradients
     (the AuxiLearn loss-combining networks and AuxiLearn's label generator)."""
 
-    optimizer: Literal["adam", "sgd"] = Field(
-        "adam", description="φ's optimiser; adam is insensitive to the hypergradient's scale (α, τ, loss units)")
+    optimizer: Literal["normalized", "adam", "sgd"] = Field(
+        "normalized", description="φ's optimiser. normalized and adam are insensitive to the hypergradient's scale "
+                                  "(α, τ, loss units); normalized keeps the ratios between a tensor's entries "
+                                  "(which auxiliary matters more), which adam's per-entry scaling erases")
     lr: float = Field(3e-3, gt=0, description="φ's learning rate (for sgd, in IFT units: reference lr / hpo_lr)")
-    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and normalized")
     weight_decay: float = Field(0.0, ge=0, description="on φ (sgd: in IFT units, reference value × hpo_lr)")
     hyper_every: int = Field(20, ge=1, description="N: inner steps between φ updates")
     neumann_steps: int = Field(3, ge=0, description="J: terms of the truncated Neumann series")
@@ -74,6 +77,34 @@ def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
 
 def _norm(a: Sequence[Tensor]) -> Tensor:
     return torch.sqrt(sum((x.detach() ** 2).sum() for x in a))
+
+
+class TensorNormalizedSGD(torch.optim.Optimizer):
+    """SGD with momentum on g / RMS(g), the RMS taken over the whole tensor and averaged over steps like
+    Adam's second moment (bias-corrected). Its steps are scale-free like Adam's, so φ moves whatever α,
+    τ or the losses' units are, but within a tensor they stay proportional to the hypergradient."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, beta2: float = 0.999, eps: float = 1e-12,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, beta2=beta2, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["square"] = torch.zeros((), dtype=p.dtype, device=p.device)
+                    state["velocity"] = torch.zeros_like(p)
+                state["step"] += 1
+                state["square"].mul_(group["beta2"]).add_((1 - group["beta2"]) * p.grad.pow(2).mean())
+                rms = (state["square"] / (1 - group["beta2"] ** state["step"])).sqrt().add_(group["eps"])
+                direction = p.grad / rms + group["weight_decay"] * p
+                state["velocity"].mul_(group["momentum"]).add_(direction)
+                p.add_(state["velocity"], alpha=-group["lr"])
 
 
 class TrainCurvature:
@@ -165,7 +196,10 @@ class HyperOptimizer:
         self.hparams = list(hparams)
         self.cfg = cfg
         self.key = key
-        if cfg.optimizer == "adam":
+        if cfg.optimizer == "normalized":
+            self.optimizer: torch.optim.Optimizer = TensorNormalizedSGD(
+                self.hparams, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(self.hparams, lr=cfg.lr,
                                                                      weight_decay=cfg.weight_decay)
         else:

@@ -135,7 +135,7 @@ def generated_labels(exp: Experiment, run: TrainedRun, split: str = "test", chun
     with torch.no_grad():
         for part in rows.split(chunk):
             x, y = exp.dataset.batch_transform(exp.data.inputs[part], exp.data.targets[part], train=False)
-            soft = method.soft_labels(Batch(x, y, part, torch.ones(len(part), dtype=torch.bool)))
+            soft = method.soft_labels(Batch(x, y, part, torch.ones(len(part), dtype=torch.bool)), train_mode=False)
             out.append(soft.flatten(2).mean(2) if soft.dim() > 2 else soft)
             groups.append(exp.dataset.label_group(y))
     return torch.cat(out).numpy(), torch.cat(groups).numpy(), rows.numpy()
@@ -218,3 +218,47 @@ def loss_image_figure(exp: Experiment, run: TrainedRun, params: Any, path: Path,
                 ax.set_title(titles[j])
     fig.suptitle(f"loss images and pixel weights: {params.method}, seed {run.seed}")
     save_figure(fig, path)
+
+
+def phi_movement(initial: dict[str, torch.Tensor], final: dict[str, torch.Tensor]) -> list[tuple[str, float, float]]:
+    """How far each learned tensor of φ moved: (name, ‖φ_end − φ_start‖, ‖φ_start‖), floating tensors only."""
+    out = []
+    for name, start in initial.items():
+        end = final.get(name)
+        if end is None or not torch.is_floating_point(start) or start.shape != end.shape:
+            continue
+        if torch.equal(start, end):
+            continue  # buffers and frozen parts
+        out.append((name, float((end - start).norm()), float(start.norm())))
+    return out
+
+
+def outer_update_summary(runs: Sequence[TrainedRun]) -> dict[str, float] | None:
+    """α·λ̂_max over training, how often the hypergradient clip bound, and the hyper-step count (None: no
+    IFT outer update logged)."""
+    logs = [e for r in runs for e in r.history.get("method_log", []) if "hypergrad_norm" in e]
+    if not logs:
+        return None
+    products = [e["alpha_lambda"] for e in logs if "alpha_lambda" in e]
+    summary = {"hyper_steps": len(logs) / len(runs), "clip_fraction": float(np.mean([e.get("clipped", 0.0) for e in logs]))}
+    if products:
+        summary.update(alpha_lambda_min=float(np.min(products)), alpha_lambda_median=float(np.median(products)),
+                       alpha_lambda_max=float(np.max(products)),
+                       alpha_lambda_over_2=float(np.mean(np.asarray(products) >= 2)))
+    return summary
+
+
+def role_ranking(final: np.ndarray, names: list[str], roles: dict[str, str]) -> tuple[dict[str, float], float | None]:
+    """Mean final weight per documented role, and the AUC of weight for helpful vs harmful auxiliaries
+    (1: every helpful auxiliary outweighs every harmful one; 0.5: no better than chance)."""
+    mean = final.mean(0)
+    by_role: dict[str, list[float]] = {}
+    for j, name in enumerate(names):
+        if name in roles:
+            by_role.setdefault(roles[name], []).append(float(mean[j]))
+    per_role = {role: float(np.mean(v)) for role, v in sorted(by_role.items())}
+    good, bad = by_role.get("helpful", []), by_role.get("harmful", []) or by_role.get("irrelevant", [])
+    if not good or not bad:
+        return per_role, None
+    wins = [(g > b) + 0.5 * (g == b) for g in good for b in bad]
+    return per_role, float(np.mean(wins))

@@ -10,8 +10,9 @@ from pipeline.io import atomic_dir, write_text
 from pipeline.metrics import format_mean_sem
 from pipeline.paths import FIGURES, METRICS, PLOTS, REPORT_MD
 from pipeline.datasets import Dataset
-from pipeline.report import (generated_labels, loss_image_figure, loss_landscapes, mean_history, method_log_series, plot_final_weights,
-                             plot_series, plot_soft_labels, plot_weights, write_csv)
+from pipeline.report import (generated_labels, loss_image_figure, loss_landscapes, mean_history, method_log_series,
+                             outer_update_summary, phi_movement, plot_final_weights, plot_series, plot_soft_labels,
+                             plot_weights, role_ranking, write_csv)
 
 
 @click.command()
@@ -53,6 +54,7 @@ def main(params) -> None:
         write_csv(plot_dir / "weights.csv", ["step", *names], np.column_stack([steps, weights]))
         if final.shape[1]:  # auxiliaries exist: their learned weights
             lines += weights_section(exp, steps, weights, final, names, fig_dir, plot_dir)
+        lines += outer_update_section(exp, runs, weights, final, names)
         if exp.data.inputs.shape[1] == 2 and sum(p.numel() for p in runs[0].model.parameters()) == 2:
             loss_landscapes(exp, runs[0], params, fig_dir / "loss_landscape.png")
             lines += ["## Loss landscapes (paper Figure 2)", "", "![landscapes](figures/loss_landscape.png)", ""]
@@ -88,6 +90,41 @@ def weights_section(exp, steps, weights, final, names, fig_dir, plot_dir) -> lis
                       f"between task index and learned weight: {rho:.3f}", ""]
         lines += ["![final weights](figures/final_weights.png)"]
     lines += ["", "![weights over training](figures/task_weights.png)", ""]
+    return lines
+
+
+def outer_update_section(exp, runs, weights, final, names) -> list[str]:
+    """Whether φ learned: how far it moved, the Neumann series' α·λ̂_max, how often the clip bound, and
+    (on stand-ins that document them) whether the learned weights rank helpful above harmful auxiliaries."""
+    moved = [phi_movement(r.method_initial.state_dict(), r.method_final.state_dict()) for r in runs]
+    summary = outer_update_summary(runs)
+    lines: list[str] = []
+    if moved and moved[0]:
+        lines += ["## How φ learned", "", "| φ tensor | ‖φ_end − φ_start‖ | ‖φ_start‖ |", "|---|---|---|"]
+        for i, (name, _, start) in enumerate(moved[0]):
+            delta = np.mean([m[i][1] for m in moved if len(m) > i])
+            lines.append(f"| {name} | {delta:.4g} | {start:.4g} |")
+        lines += ["", f"(mean over seeds; {len(moved[0])} tensors moved)", ""]
+    if final.shape[1] and len(weights) > 1:
+        delta = np.abs(weights[-1, 1:] - weights[0, 1:]).mean()
+        lines += [f"Mean |Δ effective weight| of the auxiliaries from the first step to the last: {delta:.3f}.", ""]
+    if summary is not None:
+        lines += [f"Hyper steps per seed: {summary['hyper_steps']:.0f}; the hypergradient clip bound in "
+                  f"{100 * summary['clip_fraction']:.0f}% of them."]
+        if "alpha_lambda_median" in summary:
+            lines += [f"α·λ̂_max of the Neumann series at each curvature refresh: min {summary['alpha_lambda_min']:.2f}, "
+                      f"median {summary['alpha_lambda_median']:.2f}, max {summary['alpha_lambda_max']:.2f} "
+                      f"(≥ 2, where the series diverges: {100 * summary['alpha_lambda_over_2']:.0f}% of refreshes)."]
+        lines += [""]
+    roles = exp.data.meta.get("aux_roles")
+    if roles and final.shape[1]:
+        per_role, auc = role_ranking(final, names[1:1 + final.shape[1]], roles)
+        lines += ["The stand-in documents which auxiliaries help; mean final weight per role: "
+                  + ", ".join(f"{role} {w:.3f}" for role, w in per_role.items()) + "."]
+        if auc is not None:
+            lines += [f"AUC of the weights, helpful vs harmful (or irrelevant) auxiliaries: {auc:.2f} "
+                      "(1 = every helpful one above every harmful one, 0.5 = chance)."]
+        lines += [""]
     return lines
 
 

@@ -23,5 +23,11 @@ def test_report_for_many_auxiliaries(tmp_path, monkeypatch):
     assert "Auxiliaries are ordered: label noise grows with the index" in text
     assert text.count("| aux_") == 10 and "| … | |" in text  # five most and five least weighted
     assert (tmp_path / "reports/figures/final_weights.png").stat().st_size > 1000
+    # the outer update's own account: φ moved, the series' α·λ̂_max, how often the clip bound
+    assert "## How φ learned" in text and "| auxnet.net.0.weight |" in text
+    moved = float(text.split("| auxnet.net.0.weight | ")[1].split(" |")[0])
+    assert moved > 0.01
+    assert "α·λ̂_max of the Neumann series at each curvature refresh: min 0.50" in text
+    assert "the hypergradient clip bound in 0% of them" in text
     header = (tmp_path / "reports/plots/weights.csv").read_text().splitlines()[0].split(",")
     assert header[:3] == ["step", "main", "aux_1"] and len(header) == 102

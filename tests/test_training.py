@@ -36,3 +36,38 @@ def test_aux_loss_scale_multiplies_auxiliary_losses_only():
     scaled, plain = _run(_prepared("toy2d")[2], "equal", aux_loss_scale=0.5), _run(_prepared("toy2d")[2], "equal")
     assert scaled.history["main_loss"][0] == plain.history["main_loss"][0]
     assert scaled.history["train_loss"][0] < plain.history["train_loss"][0]
+
+
+def test_outer_update_has_its_own_streams_and_hyper_batches(monkeypatch):
+    """The hypergradient's L_T and L_A batches come from streams of their own (sizes hyper_train_batch,
+    hyper_aux_batch), seeded apart from W's: W's batches are the same whatever the outer update draws."""
+    from pipeline import training
+
+    made = []
+    original = training.BatchStream.__init__
+
+    def recording(self, data, indices, batch_size, generator, *args, **kwargs):
+        original(self, data, indices, batch_size, generator, *args, **kwargs)
+        made.append((self.batch_size, generator))
+
+    monkeypatch.setattr(training.BatchStream, "__init__", recording)
+    ds, data, splits = _prepared("toy2d")
+
+    def run(hyper_aux_batch, hyper_every):
+        made.clear()
+        params = make_params(dataset="toy2d", method="auxilearn_linear", seeds=[0],
+                             datasets={"toy2d": {"train": {"steps": 12, "batch_size": 16}}},
+                             methods={"bilevel": {"hyper_train_batch": 8, "hyper_aux_batch": hyper_aux_batch,
+                                                  "hyper_every": hyper_every, "lr": 1e-12}})
+        result = train_run(ds, data, splits, params, 0, device=torch.device("cpu"))
+        return result, list(made)
+
+    result, streams = run(4, 1)
+    (w_size, w_gen), (outer_size, outer_gen), (aux_size, aux_gen), (_, diag_gen) = streams
+    assert (w_size, outer_size, aux_size) == (16, 8, 4)
+    assert outer_gen is aux_gen and outer_gen is not w_gen and diag_gen not in (w_gen, outer_gen)
+    # φ barely moves (lr 1e-12), so W's trajectory depends only on its own batches: drawing 12 outer batches
+    # (hyper_every 1) or none (hyper_every 1000) must leave W's batches, hence W, unchanged.
+    without_outer, _ = run(4, 1000)
+    for k in result.model_state:
+        assert torch.allclose(result.model_state[k], without_outer.model_state[k], atol=1e-6)

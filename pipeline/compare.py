@@ -2,17 +2,32 @@
 
 Not a DVC stage: it reads the experiment history (`dvc exp show`), which no stage can declare as a
 dependency. Run it after a grid:  python -m pipeline.compare --dataset toy2d
+
+Which experiment stands for a method (``--select``):
+
+- ``latest`` (default): the most recent experiment of that method on the dataset;
+- ``best-val``: the experiment whose *validation* main metric (``val.<main_metric>.mean`` in
+  reports/metrics.json; the main metric is the first one the dataset's ``metrics`` returns, its direction
+  from ``pipeline.metrics.higher_is_better``) is best, with the experiment's name and the ``methods.*`` /
+  ``datasets.<X>.methods.*`` params that vary across that method's experiments, so a φ grid reads off in
+  one line. The test metrics of the chosen experiment are what the table shows.
+
+Every row also shows the run's training steps (``datasets.<X>.train.steps``), its seeds and the commit its
+experiment is based on; a warning goes to stderr when the rows differ in steps or seeds. "± SEM" is printed
+only for runs with at least two seeds.
 """
 from __future__ import annotations
 
+import ast
 import math
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from pipeline.io import write_text
-from pipeline.metrics import format_mean_sem
+from pipeline.metrics import format_mean_sem, higher_is_better
 
 # The order of the papers' tables: single task, fixed weights, weighting baselines, learned ones.
 METHOD_ORDER = ["stl", "equal", "uncertainty", "dwa", "gradnorm", "gcs", "mgda",
@@ -20,25 +35,173 @@ METHOD_ORDER = ["stl", "equal", "uncertainty", "dwa", "gradnorm", "gcs", "mgda",
                 "auxilearn_train_set", "random", "maxl_frozen", "maxl", "maxl_first_order",
                 "auxilearn_labels", "dae", "rs"]
 METRICS_PREFIX = "reports/metrics.json:"
+PARAMS_PREFIX = "params.yaml:"
+# exp show states of rows that have no finished results of their own
+UNFINISHED_STATES = {"Queued", "Running", "Failed"}
 
 
-def _created(row: dict[str, Any]) -> str:
-    return "9999" if row.get("rev") == "workspace" else str(row.get("Created") or "")
+# -- reading exp show rows ------------------------------------------------------------------------------
+# dvc.api.exp_show gives one flat dict per row: metrics and params under their flattened names, prefixed
+# with the file ("params.yaml:method") only where a name occurs in two files; lists, booleans and None of
+# params come back as strings ("[0, 1]", "True", "None") and integers as floats.
+
+def _lookup(row: dict[str, Any], name: str, prefix: str) -> Any:
+    return row[prefix + name] if prefix + name in row else row.get(name)
+
+
+def param(row: dict[str, Any], name: str) -> Any:
+    """The value of params.yaml key ``name`` (dotted) in an exp show row, parsed back from its string form."""
+    value = _lookup(row, name, PARAMS_PREFIX)
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return value
+
+
+def metric(row: dict[str, Any], name: str) -> Any:
+    return _lookup(row, name, METRICS_PREFIX)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _created(row: dict[str, Any]) -> datetime:
+    """When the row's experiment was made. exp show writes today's times as "03:11 PM" and older dates as
+    "Dec 01, 2026" (no time); the workspace counts as newest."""
+    if row.get("rev") == "workspace":
+        return datetime.max
+    text = str(row.get("Created") or "")
+    try:
+        return datetime.combine(date.today(), datetime.strptime(text, "%I:%M %p").time())
+    except ValueError:
+        pass
+    for parse in (lambda t: datetime.strptime(t, "%b %d, %Y"), datetime.fromisoformat):
+        try:
+            return parse(text).replace(tzinfo=None)
+        except ValueError:
+            pass
+    return datetime.min
+
+
+def with_commits(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of ``rows`` with ``_commit``: the baseline each experiment is based on. exp show lists a
+    baseline row (its branch name or short sha as ``rev``) followed by that baseline's experiments; the
+    workspace row's commit is "workspace" (it may hold uncommitted changes)."""
+    out, baseline = [], None
+    for row in rows:
+        if row.get("typ") == "baseline":
+            baseline = row.get("rev")
+        out.append({**row, "_commit": baseline})
+    return out
+
+
+def run_steps(row: dict[str, Any], dataset: str) -> int | None:
+    steps = _number(param(row, f"datasets.{dataset}.train.steps"))
+    return None if steps is None else int(steps)
+
+
+def run_seeds(row: dict[str, Any]) -> list[int] | None:
+    """The run's ``seeds`` param; without it, the seeds that have per-seed test metrics."""
+    seeds = param(row, "seeds")
+    if isinstance(seeds, (list, tuple)):
+        return [int(s) for s in seeds]
+    found = sorted({int(k.split(".")[1][len("seed_"):]) for k, v in row.items()
+                    if k.startswith("per_seed.seed_") and _number(v) is not None})
+    return found or None
+
+
+def experiment_name(row: dict[str, Any]) -> str:
+    return row.get("Experiment") or str(row.get("rev") or "?")
+
+
+# -- choosing one row per method ---------------------------------------------------------------------------
+
+def _candidates(rows: list[dict[str, Any]], dataset: str) -> dict[str, list[dict[str, Any]]]:
+    """Finished rows of ``dataset`` that have test metrics, by method, in exp show order."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if metric(row, "dataset") != dataset or row.get("State") in UNFINISHED_STATES:
+            continue
+        method = metric(row, "method")
+        if not method or not any(k.startswith("test.") and _number(v) is not None for k, v in row.items()):
+            continue
+        by_method.setdefault(method, []).append(row)
+    return by_method
 
 
 def latest_per_method(rows: list[dict[str, Any]], dataset: str) -> dict[str, dict[str, Any]]:
-    """For each method run on ``dataset``, the most recent experiment row that has test metrics."""
+    """For each method run on ``dataset``, the most recent experiment row that has test metrics (on a tie,
+    the first in exp show's order, which lists a baseline's experiments newest first)."""
     best: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        if row.get(METRICS_PREFIX + "dataset") != dataset:
-            continue
-        method = row.get(METRICS_PREFIX + "method")
-        if not method or not any(k.startswith("test.") and row[k] is not None for k in row):
-            continue
-        if method not in best or _created(row) > _created(best[method]):
-            best[method] = row
+    for method, candidates in _candidates(rows, dataset).items():
+        for row in candidates:
+            if method not in best or _created(row) > _created(best[method]):
+                best[method] = row
     return best
 
+
+def main_metric(row: dict[str, Any]) -> str | None:
+    name = metric(row, "main_metric")
+    return name if isinstance(name, str) and name not in ("", "None") else None
+
+
+def validation_score(row: dict[str, Any]) -> float | None:
+    """The row's validation main metric (mean over seeds; may be NaN), None where the row has none."""
+    name = main_metric(row)
+    return _number(row.get(f"val.{name}.mean")) if name else None
+
+
+def varying_params(rows: list[dict[str, Any]], dataset: str) -> list[str]:
+    """The ``methods.*`` and ``datasets.<dataset>.methods.*`` params whose values differ between ``rows``."""
+    prefixes = ("methods.", f"datasets.{dataset}.methods")
+    names: list[str] = []
+    for row in rows:
+        for key in row:
+            name = key[len(PARAMS_PREFIX):] if key.startswith(PARAMS_PREFIX) else key
+            if name.startswith(prefixes) and name not in names:
+                names.append(name)
+    return [n for n in names if len({repr(param(r, n)) for r in rows}) > 1]
+
+
+def best_val_per_method(rows: list[dict[str, Any]], dataset: str,
+                        ) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]], list[str]]:
+    """For each method run on ``dataset``, the row with the best validation main metric.
+
+    Returns the chosen rows, per method the params (``varying_params``) that differ across the method's
+    rows with validation metrics, and notes on what was left out (rows without validation metrics). On a
+    tie, a named experiment wins over the workspace (which repeats the last one applied), then the first
+    in exp show's order.
+    """
+    best: dict[str, dict[str, Any]] = {}
+    varying: dict[str, list[str]] = {}
+    notes: list[str] = []
+    for method, candidates in _candidates(rows, dataset).items():
+        scored = [(validation_score(r), i, r) for i, r in enumerate(candidates)]
+        usable = [(s, i, r) for s, i, r in scored if s is not None and not math.isnan(s)]
+        missing = sum(s is None for s, _, _ in scored)
+        if missing:
+            notes.append(f"{method}: {missing} of {len(scored)} experiments have no validation main metric "
+                         "(run before `evaluate` wrote it?) and are left out")
+        if len(scored) - len(usable) - missing:
+            notes.append(f"{method}: {len(scored) - len(usable) - missing} of {len(scored)} experiments have a "
+                         "NaN validation main metric and are left out")
+        if not usable:
+            continue
+        names = {main_metric(r) for _, _, r in usable}
+        if len(names) > 1:
+            raise click.ClickException(f"{method} on {dataset}: experiments disagree on the main metric "
+                                       f"({', '.join(sorted(names))})")
+        sign = -1.0 if higher_is_better(names.pop()) else 1.0
+        _, _, chosen = min(usable, key=lambda t: (sign * t[0], t[2].get("rev") == "workspace", t[1]))
+        best[method] = chosen
+        varying[method] = varying_params([r for _, _, r in usable], dataset)
+    return best, varying, notes
+
+
+# -- the table ------------------------------------------------------------------------------------------------
 
 def metric_names(rows: dict[str, dict[str, Any]]) -> list[str]:
     """Metrics with a value in at least one row (exp show lists every dataset's columns for every row)."""
@@ -52,19 +215,65 @@ def metric_names(rows: dict[str, dict[str, Any]]) -> list[str]:
     return names
 
 
-def render_table(rows: dict[str, dict[str, Any]]) -> str:
+def _mean_sem_cell(row: dict[str, Any], split: str, name: str, seeds: list[int] | None) -> str:
+    mean, sem = _number(row.get(f"{split}.{name}.mean")), _number(row.get(f"{split}.{name}.sem"))
+    if mean is None or math.isnan(mean):
+        return "–"
+    one_seed = seeds is not None and len(seeds) < 2
+    return format_mean_sem(mean, None if one_seed else (sem or 0.0))
+
+
+def _param_text(value: Any) -> str:
+    return "unset" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _order(rows: dict[str, Any]) -> list[str]:
+    return sorted(rows, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+
+
+def render_table(rows: dict[str, dict[str, Any]], dataset: str | None = None,
+                 varying: dict[str, list[str]] | None = None) -> str:
+    """One markdown row per method: test metrics (mean ± SEM, the mean alone for one seed), then steps,
+    seeds and commit. With ``varying`` (``--select best-val``), also the chosen experiment with the params
+    that differ across its method's experiments, and the validation main metric it was chosen by."""
     names = metric_names(rows)
-    order = sorted(rows, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
-    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for method in order:
+    head = ["method"]
+    if varying is not None:
+        head += ["chosen (best validation)", "val main metric"]
+    head += names + ["steps", "seeds", "commit"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
+    for method in _order(rows):
         row = rows[method]
-        cells = []
-        for name in names:
-            mean, sem = row.get(f"test.{name}.mean"), row.get(f"test.{name}.sem")
-            ok = isinstance(mean, (int, float)) and not math.isnan(mean)
-            cells.append(format_mean_sem(mean, sem or 0.0) if ok else "–")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        seeds = run_seeds(row)
+        cells = [method]
+        if varying is not None:
+            chosen = experiment_name(row)
+            diffs = ", ".join(f"{n}={_param_text(param(row, n))}" for n in varying.get(method, []))
+            name = main_metric(row)
+            cells += [f"{chosen}: {diffs}" if diffs else chosen,
+                      f"{name} {_mean_sem_cell(row, 'val', name, seeds)}" if name else "–"]
+        cells += [_mean_sem_cell(row, "test", name, seeds) for name in names]
+        steps = run_steps(row, dataset) if dataset else None
+        cells += ["?" if steps is None else str(steps),
+                  "?" if seeds is None else ",".join(map(str, seeds)),
+                  str(row.get("_commit") or "?")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def mismatch_warnings(rows: dict[str, dict[str, Any]], dataset: str) -> list[str]:
+    """One line per property (steps, seeds) on which the chosen rows differ."""
+    warnings = []
+    for what, get in (("steps", lambda r: run_steps(r, dataset)), ("seeds", run_seeds)):
+        values = {m: get(rows[m]) for m in _order(rows)}
+        if len({repr(v) for v in values.values()}) > 1:
+            listing = "; ".join(f"{m}: {'?' if v is None else v}" for m, v in values.items())
+            warnings.append(f"warning: the rows differ in {what} ({listing}); their numbers are not like for like")
+    return warnings
+
+
+SELECTIONS = {"latest": "latest experiment per method",
+              "best-val": "per method the experiment with the best validation main metric"}
 
 
 @click.command()
@@ -73,13 +282,26 @@ def render_table(rows: dict[str, dict[str, Any]]) -> str:
               help="also write the table here (markdown); default: print only")
 @click.option("--commits", default=1, show_default=True,
               help="include experiments based on this many commits back from HEAD")
-def main(dataset: str, output: Path | None, commits: int) -> None:
+@click.option("--select", "selection", type=click.Choice(list(SELECTIONS)), default="latest", show_default=True,
+              help="which experiment stands for a method: the latest, or the best on the validation main metric")
+def main(dataset: str, output: Path | None, commits: int, selection: str) -> None:
     import dvc.api
 
-    rows = latest_per_method(dvc.api.exp_show(num=commits), dataset)
+    all_rows = with_commits(dvc.api.exp_show(num=commits))
+    varying = None
+    if selection == "best-val":
+        rows, varying, notes = best_val_per_method(all_rows, dataset)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+    else:
+        rows = latest_per_method(all_rows, dataset)
     if not rows:
-        raise click.ClickException(f"no experiment with test metrics on dataset {dataset!r}: run `dvc exp run` first")
-    table = f"Test metrics on `{dataset}`, mean ± SEM over seeds (latest experiment per method).\n\n" + render_table(rows)
+        what = "validation and test metrics" if selection == "best-val" else "test metrics"
+        raise click.ClickException(f"no experiment with {what} on dataset {dataset!r}: run `dvc exp run` first")
+    for warning in mismatch_warnings(rows, dataset):
+        click.echo(warning, err=True)
+    table = (f"Test metrics on `{dataset}`, mean ± SEM over seeds (the mean alone for one seed); "
+             f"{SELECTIONS[selection]}.\n\n" + render_table(rows, dataset, varying))
     click.echo(table)
     if output is not None:
         write_text(output, table + "\n")

@@ -1,8 +1,36 @@
-"""Aggregation over seeds: mean and standard error of the mean, as the papers report."""
+"""Aggregation over seeds: mean and standard error of the mean, as the papers report; metric directions."""
 from __future__ import annotations
 
 import math
 from typing import Iterable
+
+# Which way each metric a dataset reports improves. Explicit names first (every metric of every dataset in
+# pipeline/datasets/), then a naming rule for new ones; a name neither covers raises instead of guessing.
+LOWER_IS_BETTER = frozenset({"main_mse", "weight_error", "main_loss", "depth_abs_err", "depth_rel_err",
+                             "normal_mean_deg", "normal_median_deg"})
+HIGHER_IS_BETTER = frozenset({"top1", "top3", "accuracy", "miou", "pixel_acc", "instance_miou", "class_miou"})
+LOWER_SUFFIXES = ("loss", "mse", "mae", "err", "error", "deg")       # losses, errors, angles
+HIGHER_PATTERNS = ("acc", "miou", "iou", "top", "within", "f1", "auc")  # accuracies, overlaps, shares
+
+
+def higher_is_better(name: str) -> bool:
+    """True if a larger value of metric ``name`` is better, False if a smaller one is.
+
+    ``LOWER_IS_BETTER``/``HIGHER_IS_BETTER`` name the known metrics; otherwise a name ending in ``_loss``,
+    ``_mse``, ``_mae``, ``_err``, ``_error`` or ``_deg`` is lower-better, one containing ``acc``, ``miou``/``iou``,
+    ``top``, ``within``, ``f1`` or ``auc`` (e.g. ``normal_within_22.5``, ``miou/Chair``) higher-better.
+    """
+    if name in LOWER_IS_BETTER:
+        return False
+    if name in HIGHER_IS_BETTER:
+        return True
+    base = name.lower()
+    if base.split("_")[-1] in LOWER_SUFFIXES or base in LOWER_SUFFIXES:
+        return False
+    if any(pattern in base for pattern in HIGHER_PATTERNS):
+        return True
+    raise ValueError(f"no direction known for metric {name!r}: add it to LOWER_IS_BETTER or HIGHER_IS_BETTER "
+                     "in pipeline/metrics.py")
 
 
 def mean_sem(values: Iterable[float]) -> dict[str, float]:
@@ -18,7 +46,7 @@ def aggregate(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, floa
     return {name: mean_sem(m[name] for m in per_seed.values()) for name in names}
 
 
-def format_mean_sem(mean: float, sem: float) -> str:
-    """``mean ± sem`` with enough digits to tell methods apart."""
+def format_mean_sem(mean: float, sem: float | None) -> str:
+    """``mean ± sem`` with enough digits to tell methods apart; just the mean when ``sem`` is None (one seed)."""
     digits = 2 if abs(mean) >= 10 else 3 if abs(mean) >= 1 else 4
-    return f"{mean:.{digits}f} ± {sem:.{digits}f}"
+    return f"{mean:.{digits}f}" if sem is None else f"{mean:.{digits}f} ± {sem:.{digits}f}"

@@ -46,6 +46,9 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     aux_loss_scale: float = Field(1.0, gt=0, description="τ: every auxiliary loss is multiplied by it (App. B.1)")
     eval_every: int = Field(25, ge=1, description="steps between validation checks (best-on-validation model kept)")
+    select_by: Literal["val_loss", "val_metric"] = Field(
+        "val_loss", description="which model to keep: lowest validation main loss, or best validation main metric "
+                                "(the dataset's first metric: mIoU, accuracy; as the reference trainers do)")
 
 
 def _section(name: str, configs: dict[str, type[BaseModel]]) -> type[BaseModel]:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from pipeline.datasets import Dataset, TaskData
 from pipeline.datasets.base import reduce_pixels
 from pipeline.methods import Batch, Method, SharedTrunk, StepContext, build_method
+from pipeline.metrics import higher_is_better
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -205,10 +206,15 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
             val = dataset.main_loss(model, val_data, all_val)
             history["val_step"].append(step)
             history["val_main_loss"].append(val)
-            if val < best_val:
-                best_val, best_state = val, _state(model)
             if not math.isfinite(val):
                 raise FloatingPointError(f"validation loss became {val} at step {step}: lower train.lr")
+            score = val
+            if cfg.select_by == "val_metric":  # the reference's choice: the best validation mIoU / accuracy
+                name, value = next(iter(dataset.metrics(model, val_data, all_val).items()))
+                history.setdefault("val_main_metric", []).append(value)
+                score = -value if higher_is_better(name) else value
+            if score < best_val:
+                best_val, best_state = score, _state(model)
             epoch_start += time.perf_counter() - eval_start  # epoch times count training only
 
     return RunResult(best_state, initial_method_state, _state(method), history)

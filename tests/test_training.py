@@ -71,3 +71,15 @@ def test_outer_update_has_its_own_streams_and_hyper_batches(monkeypatch):
     without_outer, _ = run(4, 1000)
     for k in result.model_state:
         assert torch.allclose(result.model_state[k], without_outer.model_state[k], atol=1e-6)
+
+
+def test_select_by_validation_metric_keeps_the_best_metric_checkpoint():
+    """select_by: val_metric keeps the model best on the dataset's main validation metric (lower MSE here)."""
+    _, _, splits = _prepared("toy2d")
+    run = _run(splits, "stl", select_by="val_metric", eval_every=5)
+    assert len(run.history["val_main_metric"]) == len(run.history["val_step"]) == 10
+    ds, data, _ = _prepared("toy2d")
+    model = ds.build_model(data, make_params(dataset="toy2d").profile.model)
+    model.load_state_dict(run.model_state)
+    kept = next(iter(ds.metrics(model.eval(), data, torch.as_tensor(splits["val"])).items()))[1]
+    assert kept == min(run.history["val_main_metric"])

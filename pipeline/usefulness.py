@@ -10,7 +10,9 @@ where L_A is the main-task loss on the auxiliary set. This module reports the **
     u_j = −dL_A/dφ = ⟨(H + λI)⁻¹ ∇_W L_A, ∇_W ℓ_j⟩,
 
 so that u_j > 0 means: adding auxiliary j with a small weight *lowers* the main loss on the aux set.
-λ (``damping``) regularises the Hessian of a non-convex network (λ = 0: the exact Prop. 1 score).
+λ (``damping``) regularises the Hessian of a non-convex network (λ = 0: the exact Prop. 1 score). With
+``curvature: gauss_newton`` H is replaced by its Gauss-Newton part Jᵀ∇²_f ℓ J (positive semi-definite, the
+usual choice for influence functions of deep networks; identical to H for squared error on a linear model).
 
 Cost. H is symmetric, so the inverse-Hessian-vector product is solved **once per batch, for ∇L_A**, by
 conjugate gradient (``solver: cg``) or a truncated Neumann series (``solver: neumann``), each iteration one
@@ -59,6 +61,9 @@ class UsefulnessConfig(StrictModel):
     """``usefulness``: settings of the `usefulness` stage (AuxiLearn Prop. 1 scores before training)."""
 
     solver: Literal["cg", "neumann"] = Field("cg", description="inverse-HVP solver: conjugate gradient or Neumann series")
+    curvature: Literal["hessian", "gauss_newton"] = Field(
+        "hessian", description="H: the main loss's Hessian (Prop. 1) or its Gauss-Newton part Jᵀ∇²_f ℓ J (positive "
+        "semi-definite; equal to the Hessian for squared error on a linear model)")
     damping: float = Field(1e-3, ge=0, description="λ in (H + λI)⁻¹; > 0 for non-convex networks, 0 = exact Prop. 1")
     cg_iters: int = Field(100, ge=1, description="most CG iterations (HVPs) per batch")
     cg_tol: float = Field(1e-6, gt=0, description="CG stops at residual ‖r‖ ≤ cg_tol·‖∇L_A‖")
@@ -79,6 +84,40 @@ def flat_grad(loss: Tensor, params: Sequence[Tensor], create_graph: bool = False
     grads = torch.autograd.grad(loss, list(params), create_graph=create_graph, retain_graph=retain_graph,
                                 allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+
+
+def _unflatten(v: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    return [chunk.view_as(p) for chunk, p in zip(v.split([p.numel() for p in like]), like)]
+
+
+def gauss_newton_operator(outputs: Sequence[Tensor], output_loss: Callable[[list[Tensor]], Tensor],
+                          params: Sequence[Tensor], damping: float = 0.0) -> Callable[[Tensor], Tensor]:
+    """v ↦ (Jᵀ ∇²_f ℓ J + λI) v, J = ∂f/∂W of the network ``outputs`` f, ∇²_f ℓ of ``output_loss`` in output space.
+
+    J v by the double-backward trick (the vector-Jacobian product is linear in its cotangent u, so its
+    gradient w.r.t. u along v is J v), ∇²_f ℓ (J v) by a Hessian-vector product in output space, then Jᵀ(·).
+    """
+    params, outputs = list(params), list(outputs)
+    leaves = [o.detach().requires_grad_() for o in outputs]
+    out_grads = torch.autograd.grad(output_loss(leaves), leaves, create_graph=True, allow_unused=True)
+    used = [i for i, g in enumerate(out_grads) if g is not None]
+    cotangents = [torch.zeros_like(o, requires_grad=True) for o in outputs]
+    vjp = torch.autograd.grad(outputs, params, cotangents, create_graph=True, allow_unused=True)
+    vjp_used = [(g, k) for k, g in enumerate(vjp) if g is not None]
+
+    def matvec(v: Tensor) -> Tensor:
+        vs = _unflatten(v, params)
+        jv = torch.autograd.grad([g for g, _ in vjp_used], [cotangents[i] for i in used],
+                                 [vs[k] for _, k in vjp_used], retain_graph=True, allow_unused=True)
+        jv = [torch.zeros_like(outputs[i]) if t is None else t for i, t in zip(used, jv)]
+        dot = sum((out_grads[i] * t).sum() for i, t in zip(used, jv))
+        hjv = torch.autograd.grad(dot, [leaves[i] for i in used], retain_graph=True, allow_unused=True)
+        hjv = [torch.zeros_like(leaves[i]) if t is None else t for i, t in zip(used, hjv)]
+        gv = torch.autograd.grad([outputs[i] for i in used], params, hjv, retain_graph=True, allow_unused=True)
+        out = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gv, params)])
+        return out + damping * v if damping else out
+
+    return matvec
 
 
 def hvp_operator(main_loss: Tensor, params: Sequence[Tensor], damping: float = 0.0
@@ -161,7 +200,8 @@ class BatchScores:
 
 
 def score_batch(train_losses: Tensor, aux_main_loss: Tensor, params: Sequence[Tensor], trunk: Sequence[Tensor],
-                cfg: UsefulnessConfig) -> BatchScores:
+                cfg: UsefulnessConfig,
+                outputs: tuple[Sequence[Tensor], Callable[[list[Tensor]], Tensor]] | None = None) -> BatchScores:
     """Prop. 1 scores and the cosine proxy of every auxiliary from one training batch and one aux-set batch.
 
     ``train_losses``: [T] batch-mean per-task losses on the training batch (column 0: main), with their graph;
@@ -172,12 +212,18 @@ def score_batch(train_losses: Tensor, aux_main_loss: Tensor, params: Sequence[Te
     Besides u_j: cos(∇ℓ_main, ∇ℓ_j) (GCS's proxy; at a converged STL solution ∇ℓ_main on the whole training
     set vanishes, so this needs batches smaller than the training set to mean anything) and
     cos(∇L_A, ∇ℓ_j), which keeps Prop. 1's held-out gradient but drops the Hessian.
+    ``outputs`` (the training batch's network outputs and the main loss as a function of them) is needed for
+    ``curvature: gauss_newton``.
     """
     params = list(params)
     in_trunk = {id(p) for p in trunk}
     mask = torch.cat([torch.full((p.numel(),), id(p) in in_trunk, dtype=torch.bool, device=p.device) for p in params])
     grad_aux_set = flat_grad(aux_main_loss, params, retain_graph=False)
     matvec, g_main = hvp_operator(train_losses[0], params, cfg.damping)
+    if cfg.curvature == "gauss_newton":
+        if outputs is None:
+            raise ValueError("curvature: gauss_newton needs the network outputs of the training batch")
+        matvec = gauss_newton_operator(outputs[0], outputs[1], params, cfg.damping)
     v, info = inverse_hvp(matvec, grad_aux_set.detach(), cfg)
     g_main, g_aux_set = g_main[mask], grad_aux_set[mask]
     main_norm, aux_set_norm = torch.linalg.vector_norm(g_main), torch.linalg.vector_norm(g_aux_set)
@@ -203,9 +249,14 @@ def batch_task_losses(model: nn.Module, dataset: Any, x: Tensor, y: Tensor, labe
 
     (Autograd connects every entry to every head through the concatenations, with zero gradients where a head
     plays no part: ``main_parameters`` therefore tests for zero gradients, not for missing ones.)"""
+    return task_losses(dataset, model(x), y, labelled)
+
+
+def task_losses(dataset: Any, outputs: Any, y: Tensor, labelled: Tensor | None = None) -> Tensor:
+    """``batch_task_losses`` from the network's outputs."""
     from pipeline.datasets.base import reduce_pixels
 
-    losses = reduce_pixels(dataset.per_task_losses(model(x), y))
+    losses = reduce_pixels(dataset.per_task_losses(outputs, y))
     if labelled is None or bool(labelled.all()):
         main = losses[:, 0].mean()
     elif bool(labelled.any()):
@@ -340,8 +391,12 @@ def analyse(dataset: Any, data: Any, splits: dict[str, np.ndarray], train_cfg: A
         for _ in range(cfg.batches):
             x, y, labelled = train.draw()
             xa, ya, _ = aux.draw()
-            out = score_batch(batch_task_losses(model, dataset, x, y, labelled),
-                              batch_task_losses(model, dataset, xa, ya)[0], params, trunk, cfg)
+            net_out = model(x)
+            outs = list(net_out) if isinstance(net_out, (tuple, list)) else [net_out]
+            rebuild = (lambda leaves: tuple(leaves)) if isinstance(net_out, (tuple, list)) else (lambda leaves: leaves[0])
+            out = score_batch(task_losses(dataset, net_out, y, labelled), batch_task_losses(model, dataset, xa, ya)[0],
+                              params, trunk, cfg,
+                              (outs, lambda leaves: task_losses(dataset, rebuild(leaves), y, labelled)[0]))
             scores.append(out.usefulness)
             cosines.append(out.cosine)
             cosines_aux.append(out.cosine_aux)
@@ -457,7 +512,8 @@ def markdown_report(result: UsefulnessResult, summary: dict[str, Any], roles: di
         "cos(∇L_A, ∇ℓ_j) (Prop. 1 without the Hessian). "
         f"Mean ± SEM over {len(result.usefulness)} draws (seeds {result.seeds} × {cfg.batches} batches of "
         f"{cfg.batch_size or 'all'} training / {cfg.aux_batch_size or 'all'} aux-set samples). "
-        f"Inverse HVP: {solver}, damping λ = {cfg.damping:g}; mean {s['mean_iterations']:.1f} iterations, "
+        f"Inverse {'Gauss-Newton' if cfg.curvature == 'gauss_newton' else 'Hessian'}-vector product: {solver}, "
+        f"damping λ = {cfg.damping:g}; mean {s['mean_iterations']:.1f} iterations, "
         f"largest relative residual {s['max_relative_residual']:.2g}"
         + (f", negative curvature met in {s['negative_curvature']} solves" if s["negative_curvature"] else "")
         + f". STL main loss on the aux set: {summary['stl_aux_loss']:.4g}. {summary['seconds']:.1f} s.",

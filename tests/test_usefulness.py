@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from pipeline.config import parse_params
-from pipeline.usefulness import (UsefulnessConfig, analyse, auc, conjugate_gradient, hvp_operator, main_parameters,
-                                 role_separation, score_batch, spearman, summarise)
+from pipeline.usefulness import (UsefulnessConfig, analyse, auc, conjugate_gradient, gauss_newton_operator, hvp_operator,
+                                 main_parameters, role_separation, score_batch, spearman, summarise)
 from tests.conftest import _prepared
 
 EXACT = UsefulnessConfig(damping=0.0, cg_iters=200, cg_tol=1e-13, batches=1, batch_size=0)
@@ -46,9 +46,11 @@ def _aux_loss(w, xa, ya):
 
 def _scores(x, y, xa, ya, cfg=EXACT):
     w = nn.Parameter(_weighted_fit(x, y, 1, 0.0))
-    losses = ((x @ w)[:, None] - y).pow(2).mean(0)
+    pred = x @ w
+    losses = (pred[:, None] - y).pow(2).mean(0)
     aux = ((xa @ w - ya) ** 2).mean()
-    return w.detach(), score_batch(losses, aux, [w], [w], cfg)
+    main_of_outputs = lambda leaves: (leaves[0] - y[:, 0]).pow(2).mean()  # noqa: E731
+    return w.detach(), score_batch(losses, aux, [w], [w], cfg, ([pred], main_of_outputs))
 
 
 def test_score_equals_closed_form_and_predicts_retraining():
@@ -77,6 +79,8 @@ def test_neumann_and_damping():
     _, neumann = _scores(x, y, xa, ya, EXACT.model_copy(update={"solver": "neumann", "neumann_lr": 1 / lam_max,
                                                                   "neumann_steps": 3000}))
     np.testing.assert_allclose(neumann.usefulness, cg.usefulness, rtol=1e-6)
+    _, gauss_newton = _scores(x, y, xa, ya, EXACT.model_copy(update={"curvature": "gauss_newton"}))
+    np.testing.assert_allclose(gauss_newton.usefulness, cg.usefulness, rtol=1e-6)  # squared error, linear: GN = H
     _, damped = _scores(x, y, xa, ya, EXACT.model_copy(update={"damping": 1e3}))
     # huge damping: (H + λI)⁻¹ ≈ I/λ, the score becomes ⟨∇L_A, ∇ℓ_j⟩ / λ
     w = _weighted_fit(x, y, 1, 0.0)
@@ -104,6 +108,20 @@ def test_hvp_and_cg_on_a_small_network_match_the_explicit_hessian():
     if not info.negative_curvature:
         np.testing.assert_allclose(solution.numpy(), expected.numpy(), rtol=1e-6, atol=1e-9)
     assert torch.allclose(grad, torch.autograd.functional.jacobian(loss, theta.detach()))
+
+
+def test_gauss_newton_product_matches_explicit_jacobians():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(20, 3, generator=g, dtype=torch.float64), torch.randint(0, 4, (20,), generator=g)
+    theta = nn.Parameter(torch.randn(3 * 5 + 5 * 4, generator=g, dtype=torch.float64))
+    net = lambda t: torch.tanh(x @ t[:15].view(3, 5)) @ t[15:].view(5, 4)  # noqa: E731
+    ce = lambda logits: nn.functional.cross_entropy(logits.view(20, 4), y)  # noqa: E731
+    matvec = gauss_newton_operator([net(theta)], lambda leaves: ce(leaves[0]), [theta], damping=0.1)
+    jac = torch.autograd.functional.jacobian(net, theta.detach()).reshape(80, 35)
+    out_hessian = torch.autograd.functional.hessian(ce, net(theta.detach()).reshape(-1))
+    v = torch.randn(35, generator=g, dtype=torch.float64)
+    expected = jac.T @ out_hessian @ jac @ v + 0.1 * v
+    np.testing.assert_allclose(matvec(v).numpy(), expected.numpy(), rtol=1e-9, atol=1e-12)
 
 
 def test_negative_curvature_stops_cg():
@@ -169,10 +187,11 @@ def test_toy2d_helpful_positive_harmful_negative_over_three_seeds():
 
 
 def test_toy2d_whole_batch_score_is_the_retrained_effect():
-    data, splits, result = _analyse("toy2d", [0], batches=1, batch_size=0, stl_steps=1000)
-    for j in (1, 2):
-        assert result.usefulness[0, j - 1] == pytest.approx(_retrained_usefulness(data, splits, j), rel=0.02)
-    assert result.whole_training_set
+    for curvature in ("hessian", "gauss_newton"):
+        data, splits, result = _analyse("toy2d", [0], batches=1, batch_size=0, stl_steps=1000, curvature=curvature)
+        for j in (1, 2):
+            assert result.usefulness[0, j - 1] == pytest.approx(_retrained_usefulness(data, splits, j), rel=0.02)
+        assert result.whole_training_set
 
 
 def test_noisy_aux_scores_match_retraining():

@@ -19,7 +19,7 @@ from torch import nn
 from pipeline.config import ParamsError, parse_params
 from pipeline.datasets import DATASETS, DataError, TaskData
 from pipeline.datasets import cub as cub_module
-from pipeline.datasets.cub import H5_NAME, STANDIN_DIR, read_cub_index, write_cub_text_files
+from pipeline.datasets.cub import AUX_ROLES_FILE, H5_NAME, STANDIN_DIR, read_cub_index, write_cub_text_files
 from pipeline.io import write_manifest
 from pipeline.models import MODELS
 from pipeline.splits import check_disjoint
@@ -119,6 +119,7 @@ def test_loader_reads_the_cub_layout(tiny, tiny_loaded):
     assert np.array_equal(data.meta["is_train"], tiny.is_train)
     assert data.meta["num_classes"] == 3 and data.meta["class_names"] == CLASSES
     assert data.meta["source"] == "CUB-200-2011"
+    assert "aux_roles" not in data.meta  # real data: nobody knows which attribute helps
     # Every row holds its own file's colour (resizing a flat JPEG keeps the colour up to JPEG error).
     mean_rgb = data.inputs.double().mean(dim=(2, 3)).numpy()
     assert np.abs(mean_rgb - tiny.colours).max() < 8
@@ -251,12 +252,78 @@ def test_standin_is_deterministic_and_in_the_cub_layout(tmp_path):
     hashes = write_manifest(tmp_path / "a")
     assert hashes == write_manifest(tmp_path / "b")
     assert H5_NAME in hashes and sum(k.endswith(".jpg") for k in hashes) == 16
+    assert AUX_ROLES_FILE in hashes  # the roles are part of the prepared data (and its manifest)
     _, other = prepare_and_load(cub_params(**{**settings, "standin_seed": 8}), tmp_path / "c")
     assert write_manifest(tmp_path / "c")[H5_NAME] != hashes[H5_NAME]
     index = read_cub_index(tmp_path / "a" / STANDIN_DIR)  # the same loader reads the raw stand-in
     assert len(index.image_ids) == 16 and index.attribute_names == data.task_names[1:]
     assert "stand-in" in data.meta["source"]
     assert data.meta["is_train"].sum() == 8 and data.meta["num_classes"] == 4
+    roles = data.meta["aux_roles"]
+    assert list(roles) == data.task_names[1:] and set(roles.values()) == {"helpful", "irrelevant", "harmful"}
+    # the raw folder is a plain CUB layout: ingested as real data it has no roles
+    _, as_real = prepare_and_load(cub_params(tmp_path / "a" / STANDIN_DIR, image_size=16), tmp_path / "d")
+    assert "aux_roles" not in as_real.meta
+    assert torch.equal(as_real.targets, data.targets)
+
+
+@pytest.fixture(scope="module")
+def standin_attributes(tmp_path_factory):
+    """A 20-species stand-in at 16 px (30 images per species): species labels, attributes, is_train, roles."""
+    out = tmp_path_factory.mktemp("standin")
+    _, data = prepare_and_load(cub_params(image_size=16, standin_num_classes=20, standin_images_per_class=30), out)
+    return (data.targets[:, 0].long().numpy(), data.targets[:, 1:].numpy().astype(int), data.meta["is_train"],
+            data.meta["aux_roles"])
+
+
+def test_standin_roles_by_attribute_group(standin_attributes):
+    roles = standin_attributes[-1]
+    by_group: dict[str, set[str]] = {}
+    for name, role in roles.items():
+        by_group.setdefault(name.split("::")[0], set()).add(role)
+    assert by_group == {"has_shape": {"helpful"}, "has_primary_color": {"helpful"}, "has_pattern": {"helpful"},
+                        "has_size": {"helpful"}, "has_decoy_shape": {"harmful"}, "has_decoy_color": {"harmful"},
+                        "has_decoy_pattern": {"harmful"}, "has_random_tag": {"irrelevant"}}
+
+
+def species_dependence(species: np.ndarray, attribute: np.ndarray) -> float:
+    """p-value of a chi-square test of independence between the species and a 0/1 attribute."""
+    from scipy.stats import chi2_contingency
+
+    table = np.zeros((species.max() + 1, 2))
+    np.add.at(table, (species, attribute), 1)
+    return float(chi2_contingency(table[table.sum(1) > 0]).pvalue)
+
+
+def test_standin_helpful_attributes_predict_the_species_and_the_others_do_not(standin_attributes):
+    """Helpful attributes are species traits (10% label noise); irrelevant ones are coin flips and harmful ones
+    describe a decoy drawn independently of the species: a chi-square test of independence against the species."""
+    species, attributes, _, roles = standin_attributes
+    for j, (name, role) in enumerate(roles.items()):
+        p = species_dependence(species, attributes[:, j])
+        if role == "helpful":
+            assert p < 1e-20, (name, p)
+            counts = np.zeros((species.max() + 1, 2))
+            np.add.at(counts, (species, attributes[:, j]), 1)
+            assert (counts.argmax(1)[species] == attributes[:, j]).mean() > 0.85, name  # as 10% noise allows
+        else:
+            assert p > 1e-3, (name, role, p)
+    tags = [j for j, r in enumerate(roles.values()) if r == "irrelevant"]
+    assert abs(attributes[:, tags].mean() - 0.5) < 0.05  # fair coins
+
+
+def test_standin_decoy_is_drawn_in_its_colour(tmp_path):
+    """The harmful attributes are visible: an image whose decoy is red has more red pixels than the object
+    alone accounts for (checked on the generator with the object's colour fixed)."""
+    rng = np.random.default_rng(0)
+    red = np.asarray(cub_module.STANDIN_COLOURS["red"], float)
+
+    def reddish(decoy_colour: str) -> float:
+        img = np.asarray(cub_module._standin_image(rng, "circle", "blue", "solid", "large", "centre",
+                                                   ("square", decoy_colour, "solid")), float)
+        return float((np.linalg.norm(img - red, axis=-1) < 80).mean())
+
+    assert np.mean([reddish("red") for _ in range(10)]) > np.mean([reddish("green") for _ in range(10)]) + 0.015
 
 
 # ---------------------------------------------------------------------------------------------- transforms

@@ -93,6 +93,7 @@ def test_preprocessed_layout_is_read_into_one_h5(npy_layout, tmp_path):
     assert np.allclose(data.targets[:, 2:].permute(0, 2, 3, 1).numpy(), npy_layout.normal, atol=1e-6)
     assert (data.targets[:, 2:, 1, 1] == 0).all() and (data.targets[:, 1, 0, 0] == 0).all()
     assert data.meta["image_size"] == (H, W)
+    assert "aux_roles" not in data.meta  # real data: no roles
     x, y = ds.batch_transform(data.inputs[:2], data.targets[:2], train=True)
     assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1 and y is not None
 
@@ -188,6 +189,7 @@ def test_official_mat_is_read_with_mapping_splits_and_normals(tmp_path, normals_
     normals = data.targets[:, 2:].permute(0, 2, 3, 1).numpy()
     assert (normals[:, 0, 0] == 0).all()  # NaN -> invalid
     assert np.allclose(normals[:, 1:], off.normals[:, 1:], atol=1e-6)
+    assert "aux_roles" not in data.meta and sorted(p.name for p in (tmp_path / "out").iterdir()) == [nyu.H5_NAME]
 
 
 def test_official_resizes_to_image_size_and_drops_unlisted_images(tmp_path):
@@ -444,10 +446,33 @@ def test_standin_is_deterministic_and_in_the_npy_layout(tmp_path):
             files = sorted(p.name for p in (raw / split / kind).iterdir())
             assert files == [f"{i}.npy" for i in range(n)]
             assert np.load(raw / split / kind / "0.npy").shape == shape
-    # the same files through the preprocessed source give the same tensors
+    # the same files through the preprocessed source give the same tensors, but no roles (real format)
     _, again = prepare_and_load(tmp_path / "d", source="preprocessed", root=str(raw), image_size=(16, 24))
     assert torch.equal(again.inputs, data.inputs) and torch.equal(again.targets, data.targets)
     assert data.meta["is_train"].tolist() == [True] * 3 + [False] * 2
+    assert data.meta["aux_roles"] == {"depth": "irrelevant", "normal": "helpful"} and "aux_roles" not in again.meta
+    assert nyu.AUX_ROLES_FILE in hashes
+
+
+def test_standin_depth_is_a_random_field_and_the_normals_are_the_scene(tmp_path):
+    """The written depth comes from its own generator (unrelated to the scene), with the scene's holes; image,
+    label and normals are the rendered scene's."""
+    size = (16, 24)
+    prepare_and_load(tmp_path / "a", standin_train=4, standin_test=1, image_size=size, standin_seed=3)
+    raw = tmp_path / "a" / nyu.STANDIN_DIR / "train"
+    scenes, fields = np.random.default_rng(3), np.random.default_rng([3, 1])
+    correlations = []
+    for i in range(4):
+        scene = nyu.render_standin_scene(scenes, size)
+        field = nyu.random_depth_field(fields, size)
+        for kind in ("image", "label", "normal"):
+            assert np.array_equal(np.load(raw / kind / f"{i}.npy"), scene[kind]), kind
+        written, true = np.load(raw / "depth" / f"{i}.npy")[..., 0], scene["depth"][..., 0]
+        valid = true > 0
+        assert np.array_equal(written > 0, valid)  # Kinect-like holes kept (and shared with the normals)
+        assert np.allclose(written[valid], field[valid]) and not np.allclose(written[valid], true[valid])
+        correlations.append(np.corrcoef(written[valid], true[valid])[0, 1])
+    assert abs(np.mean(correlations)) < 0.4, correlations
 
 
 def test_standin_scene_geometry():

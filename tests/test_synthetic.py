@@ -52,3 +52,26 @@ def test_same_seed_same_metrics_and_seeds_differ():
     b = run_method.__wrapped__("toy2d", "auxilearn_nonlinear", (0, 1), "{}")  # not from the cache
     assert json.dumps(a.test_metrics) == json.dumps(b.test_metrics)
     assert a.test_metrics[0] != a.test_metrics[1]
+
+
+def test_toy2d_records_its_auxiliary_roles_and_noisy_aux_has_none(tmp_path):
+    """Generated data says which auxiliary helps (the convention every stand-in follows); the roles are in
+    meta.json, so they are part of the prepared folder's manifest."""
+    import pytest
+
+    from pipeline.config import parse_params
+    from pipeline.datasets import DATASETS, DataError
+
+    for name, expected in (("toy2d", {"helpful": "helpful", "harmful": "harmful"}), ("noisy_aux", None)):
+        ds = DATASETS.get(name)()
+        folder = tmp_path / name
+        folder.mkdir()
+        ds.prepare(getattr(parse_params({}).datasets, name).prepare, folder)
+        data = ds.load(folder)
+        assert data.meta.get("aux_roles") == expected
+    meta_file = tmp_path / "toy2d" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["aux_roles"] = {"helpful": "helpful"}  # a role missing
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="aux_roles must give each auxiliary task"):
+        DATASETS.get("toy2d")().load(tmp_path / "toy2d")

@@ -5,14 +5,38 @@ Two sources, one loader:
 * ``source: path`` ingests the user's ``CUB_200_2011`` folder (the official text files and JPEGs).
 * ``source: standin`` (default) first writes a procedurally generated **stand-in** in exactly the same
   layout (real JPEGs, the same text files) into ``<out>/raw_standin`` and then ingests that with the
-  same loader. The stand-in is NOT CUB: its "species" are combinations of drawn shapes, colours,
-  patterns and sizes on cluttered backgrounds, with noisy per-image attribute labels, small enough
-  that a CPU trains a seed in about a minute. It exists so the pipeline runs end to end without the
-  1.1 GB download; results on it say nothing about birds.
+  same loader. The stand-in is NOT CUB: its "species" are combinations of a drawn shape, colour,
+  pattern and size on cluttered backgrounds, small enough that a CPU trains a seed in about a minute.
+  It exists so the pipeline runs end to end without the 1.1 GB download, and so that a weighting
+  method can be checked against auxiliaries whose worth is known by construction; results on it say
+  nothing about birds.
+
+Stand-in attributes and their roles (written to ``aux_roles.json`` beside ``cub.h5`` and returned by
+``load`` as ``TaskData.meta["aux_roles"]``; real CUB has no roles). 36 attributes, in this order:
+
+* **helpful** (16, columns 1-16 of the targets): ``has_shape::{circle,square,triangle,cross,diamond}``,
+  ``has_primary_color::{red,green,blue,yellow,magenta,cyan}``, ``has_pattern::{solid,striped,spotted}``,
+  ``has_size::{small,large}``: the species' own traits, visible in the image (the big object) and
+  together determining the species; each label flipped with probability ``standin_attribute_noise``.
+* **harmful** (14, columns 17-30): ``has_decoy_shape::{...}`` (5), ``has_decoy_color::{...}`` (6),
+  ``has_decoy_pattern::{...}`` (3): the traits of a second, slightly smaller *decoy* object drawn in every
+  image with a shape, colour and pattern chosen at random per image, independent of the species. They are
+  visible, so a network can learn them, but they describe the wrong object in the same vocabulary as the
+  species' traits: learning them is meant to pull the shared features toward a cue that says nothing
+  about the species (label noise as for the helpful ones).
+* **irrelevant** (6, columns 31-36): ``has_random_tag::{1..6}``: a fair coin per image, not drawn and
+  unrelated to the image and the species.
+
+The roles are by construction, not by measurement. With 5-shot species labels (the default split) and
+the small CNN, short runs show Equal weighting of all 36 attributes ahead of STL, but NOT behind Equal
+weighting of the 16 helpful ones (within seed noise): with one linear head per attribute on 256 pooled
+features, the decoy and random-tag attributes cost this network nothing measurable (numbers in the
+README). A report can still check whether φ ranks the helpful group above the others.
 
 Prepared result: one HDF5 file ``cub.h5`` (images uint8 [N, 3, S, S], labels int64 [N] 0-based,
 attributes uint8 [N, A], is_train uint8 [N], image_ids, image paths, class and attribute names, and
-the per-channel mean/std of the official training images used for z-scoring).
+the per-channel mean/std of the official training images used for z-scoring); for the stand-in also
+``aux_roles.json`` and the raw layout under ``raw_standin/``.
 
 Splits (App. B.1): K images per class from the official train split carry the species label
 (``k_shot``; 0 = all), the aux set (20 images in the paper) is taken from those, and the official
@@ -21,6 +45,7 @@ test split is halved into validation and test.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Literal, Sequence
@@ -42,6 +67,8 @@ from pipeline.models.base import MultiTaskNet
 
 H5_NAME = "cub.h5"
 STANDIN_DIR = "raw_standin"
+AUX_ROLES_FILE = "aux_roles.json"  # stand-ins only: {auxiliary task: role}, beside the prepared data
+AUX_ROLES = ("helpful", "irrelevant", "harmful")
 EVAL_CHUNK = 256  # images per forward pass in evaluation: bounded memory for ResNet-18 at 224 px
 CROP_FRACTION = 224 / 256  # App. B.1: 256-px images, 224-px crops
 
@@ -107,6 +134,38 @@ class CubSplitConfig(StrictModel):
     seed: int = Field(0, description="seed of the K-shot sample, the aux set and the val/test halving")
     k_shot: int = Field(5, ge=0, description="species-labelled images per class from the official train split; 0 = all")
     aux: int = Field(20, ge=1, description="images moved from the (K-shot) training set to the auxiliary set")
+
+
+# ----------------------------------------------------------------------------------------------
+# Auxiliary roles of a stand-in (shared with the other stand-ins)
+# ----------------------------------------------------------------------------------------------
+
+
+def write_aux_roles(folder: Path, roles: dict[str, str]) -> None:
+    """Write a stand-in's ``{auxiliary task: "helpful" | "irrelevant" | "harmful"}`` beside its prepared data.
+
+    Only generated data has roles (its generator knows what each auxiliary is); real data never does, so
+    ``load`` sets ``TaskData.meta["aux_roles"]`` only when this file is there.
+    """
+    unknown = sorted(set(roles.values()) - set(AUX_ROLES))
+    if unknown:
+        raise ValueError(f"unknown auxiliary roles {unknown}; known: {', '.join(AUX_ROLES)}")
+    (Path(folder) / AUX_ROLES_FILE).write_text(json.dumps(roles, indent=1) + "\n")
+
+
+def read_aux_roles(folder: Path, aux_names: Sequence[str]) -> dict[str, str] | None:
+    """The roles written by ``write_aux_roles`` (None without the file), checked against the auxiliaries."""
+    path = Path(folder) / AUX_ROLES_FILE
+    if not path.is_file():
+        return None
+    try:
+        roles = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path} is not readable JSON: {err}") from None
+    if not isinstance(roles, dict) or set(roles) != set(aux_names) or not set(roles.values()) <= set(AUX_ROLES):
+        raise DataError(f"{path}: expected one role ({', '.join(AUX_ROLES)}) for each auxiliary task "
+                        f"{list(aux_names)[:5]}...")
+    return {name: roles[name] for name in aux_names}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,18 +410,27 @@ STANDIN_COLOURS = {"red": (215, 45, 40), "green": (40, 165, 60), "blue": (45, 80
                    "yellow": (225, 205, 45), "magenta": (195, 50, 195), "cyan": (40, 190, 205)}
 STANDIN_PATTERNS = ("solid", "striped", "spotted")
 STANDIN_SIZES = ("small", "large")
-STANDIN_POSITIONS = ("left", "centre", "right")  # per image, not per species: an attribute useless for the main task
-# Attribute groups in CUB's naming style (one-hot within a group before label noise).
-STANDIN_ATTRIBUTE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("has_shape", STANDIN_SHAPES),
-    ("has_primary_color", tuple(STANDIN_COLOURS)),
-    ("has_pattern", STANDIN_PATTERNS),
-    ("has_size", STANDIN_SIZES),
-    ("has_position", STANDIN_POSITIONS),
+STANDIN_POSITIONS = ("left", "centre", "right")  # per image, not per species, and not an attribute
+STANDIN_RANDOM_TAGS = 6  # irrelevant attributes: coin flips per image, never drawn
+# Attribute groups in CUB's naming style (one-hot within a group before label noise), with their role as
+# auxiliaries for the species (see the module docstring): the species' own visible traits help; the decoy's
+# traits (a second, smaller shape drawn at random per image) harm; the random tags are irrelevant.
+STANDIN_ATTRIBUTE_GROUPS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("has_shape", STANDIN_SHAPES, "helpful"),
+    ("has_primary_color", tuple(STANDIN_COLOURS), "helpful"),
+    ("has_pattern", STANDIN_PATTERNS, "helpful"),
+    ("has_size", STANDIN_SIZES, "helpful"),
+    ("has_decoy_shape", STANDIN_SHAPES, "harmful"),
+    ("has_decoy_color", tuple(STANDIN_COLOURS), "harmful"),
+    ("has_decoy_pattern", STANDIN_PATTERNS, "harmful"),
+    ("has_random_tag", tuple(str(k) for k in range(1, STANDIN_RANDOM_TAGS + 1)), "irrelevant"),
 )
-STANDIN_ATTRIBUTES = [f"{group}::{value}" for group, values in STANDIN_ATTRIBUTE_GROUPS for value in values]
+STANDIN_ATTRIBUTES = [f"{group}::{value}" for group, values, _ in STANDIN_ATTRIBUTE_GROUPS for value in values]
+STANDIN_AUX_ROLES = {f"{group}::{value}": role for group, values, role in STANDIN_ATTRIBUTE_GROUPS for value in values}
 STANDIN_SPECIES = list(itertools.product(STANDIN_SHAPES, STANDIN_COLOURS, STANDIN_PATTERNS, STANDIN_SIZES))
 _RAW_WIDTH, _RAW_HEIGHTS = 64, (48, 64)  # raw JPEGs vary in height, like photos, and are squashed on ingest
+_SIZE_RADIUS = {"small": 0.17, "large": 0.28}  # object radius as a fraction of the shorter image side
+_DECOY_RADIUS = 0.14  # the decoy is a little smaller than the small species
 
 
 def _standin_background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
@@ -400,21 +468,17 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, angle: float) -> l
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in base]
 
 
-def _standin_image(rng: np.random.Generator, shape: str, colour: str, pattern: str, size: str,
-                   position: str) -> Image.Image:
-    w, h = _RAW_WIDTH, int(rng.integers(_RAW_HEIGHTS[0], _RAW_HEIGHTS[1] + 1))
-    img = _standin_background(rng, w, h)
-    side = min(w, h)
-    r = side * (0.17 if size == "small" else 0.28) * rng.uniform(0.85, 1.15)
-    cx = w * {"left": 0.28, "centre": 0.5, "right": 0.72}[position] + rng.uniform(-0.06, 0.06) * w
-    cy = h * 0.5 + rng.uniform(-0.15, 0.15) * h
-    mask = Image.new("L", (w, h), 0)
+def _draw_shape(mask: Image.Image, shape: str, cx: float, cy: float, r: float, angle: float) -> None:
     draw = ImageDraw.Draw(mask)
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     else:
-        draw.polygon(_shape_points(shape, cx, cy, r, rng.uniform(-0.26, 0.26)), fill=255)
-    # Colour jitter: brightness and a per-channel shift, so "red" is a range of colours, not one RGB value.
+        draw.polygon(_shape_points(shape, cx, cy, r, angle), fill=255)
+
+
+def _fill(rng: np.random.Generator, colour: str, pattern: str, w: int, h: int) -> Image.Image:
+    """A w x h fill of ``colour`` with ``pattern`` marks. Colour jitter: brightness and a per-channel shift,
+    so "red" is a range of colours, not one RGB value."""
     base = np.asarray(STANDIN_COLOURS[colour], dtype=np.float64) * rng.uniform(0.75, 1.15) + rng.normal(0, 14, 3)
     fill = np.empty((h, w, 3))
     fill[:] = base
@@ -429,8 +493,27 @@ def _standin_image(rng: np.random.Generator, shape: str, colour: str, pattern: s
             ox, oy = rng.uniform(0, period, 2)
             marks = (((xx + ox) % period - period / 2) ** 2 + ((yy + oy) % period - period / 2) ** 2) < 2.2**2
         fill[marks] *= 0.35
-    fill_img = Image.fromarray(fill.clip(0, 255).astype(np.uint8))
-    img = Image.composite(fill_img, img, mask)
+    return Image.fromarray(fill.clip(0, 255).astype(np.uint8))
+
+
+def _standin_image(rng: np.random.Generator, shape: str, colour: str, pattern: str, size: str,
+                   position: str, decoy: tuple[str, str, str]) -> Image.Image:
+    """The species' object (shape, colour, pattern, size) at ``position``, and a smaller decoy (its shape,
+    colour and pattern drawn independently of the species) beside it, on a cluttered background."""
+    w, h = _RAW_WIDTH, int(rng.integers(_RAW_HEIGHTS[0], _RAW_HEIGHTS[1] + 1))
+    img = _standin_background(rng, w, h)
+    side = min(w, h)
+    r = side * _SIZE_RADIUS[size] * rng.uniform(0.85, 1.15)
+    cx = w * {"left": 0.28, "centre": 0.5, "right": 0.72}[position] + rng.uniform(-0.06, 0.06) * w
+    cy = h * 0.5 + rng.uniform(-0.15, 0.15) * h
+    # The decoy: where it least overlaps the object (the farthest of a few random spots); the object is drawn last.
+    rd = side * _DECOY_RADIUS * rng.uniform(0.9, 1.1)
+    spots = np.stack([rng.uniform(rd, w - rd, 6), rng.uniform(rd, h - rd, 6)], 1)
+    dx, dy = spots[int(np.argmax(np.hypot(spots[:, 0] - cx, spots[:, 1] - cy)))]
+    for (shp, col, pat), x, y, radius in ((decoy, dx, dy, rd), ((shape, colour, pattern), cx, cy, r)):
+        mask = Image.new("L", (w, h), 0)
+        _draw_shape(mask, shp, x, y, radius, rng.uniform(-0.26, 0.26))
+        img = Image.composite(_fill(rng, col, pat, w, h), img, mask)
     noisy = np.asarray(img, dtype=np.float64) + rng.normal(0, 8, size=(h, w, 3))
     return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
 
@@ -447,6 +530,7 @@ def write_standin(root: Path, cfg: CubConfig) -> None:
     class_names = [f"{k + 1:03d}.{sz.title()}_{col.title()}_{pat.title()}_{shp.title()}"
                    for k, (shp, col, pat, sz) in enumerate(species)]
     col_of = {name: j for j, name in enumerate(STANDIN_ATTRIBUTES)}
+    tags = np.asarray([j for j, name in enumerate(STANDIN_ATTRIBUTES) if STANDIN_AUX_ROLES[name] == "irrelevant"])
     paths, labels, is_train, attributes = [], [], [], []
     per_class = cfg.standin_images_per_class
     for k, (shp, col, pat, sz) in enumerate(species):
@@ -456,18 +540,22 @@ def write_standin(root: Path, cfg: CubConfig) -> None:
         train_flags[rng.permutation(per_class)[: per_class // 2]] = True
         for i in range(per_class):
             position = STANDIN_POSITIONS[int(rng.integers(len(STANDIN_POSITIONS)))]
-            img = _standin_image(rng, shp, col, pat, sz, position)
+            decoy = tuple(str(values[int(rng.integers(len(values)))])
+                          for values in (STANDIN_SHAPES, tuple(STANDIN_COLOURS), STANDIN_PATTERNS))
+            img = _standin_image(rng, shp, col, pat, sz, position, decoy)  # type: ignore[arg-type]
             rel = f"{class_names[k]}/{class_names[k][4:]}_{i + 1:04d}.jpg"
             img.save(root / "images" / rel, format="JPEG", quality=90)
             truth = np.zeros(len(STANDIN_ATTRIBUTES), dtype=np.uint8)
-            for group, value in zip(("has_shape", "has_primary_color", "has_pattern", "has_size", "has_position"),
-                                    (shp, col, pat, sz, position)):
+            for group, value in zip(("has_shape", "has_primary_color", "has_pattern", "has_size", "has_decoy_shape",
+                                     "has_decoy_color", "has_decoy_pattern"), (shp, col, pat, sz, *decoy)):
                 truth[col_of[f"{group}::{value}"]] = 1
             flips = rng.random(len(truth)) < cfg.standin_attribute_noise  # crowd-sourced-style label noise
+            truth = truth ^ flips.astype(np.uint8)
+            truth[tags] = rng.random(len(tags)) < 0.5  # irrelevant: a coin flip per image, nothing drawn
             paths.append(rel)
             labels.append(k)
             is_train.append(bool(train_flags[i]))
-            attributes.append(truth ^ flips.astype(np.uint8))
+            attributes.append(truth)
     write_cub_text_files(root, class_names, STANDIN_ATTRIBUTES, paths, labels, is_train, np.stack(attributes))
 
 
@@ -509,6 +597,7 @@ class Cub(Dataset):
         if cfg.source == "standin":
             root = out_dir / STANDIN_DIR
             write_standin(root, cfg)
+            write_aux_roles(out_dir, dict(STANDIN_AUX_ROLES))
             source = "stand-in (procedural, not CUB-200-2011)"
         else:
             root = Path(cfg.root).expanduser()  # type: ignore[arg-type]
@@ -562,6 +651,9 @@ class Cub(Dataset):
             "mean": mean.tolist(),
             "std": std.tolist(),
         }
+        roles = read_aux_roles(Path(folder), attribute_names)
+        if roles is not None:
+            meta["aux_roles"] = roles
         return TaskData(torch.from_numpy(images), targets, ["species", *attribute_names], meta)
 
     # -- splits --------------------------------------------------------------------------------

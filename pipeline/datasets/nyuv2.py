@@ -27,12 +27,28 @@ Three sources, one prepared layout:
 * ``source: standin`` (default) renders small procedural RGB-D "rooms" (floor, walls, ceiling, with
   beds, tables, chairs, cabinets, sofas, TVs, books, balls, pictures and windows), writes them in the
   ``preprocessed`` layout under ``<out>/raw_standin`` and reads them with the same loader. It is NOT
-  NYUv2; it exists so the pipeline runs end to end on a CPU in minutes.
+  NYUv2; it exists so the pipeline runs end to end on a CPU in minutes, and so that a weighting method
+  can be checked against auxiliaries whose worth is known by construction.
+
+  Roles of the stand-in's auxiliaries (``aux_roles.json`` beside ``nyuv2.h5``, returned by ``load`` as
+  ``TaskData.meta["aux_roles"]``; real NYUv2 has no roles):
+
+  - ``normal``: **helpful**. The rendered surface normals of the scene's geometry (floor up, ceiling
+    down, walls and box faces sideways), the same geometry that decides most classes.
+  - ``depth``: **irrelevant**. NOT the rendered depth: a smooth random field (0.5-6 m, a random 3 x 4 grid
+    bicubically upsampled; ``random_depth_field``) drawn from its own generator, unrelated to the scene and
+    unpredictable from the image; only the Kinect-like holes (0 = invalid, shared with the normals) are
+    the scene's. The stand-in's depth metrics therefore measure nothing but the field's spread.
+
+  Irrelevant is not harmless under a plain sum: the field cannot be predicted, so its L1 loss stays near
+  its starting value and its gradient keeps competing with segmentation (on short runs Equal loses about
+  10 mIoU points to STL and to Equal without depth; numbers in the README).
 
 Prepared result: one HDF5 file ``nyuv2.h5``: ``images`` uint8 [N, 3, H, W], ``labels`` int8 [N, H, W]
 (-1 = ignore, 0..12), ``depth`` float32 [N, H, W] (0 = invalid), ``normals`` float32 [N, 3, H, W]
 (unit vectors, all-zero = invalid), ``is_train`` uint8 [N] (official train split), ``sample_ids`` int64 [N]
-(file index, or 0-based row of the .mat), attributes ``source`` and ``image_size``.
+(file index, or 0-based row of the .mat), attributes ``source`` and ``image_size``; for the stand-in
+also ``aux_roles.json`` and the raw layout under ``raw_standin/``.
 
 ``TaskData``: inputs uint8 [N, 3, H, W] (``batch_transform`` scales them to [0, 1] floats); targets float
 [N, 5, H, W] = (label, depth, normal x, y, z); tasks ``segmentation``, ``depth``, ``normal``.
@@ -56,6 +72,7 @@ from torch import Tensor, nn
 from pipeline.config import StrictModel
 from pipeline.datasets import DATASETS
 from pipeline.datasets.base import DataError, Dataset, TaskData, reduce_pixels
+from pipeline.datasets.cub import AUX_ROLES_FILE, read_aux_roles, write_aux_roles
 from pipeline.models import MODELS
 from pipeline.models import segnet as _segnet  # noqa: F401  (registers "segnet")
 from pipeline.models.base import MultiTaskNet
@@ -665,19 +682,40 @@ def render_standin_scene(rng: np.random.Generator, size: tuple[int, int]) -> dic
             "depth": depth[..., None].astype(np.float32), "normal": normal_cam.astype(np.float32)}
 
 
+# Roles of the stand-in's auxiliaries (see the module docstring): the normals are the scene's geometry,
+# which decides the classes; the written "depth" is a smooth random field, unrelated to the scene.
+STANDIN_AUX_ROLES = {"depth": "irrelevant", "normal": "helpful"}
+
+
+def random_depth_field(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """A smooth random positive field [H, W] in metres (0.5..6), unrelated to any scene: uniform values on a
+    coarse 3 x 4 grid, bicubically upsampled. It replaces the stand-in's depth (an irrelevant auxiliary)."""
+    h, w = size
+    coarse = torch.from_numpy(rng.uniform(1.0, 5.5, size=(1, 1, 3, 4)))
+    field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)[0, 0].numpy()
+    return np.clip(field, 0.5, 6.0).astype(np.float32)
+
+
 def write_standin(root: Path, cfg: Nyuv2Config) -> None:
     """Render the stand-in into ``root/{train,val}/{image,label,depth,normal}/<index>.npy``.
 
+    The written depth is NOT the rendered depth: it is ``random_depth_field`` (from its own generator, so the
+    scenes are the same as with the true depth), with the rendered depth's holes (0 = invalid) kept.
     Deterministic from ``cfg.standin_seed``: one generator draws every scene in order, and ``np.save``
     writes no timestamps, so the same settings give byte-identical files.
     """
     rng = np.random.default_rng(cfg.standin_seed)
+    field_rng = np.random.default_rng([cfg.standin_seed, 1])
     size = cfg.resolved_image_size
     for split, count in (("train", cfg.standin_train), ("val", cfg.standin_test)):
         for kind in KINDS:
             (root / split / kind).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            for kind, arr in render_standin_scene(rng, size).items():
+            scene = render_standin_scene(rng, size)
+            true_depth = scene["depth"]
+            scene["depth"] = np.where(true_depth > 0, random_depth_field(field_rng, size)[..., None], 0.0
+                                      ).astype(np.float32)
+            for kind, arr in scene.items():
                 np.save(root / split / kind / f"{i}.npy", arr, allow_pickle=False)
 
 
@@ -813,6 +851,7 @@ class Nyuv2(Dataset):
             root = out_dir / STANDIN_DIR
             write_standin(root, cfg)
             ingest_preprocessed(root, out_file, size, {"source": "stand-in (procedural rooms, not NYUv2)"})
+            write_aux_roles(out_dir, dict(STANDIN_AUX_ROLES))
         elif cfg.source == "preprocessed":
             ingest_preprocessed(Path(cfg.root).expanduser(), out_file, size,  # type: ignore[arg-type]
                                 {"source": "NYUv2 (preprocessed .npy layout)"})
@@ -855,6 +894,9 @@ class Nyuv2(Dataset):
         targets = torch.from_numpy(targets)
         meta = {"source": source, "num_classes": NUM_CLASSES, "class_names": list(CLASS_NAMES),
                 "is_train": is_train.astype(bool), "sample_ids": sample_ids, "image_size": tuple(int(s) for s in hw)}
+        roles = read_aux_roles(Path(folder), TASK_NAMES[1:])
+        if roles is not None:
+            meta["aux_roles"] = roles
         return TaskData(torch.from_numpy(images), targets, list(TASK_NAMES), meta)
 
     def make_splits(self, data: TaskData, split_cfg: Nyuv2SplitConfig) -> dict[str, np.ndarray]:

@@ -2,6 +2,11 @@
 
 Both write ``data.npz`` (``x`` [N, d] float32, ``y`` [N, 1+K] float32, column 0 the main task) and
 ``meta.json`` (the true weights and the task names). A shared linear model w ∈ R^d fits every task.
+
+Generated data knows what each auxiliary is: ``meta.json`` of ``toy2d`` holds ``aux_roles``
+(``{"helpful": "helpful", "harmful": "harmful"}``, the convention of every stand-in: a role per auxiliary
+task, "helpful" | "irrelevant" | "harmful"), which ``load`` returns in ``TaskData.meta["aux_roles"]``.
+``noisy_aux`` has none: its auxiliaries are graded by noise (``auxiliary_order``), not sorted into roles.
 """
 from __future__ import annotations
 
@@ -52,6 +57,11 @@ class SyntheticRegression(Dataset):
         names = meta.get("task_names", [])
         if len(names) != y.shape[1]:
             raise DataError(f"{meta_file}: {len(names)} task names for {y.shape[1]} target columns")
+        roles = meta.get("aux_roles")
+        if roles is not None and (not isinstance(roles, dict) or set(roles) != set(names[1:])
+                                  or not set(roles.values()) <= {"helpful", "irrelevant", "harmful"}):
+            raise DataError(f"{meta_file}: aux_roles must give each auxiliary task {names[1:]} a role "
+                            f"(helpful, irrelevant or harmful)")
         return TaskData(torch.from_numpy(x), torch.from_numpy(y), list(names), meta)
 
     def build_model(self, data: TaskData, cfg: Any = None, aux_outputs: int = 0) -> MultiTaskNet:
@@ -107,7 +117,8 @@ class Toy2D(SyntheticRegression):
             ],
             axis=1,
         )
-        meta = {"task_names": ["main", "helpful", "harmful"], "w_main": w_main.tolist(), "w_harmful": w_harm.tolist()}
+        meta = {"task_names": ["main", "helpful", "harmful"], "w_main": w_main.tolist(), "w_harmful": w_harm.tolist(),
+                "aux_roles": {"helpful": "helpful", "harmful": "harmful"}}
         return x, y, meta
 
 

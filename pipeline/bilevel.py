@@ -41,7 +41,7 @@ class BilevelConfig(StrictModel):
         "normalized", description="φ's optimiser. normalized and adam are insensitive to the hypergradient's scale "
                                   "(α, τ, loss units); normalized keeps the ratios between a tensor's entries "
                                   "(which auxiliary matters more), which adam's per-entry scaling erases")
-    lr: float = Field(3e-3, gt=0, description="φ's learning rate (for sgd, in IFT units: reference lr / hpo_lr)")
+    lr: float = Field(1e-2, gt=0, description="φ's learning rate (for sgd, in IFT units: reference lr / hpo_lr)")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd and normalized")
     weight_decay: float = Field(0.0, ge=0, description="on φ (sgd: in IFT units, reference value × hpo_lr)")
     hyper_every: int = Field(20, ge=1, description="N: inner steps between φ updates")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -73,8 +74,12 @@ def load_npz(path: Path | str) -> dict[str, np.ndarray]:
 
 
 def torch_save(path: Path | str, obj: Any) -> None:
+    """Byte-stable: the same object gives the same file (saving to a path would record the random temporary
+    name inside the archive, so DVC would see every retrain as a change)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def torch_load(path: Path | str) -> Any:

@@ -11,9 +11,11 @@ instead learn the main task's weight too (``learn_main_weight``, as the referenc
 Where they start: at Equal's weighting, every auxiliary's effective weight ∂g/∂ℓ_j = ``init_weight``
 and the main task's 1. ``calibrate`` sets that at the losses a run actually sees (its first batch),
 by rescaling the first layer's input columns until the batch-mean effective weights match; before it
-is called the networks are calibrated at losses of 1. The deep networks start from small non-negative
-random weights (U[0, ``init_range``], the reference ConvNet's init) so every layer has gradient to learn
-from; the ConvNet is 3×3 convolutions with average pooling and a 1×1 output convolution.
+is called the networks are calibrated at losses of 1. The deep networks start from non-negative random
+weights (U[0, ``init_range``]; 0.1 for the ConvNet as the reference) so every layer has gradient to learn
+from; the ConvNet is 3×3 convolutions with average pooling and a 1×1 output convolution. The deep
+networks keep positive weights through softplus instead of clipping (``positive_weights``): a clipped
+small weight dies under φ's first steps and g becomes constant.
 """
 from __future__ import annotations
 
@@ -165,8 +167,11 @@ class MonotoneNet(nn.Module):
 def _builder(activation: str, deep: bool, conv: bool = False):
     def build(num_tasks: int, *, hidden_units: int = 10, hidden_layers: int = 4, init_weight: float = 1.0,
               conv_channels: tuple[int, ...] | list[int] = (8, 16), kernel_size: int = 3, pool: int = 2,
-              init_range: float = 0.1, learn_main_weight: bool = False,
+              init_range: float | None = None, learn_main_weight: bool = False,
               positive_weights: str = "auto") -> MonotoneNet:
+        # The ConvNet starts as the reference's (U[0, 0.1]); the MLPs from U[0, 1], where softplus weights
+        # move additively (from U[0, 0.1] every layer shrinks together and the auxiliaries fall alike).
+        init_range = init_range if init_range is not None else (0.1 if conv else 1.0)
         # auto: the linear network clips (its weights are O(1), φ's steps are small beside them); deeper ones
         # use softplus weights, which small U[0, init_range] weights need to survive φ's first steps.
         positivity = positive_weights if positive_weights != "auto" else ("softplus" if deep else "clip")

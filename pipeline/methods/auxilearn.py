@@ -22,7 +22,9 @@ class AuxiLearnConfig(StrictModel):
     init_weight: float = Field(1.0, ge=0, description="initial effective weight of every auxiliary (Equal's: 1)")
     calibrate_init: bool = Field(
         True, description="set the initial effective weights at the first batch's losses (else at losses of 1)")
-    init_range: float = Field(0.1, gt=0, description="deep networks start from weights U[0, init_range]")
+    init_range: float | None = Field(
+        None, gt=0, description="deep networks start from weights U[0, init_range]; null = 0.1 for the ConvNet "
+                                "(the reference's init), 1.0 for the MLPs (softplus weights then move additively)")
     learn_main_weight: bool = Field(False, description="linear: learn the main task's weight too (reference NYUv2)")
     positive_weights: Literal["auto", "clip", "softplus"] = Field(
         "auto", description="monotone by clipping weights at 0 (the paper) or softplus weights; auto = clip for "

@@ -433,7 +433,7 @@ def test_vision_model_backbones_and_local_weights(tmp_path):
 def test_end_to_end_on_the_tiny_layout(tiny, tmp_path, method):
     params = cub_params(tiny.root, method=method, split={"k_shot": 0, "aux": 2},
                         train={"steps": 5, "eval_every": 5, "batch_size": 4},
-                        methods={"auxilearn": {"hyper_every": 2}})  # so the IFT step runs within 5 steps
+                        methods={"bilevel": {"hyper_every": 2}})  # so the IFT step runs within 5 steps
     ds, data = prepare_and_load(params, tmp_path / "prepared")
     splits = ds.make_splits(data, params.split)
     assert {k: len(v) for k, v in splits.items()} == {"train": 4, "aux": 2, "val": 3, "test": 3, "unlabelled": 0}

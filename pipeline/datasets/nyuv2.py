@@ -835,11 +835,10 @@ class Nyuv2(Dataset):
     # validation loss flattens near the end; the lr is halved half-way as in the paper.
     default_train = {"steps": 600, "batch_size": 8, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
                      "lr_schedule": "halve_midway", "eval_every": 50}
-    # φ's learning rate from App. B.2's grid {1e-3, 5e-4, 1e-4}: with the global 1e-2 (CUB's grid) the first
-    # hypergradient step of the ConvNet over loss images overshoots and projection zeroes every weight, after
-    # which g is constant and can never recover. A single spiking hypergradient (norm 1.3e4 at step 200 of a
-    # stand-in run, where the J = 3 Neumann series diverged) did the same at lr 1e-4, hence the norm clip.
-    default_methods = {"auxilearn": {"lr": 1e-4, "max_hypergrad_norm": 1.0}}
+    # No φ override: the old one (lr 1e-4 and a norm clip of 1, because one clipped SGD step zeroed the
+    # ConvNet and a diverging Neumann series spiked) is not needed with methods.bilevel's scale-free optimiser,
+    # the softplus-weighted ConvNet and the curvature-safe α.
+    default_methods: dict = {}
 
     # -- files ---------------------------------------------------------------------------------
 

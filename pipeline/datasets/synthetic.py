@@ -141,6 +141,9 @@ class NoisyAux(SyntheticRegression):
     default_split = {"aux": 100, "val": 100, "test": 1000}
     default_train = {"steps": 2000, "lr": 0.01, "aux_loss_scale": 0.01}  # τ = 1/K keeps Σ aux ≈ main
     auxiliary_order = "label noise grows with the index"
+    # φ chosen on validation from lr ∈ {1e-3, 3e-3, 1e-2} × N = 5 (and weight decay 0.3): 400 hyper steps
+    # let 100 auxiliaries sort themselves out (N = 20 leaves 100).
+    default_methods = {"bilevel": {"hyper_every": 5}}
 
     def generate(self, cfg: NoisyAuxConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         n, d, k = cfg.num_samples, cfg.dim, cfg.num_aux

@@ -109,6 +109,7 @@ def _dataset_profile(name: str, dataset: Any, method_sections: dict[str, type[Ba
 def _build_params_model() -> type[BaseModel]:
     from pipeline.datasets import DATASETS
     from pipeline.methods import METHODS, method_config_sections
+    from pipeline.usefulness import UsefulnessConfig
 
     sections = method_config_sections()
     datasets_section = _section("DatasetsConfig", {n: _dataset_profile(n, DATASETS.get(n), sections) for n in DATASETS})
@@ -121,6 +122,7 @@ def _build_params_model() -> type[BaseModel]:
         device: Literal["auto", "cpu", "cuda"] = "auto"
         datasets: datasets_section = Field(default_factory=datasets_section)  # type: ignore[valid-type]
         methods: methods_section = Field(default_factory=methods_section)  # type: ignore[valid-type]
+        usefulness: UsefulnessConfig = Field(default_factory=UsefulnessConfig)
 
         @field_validator("method", "dataset")
         @classmethod

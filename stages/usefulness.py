@@ -22,9 +22,8 @@ USEFULNESS_JSON = REPORTS / "usefulness.json"
 
 
 def usefulness_config(params) -> UsefulnessConfig:
-    """``params.usefulness`` once pipeline/config.py declares the section; its defaults until then."""
-    cfg = getattr(params, "usefulness", None)
-    return cfg if cfg is not None else UsefulnessConfig()
+    """The ``usefulness`` section of params.yaml."""
+    return params.usefulness
 
 
 @click.command()

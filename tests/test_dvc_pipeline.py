@@ -69,17 +69,20 @@ def test_second_repro_is_a_no_op(pipeline_repo: Path):
 
 def test_training_param_reruns_only_training_and_after(pipeline_repo: Path):
     edit_params(pipeline_repo, lambda p: p["datasets"]["toy2d"]["train"].update(lr=0.02))
-    assert stale_stages(pipeline_repo) == {"train"}
+    # the usefulness analysis trains the main task alone with the dataset's train settings, so it reads them too
+    assert stale_stages(pipeline_repo) == {"train", "usefulness"}
     # report rebuilds the trained method from its section (e.g. ψ of a label generator), so it reads methods too
     edit_params(pipeline_repo, lambda p: p["methods"]["bilevel"].update(lr=0.02))
-    assert stale_stages(pipeline_repo) == {"train", "report"}
-    edit_params(pipeline_repo, lambda p: p["datasets"]["toy2d"]["methods"].update(auxilearn={"lr": 0.03}))
-    assert stale_stages(pipeline_repo) == {"train", "report"}
+    assert stale_stages(pipeline_repo) == {"train", "usefulness", "report"}
+    edit_params(pipeline_repo, lambda p: p["datasets"]["toy2d"]["methods"].update(bilevel={"lr": 0.03}))
+    assert stale_stages(pipeline_repo) == {"train", "usefulness", "report"}
     edit_params(pipeline_repo, lambda p: p.update(method="stl"))
-    assert stale_stages(pipeline_repo) == {"train", "evaluate", "report"}
+    assert stale_stages(pipeline_repo) == {"train", "usefulness", "evaluate", "report"}
     edit_params(pipeline_repo, lambda p: p["datasets"]["noisy_aux"]["train"].update(lr=0.5))
     assert "train" in stale_stages(pipeline_repo)  # unchanged set: noisy_aux settings are not read for toy2d
-    assert stale_stages(pipeline_repo) == {"train", "evaluate", "report"}
+    assert stale_stages(pipeline_repo) == {"train", "usefulness", "evaluate", "report"}
+    edit_params(pipeline_repo, lambda p: p["usefulness"].update(batches=4))
+    assert stale_stages(pipeline_repo) == {"train", "usefulness", "evaluate", "report"}
     out = dvc(pipeline_repo, "repro").stdout
     assert "Running stage 'train'" in out
     assert "Running stage 'split'" not in out and "Running stage 'prepare" not in out

@@ -12,10 +12,19 @@ def mean_metric(outcome, key):
 
 
 def test_toy2d_harmful_weight_ends_well_below_helpful():
-    for method in ("auxilearn_linear", "auxilearn_nonlinear"):
+    """With the default φ settings the harmful auxiliary ends near 0: below a tenth of the helpful one for the
+    linear network (issue 11), below a quarter for the nonlinear one, which on some seeds shrinks both
+    auxiliaries toward STL instead of raising the helpful one."""
+    for method, ratio in (("auxilearn_linear", 0.1), ("auxilearn_nonlinear", 0.25)):
         w = run_method("toy2d", method).final_weights  # [seeds, (main, helpful, harmful)]
-        assert (w[:, 2] < 0.25 * w[:, 1]).all(), (method, w)
+        assert (w[:, 2] < ratio * w[:, 1]).all(), (method, w)
         assert (w[:, 2] < 0.05).all(), (method, w)
+
+
+def test_toy2d_auxilearn_beats_single_task_on_test_loss():
+    stl = mean_metric(run_method("toy2d", "stl"), "main_mse")
+    for method in ("auxilearn_linear", "auxilearn_nonlinear"):
+        assert mean_metric(run_method("toy2d", method), "main_mse") < stl, method
 
 
 def test_toy2d_auxilearn_beats_equal_on_test_loss():
@@ -39,7 +48,25 @@ def test_train_set_ablation_drifts_toward_single_task():
 
 
 def test_noisy_aux_weights_fall_as_noise_grows():
-    w = run_method("noisy_aux", "auxilearn_linear").final_weights[:, 1:]  # [seeds, K]
+    """App. C.3 with the defaults (φ lr 1e-2, N = 5, chosen on validation): φ moves, the least noisy tenth of
+    the auxiliaries ends with several times the weight of the noisiest half, and the main task's test MSE is
+    no worse than Equal's and within 3% of STL's."""
+    outcome = run_method("noisy_aux", "auxilearn_linear")
+    w = outcome.final_weights[:, 1:]  # [seeds, K]
+    start = np.asarray([h["weights"][0][1:] for h in outcome.history])
+    assert np.abs(w - start).mean() >= 0.2
+    assert (w[:, :10].mean(1) > 5 * w[:, 50:].mean(1)).all(), w
+    mse = mean_metric(outcome, "main_mse")
+    assert mse <= mean_metric(run_method("noisy_aux", "equal"), "main_mse")
+    assert mse <= 1.03 * mean_metric(run_method("noisy_aux", "stl"), "main_mse")
+
+
+def test_noisy_aux_small_phi_steps_rank_every_auxiliary_by_noise():
+    """With 10× smaller φ steps the 100 weights, fitted on a 100-sample auxiliary set, do not overfit it: every
+    seed's weights fall with the noise index (Spearman < −0.7). Larger steps sort the auxiliaries into
+    kept/dropped sooner and tie many at 0, which lowers Spearman while it improves the test MSE."""
+    small = json.dumps({"methods": {"bilevel": {"lr": 1e-3}}})
+    w = run_method("noisy_aux", "auxilearn_linear", overrides_json=small).final_weights[:, 1:]
     index = np.arange(1, w.shape[1] + 1)
     rho_mean = spearmanr(index, w.mean(0)).statistic
     rho_seeds = [spearmanr(index, ws).statistic for ws in w]

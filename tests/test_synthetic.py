@@ -48,17 +48,23 @@ def test_train_set_ablation_drifts_toward_single_task():
 
 
 def test_noisy_aux_weights_fall_as_noise_grows():
-    """App. C.3 with the defaults (φ lr 1e-2, N = 5, chosen on validation): φ moves, the least noisy tenth of
-    the auxiliaries ends with several times the weight of the noisiest half, and the main task's test MSE is
-    no worse than Equal's and within 3% of STL's."""
-    outcome = run_method("noisy_aux", "auxilearn_linear")
-    w = outcome.final_weights[:, 1:]  # [seeds, K]
-    start = np.asarray([h["weights"][0][1:] for h in outcome.history])
-    assert np.abs(w - start).mean() >= 0.2
-    assert (w[:, :10].mean(1) > 5 * w[:, 50:].mean(1)).all(), w
-    mse = mean_metric(outcome, "main_mse")
-    assert mse <= mean_metric(run_method("noisy_aux", "equal"), "main_mse")
-    assert mse <= 1.03 * mean_metric(run_method("noisy_aux", "stl"), "main_mse")
+    """App. C.3 with the defaults (issue 11): φ moves, the learned weights fall with the noise index, and the
+    main task's test MSE is no worse than Equal's and within 3% of STL's. The nonlinear network (the best
+    variant) meets all of it; the linear one ranks the least noisy tenth far above the noisiest half but, its
+    100 weights fitted on a 100-sample auxiliary set, ties many at 0 and scatters the rest (Spearman ≈ −0.5)."""
+    stl = mean_metric(run_method("noisy_aux", "stl"), "main_mse")
+    equal = mean_metric(run_method("noisy_aux", "equal"), "main_mse")
+    for method in ("auxilearn_nonlinear", "auxilearn_linear"):
+        outcome = run_method("noisy_aux", method)
+        w = outcome.final_weights[:, 1:]  # [seeds, K]
+        start = np.asarray([h["weights"][0][1:] for h in outcome.history])
+        assert np.abs(w - start).mean() >= 0.2, method
+        assert (w[:, :10].mean(1) > 5 * w[:, 50:].mean(1)).all(), (method, w)
+        mse = mean_metric(outcome, "main_mse")
+        assert mse <= equal and mse <= 1.03 * stl, (method, mse, stl)
+    nonlinear = run_method("noisy_aux", "auxilearn_nonlinear").final_weights[:, 1:]
+    rho = spearmanr(np.arange(1, nonlinear.shape[1] + 1), nonlinear.mean(0)).statistic
+    assert rho < -0.7, rho
 
 
 def test_noisy_aux_small_phi_steps_rank_every_auxiliary_by_noise():

@@ -39,6 +39,24 @@ derivative for a weight on the raw ℓ_j; a common τ would only rescale every s
 Prop. 1 is first order at φ = 0: it says what a *small* weight does. An auxiliary that is harmful at weight 1
 can have either sign here (its harm is a φ² effect when the STL solution is already near the main task's
 optimum); the score tells whether to turn the auxiliary on a little, not how far.
+
+Another base point (``base_weight`` φ0 > 0). The same implicit-function derivative, evaluated at φ = φ0·1
+instead of φ → 0: the whole network (trunk, main head *and* auxiliary heads: everything the objective reaches)
+is trained on
+
+    L_T(W) = ℓ_main(W) + φ0·τ·Σ_j ℓ_j(W)          (τ: ``aux_loss_scale``; φ0 = 1 is what Equal trains)
+
+for ``stl_steps`` steps (no separate head fit), H is the Hessian (or Gauss-Newton part) of this L_T on the
+training batch, W is every parameter L_T trains, and
+
+    u_j = −dL_A/dφ_j = ⟨(H_T + λI)⁻¹ ∇_W L_A, ∇_W ℓ_j⟩,
+
+still the derivative for a weight on the raw ℓ_j (at φ0 = 0 this is the score above, computed the same way as
+before). φ0 is in the units of the training weights (multiplying τ·ℓ_j), so the base point matches the weights
+the weighting methods learn. This answers "from the weighting a method starts at, which auxiliary should be
+turned up, which down": on ``noisy_aux`` (default draw) the φ → 0 score ranks noisy auxiliaries as helpful
+(true for a small weight: they correct STL's under-prediction on the aux set), while from φ0 ≈ 0.3 on the
+ranking reverses, as the learned weights of App. C.3 do.
 """
 from __future__ import annotations
 
@@ -72,9 +90,14 @@ class UsefulnessConfig(StrictModel):
     batches: int = Field(8, ge=1, description="independent batch draws per seed (the score's spread: mean ± SEM)")
     batch_size: int = Field(64, ge=0, description="training samples per batch (H, ∇ℓ_main, ∇ℓ_j); 0 = all (then cos(∇ℓ_main, ·) is void at convergence)")
     aux_batch_size: int = Field(0, ge=0, description="aux-set samples per batch (∇L_A); 0 = the whole aux set")
-    stl_steps: int | None = Field(None, ge=1, description="main-task-only training steps; null = datasets.<name>.train.steps")
+    stl_steps: int | None = Field(None, ge=1, description="main-task-only training steps (at base_weight > 0: steps on "
+                                  "L_T); null = datasets.<name>.train.steps")
     head_steps: int = Field(200, ge=0, description="steps fitting the auxiliary heads on the frozen STL trunk")
     head_lr: float = Field(0.01, gt=0, description="Adam learning rate of that fit")
+    base_weight: float = Field(
+        0.0, ge=0, description="φ0: the derivative is taken at φ = φ0·1; 0 = Prop. 1 (STL, heads fitted on the frozen "
+        "trunk); > 0: the whole network is trained on ℓ_main + φ0·τ·Σ_j ℓ_j (τ: aux_loss_scale; 1 = Equal's objective) "
+        "and H is that objective's Hessian")
 
 
 # -- linear algebra on flat parameter vectors ---------------------------------------------------------------
@@ -201,7 +224,8 @@ class BatchScores:
 
 def score_batch(train_losses: Tensor, aux_main_loss: Tensor, params: Sequence[Tensor], trunk: Sequence[Tensor],
                 cfg: UsefulnessConfig,
-                outputs: tuple[Sequence[Tensor], Callable[[list[Tensor]], Tensor]] | None = None) -> BatchScores:
+                outputs: tuple[Sequence[Tensor], Callable[[list[Tensor]], Tensor]] | None = None,
+                aux_weight: float = 0.0) -> BatchScores:
     """Prop. 1 scores and the cosine proxy of every auxiliary from one training batch and one aux-set batch.
 
     ``train_losses``: [T] batch-mean per-task losses on the training batch (column 0: main), with their graph;
@@ -212,14 +236,19 @@ def score_batch(train_losses: Tensor, aux_main_loss: Tensor, params: Sequence[Te
     Besides u_j: cos(∇ℓ_main, ∇ℓ_j) (GCS's proxy; at a converged STL solution ∇ℓ_main on the whole training
     set vanishes, so this needs batches smaller than the training set to mean anything) and
     cos(∇L_A, ∇ℓ_j), which keeps Prop. 1's held-out gradient but drops the Hessian.
-    ``outputs`` (the training batch's network outputs and the main loss as a function of them) is needed for
-    ``curvature: gauss_newton``.
+    ``outputs`` (the training batch's network outputs and the training objective as a function of them: the
+    main loss, or L_T when ``aux_weight`` > 0) is needed for ``curvature: gauss_newton``.
+    ``aux_weight`` c: H is the Hessian of L_T = ℓ_main + c·Σ_j ℓ_j (the base point φ = c·1; 0: ℓ_main alone).
     """
     params = list(params)
     in_trunk = {id(p) for p in trunk}
     mask = torch.cat([torch.full((p.numel(),), id(p) in in_trunk, dtype=torch.bool, device=p.device) for p in params])
     grad_aux_set = flat_grad(aux_main_loss, params, retain_graph=False)
-    matvec, g_main = hvp_operator(train_losses[0], params, cfg.damping)
+    if aux_weight:
+        g_main = flat_grad(train_losses[0], params).detach()
+        matvec, _ = hvp_operator(_objective(train_losses, aux_weight), params, cfg.damping)
+    else:
+        matvec, g_main = hvp_operator(train_losses[0], params, cfg.damping)
     if cfg.curvature == "gauss_newton":
         if outputs is None:
             raise ValueError("curvature: gauss_newton needs the network outputs of the training batch")
@@ -299,10 +328,14 @@ class _Sampler:
 
 
 def train_main_task(dataset: Any, data: Any, splits: dict[str, np.ndarray], train_cfg: Any, model_cfg: Any, seed: int,
-                    steps: int, device: torch.device) -> tuple[nn.Module, list[nn.Parameter], list[nn.Parameter]]:
+                    steps: int, device: torch.device, aux_weight: float = 0.0
+                    ) -> tuple[nn.Module, list[nn.Parameter], list[nn.Parameter]]:
     """Single-task learning on the training split only (not the aux set): the final weights, in eval mode, with
     (W: the parameters ℓ_main depends on, the auxiliary heads). Only W is optimised: the heads keep their
-    initial values (an optimiser's weight decay would otherwise shrink them towards 0 on zero gradients)."""
+    initial values (an optimiser's weight decay would otherwise shrink them towards 0 on zero gradients).
+
+    ``aux_weight`` c > 0: train on L_T = ℓ_main + c·Σ_j ℓ_j instead (the base point φ = c·1); W is then every
+    parameter L_T reaches, auxiliary heads included, and the second list holds what L_T does not reach."""
     from pipeline.training import BatchStream, make_lr_schedule, make_optimizer, seed_everything
 
     generator = seed_everything(seed)
@@ -311,7 +344,7 @@ def train_main_task(dataset: Any, data: Any, splits: dict[str, np.ndarray], trai
     stream = BatchStream(data, splits["train"], cfg.batch_size, generator, device, splits.get("unlabelled"))
     x, y, _, labelled = stream.next()
     x, y = dataset.batch_transform(x, y, train=False)
-    params, heads = main_parameters(model, batch_task_losses(model, dataset, x, y, labelled)[0])
+    params, heads = main_parameters(model, _objective(batch_task_losses(model, dataset, x, y, labelled), aux_weight))
     stream = BatchStream(data, splits["train"], cfg.batch_size, generator, device, splits.get("unlabelled"))
     optimizer = make_optimizer(params, cfg)
     schedule = make_lr_schedule(optimizer, cfg)
@@ -321,14 +354,20 @@ def train_main_task(dataset: Any, data: Any, splits: dict[str, np.ndarray], trai
         x, y = dataset.batch_transform(x, y, train=True, generator=generator)
         if not bool(labelled.any()):
             continue
-        loss = batch_task_losses(model, dataset, x, y, labelled)[0]
+        loss = _objective(batch_task_losses(model, dataset, x, y, labelled), aux_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
     if not all(torch.isfinite(p).all() for p in params):
-        raise FloatingPointError("the main-task-only training diverged: lower datasets.<name>.train.lr")
+        raise FloatingPointError("the main-task-only training diverged: lower datasets.<name>.train.lr"
+                                 + (" or usefulness.base_weight" if aux_weight else ""))
     return model.eval(), params, heads
+
+
+def _objective(losses: Tensor, aux_weight: float) -> Tensor:
+    """L_T = ℓ_main + c·Σ_j ℓ_j from the [T] task losses (c = 0: ℓ_main alone, the very same tensor)."""
+    return losses[0] + aux_weight * losses[1:].sum() if aux_weight else losses[0]
 
 
 def fit_aux_heads(model: nn.Module, dataset: Any, sampler: _Sampler, heads: list[nn.Parameter], steps: int, lr: float) -> None:
@@ -359,7 +398,7 @@ class UsefulnessResult:
     whole_training_set: bool = False  # the training batch was the whole training split
     solves: list[SolveInfo] = field(default_factory=list)
     seconds: float = 0.0
-    stl_aux_loss: list[float] = field(default_factory=list)  # L_A of each seed's STL model (whole aux set)
+    stl_aux_loss: list[float] = field(default_factory=list)  # L_A of each seed's base model (STL at φ0 = 0; whole aux set)
 
     def summary(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and SEM over the draws, per auxiliary."""
@@ -370,19 +409,23 @@ class UsefulnessResult:
 
 def analyse(dataset: Any, data: Any, splits: dict[str, np.ndarray], train_cfg: Any, model_cfg: Any,
             cfg: UsefulnessConfig, seeds: Sequence[int], device: torch.device | str = "cpu") -> UsefulnessResult:
-    """STL, auxiliary heads, then ``cfg.batches`` Prop. 1 / cosine draws per seed (see the module docstring)."""
+    """STL, auxiliary heads, then ``cfg.batches`` Prop. 1 / cosine draws per seed (see the module docstring);
+    with ``cfg.base_weight`` φ0 > 0: training on ℓ_main + φ0·τ·Σ_j ℓ_j, then the draws at that base point."""
     device = torch.device(device)
     if data.num_tasks < 2:
         raise ValueError("the usefulness analysis needs at least one auxiliary task")
     start = time.perf_counter()
     steps = cfg.stl_steps or train_cfg.steps
+    aux_weight = cfg.base_weight * train_cfg.aux_loss_scale  # φ0·τ on the raw ℓ_j (0: Prop. 1 at φ → 0)
     scores, cosines, cosines_aux, solves, aux_losses = [], [], [], [], []
     for seed in seeds:
-        model, params, heads = train_main_task(dataset, data, splits, train_cfg, model_cfg, seed, steps, device)
+        model, params, heads = train_main_task(dataset, data, splits, train_cfg, model_cfg, seed, steps, device,
+                                               aux_weight)
         generator = torch.Generator().manual_seed(10_000 + seed)
         train = _Sampler(dataset, data, splits["train"], cfg.batch_size, generator, device, splits.get("unlabelled"))
         aux = _Sampler(dataset, data, splits["aux"], cfg.aux_batch_size, generator, device)
-        fit_aux_heads(model, dataset, train, heads, cfg.head_steps, cfg.head_lr)
+        if not aux_weight:  # at φ0 > 0 the heads were trained with the trunk on L_T
+            fit_aux_heads(model, dataset, train, heads, cfg.head_steps, cfg.head_lr)
         trunk = model.shared_parameters()
         whole_aux = _Sampler(dataset, data, splits["aux"], 0, generator, device)
         with torch.no_grad():
@@ -396,7 +439,8 @@ def analyse(dataset: Any, data: Any, splits: dict[str, np.ndarray], train_cfg: A
             rebuild = (lambda leaves: tuple(leaves)) if isinstance(net_out, (tuple, list)) else (lambda leaves: leaves[0])
             out = score_batch(task_losses(dataset, net_out, y, labelled), batch_task_losses(model, dataset, xa, ya)[0],
                               params, trunk, cfg,
-                              (outs, lambda leaves: task_losses(dataset, rebuild(leaves), y, labelled)[0]))
+                              (outs, lambda leaves: _objective(task_losses(dataset, rebuild(leaves), y, labelled),
+                                                               aux_weight)), aux_weight)
             scores.append(out.usefulness)
             cosines.append(out.cosine)
             cosines_aux.append(out.cosine_aux)
@@ -502,12 +546,21 @@ def markdown_report(result: UsefulnessResult, summary: dict[str, Any], roles: di
     solver = (f"conjugate gradient (≤ {cfg.cg_iters} iterations, tol {cfg.cg_tol:g})" if cfg.solver == "cg"
               else f"Neumann series (J = {cfg.neumann_steps}, α = {cfg.neumann_lr:g})")
     s = summary["solver"]
+    if cfg.base_weight:
+        base = (f"at φ = {cfg.base_weight:g}·1, the whole network trained on L_T = ℓ_main + {cfg.base_weight:g}·τ·Σ_j ℓ_j "
+                "(τ: aux_loss_scale; H: Hessian of L_T on a training batch, L_A: the main loss on the aux set): "
+                f"**u_j > 0: raising auxiliary j's weight a little above {cfg.base_weight:g} lowers the main loss on "
+                "the aux set; u_j < 0: lowering it does.** ")
+        base_loss = f"main loss of the φ = {cfg.base_weight:g}·1 model on the aux set"
+    else:
+        base = ("at φ = 0, the main task trained alone (H: Hessian "
+                "of the main loss on a training batch, L_A: the main loss on the aux set): "
+                "**u_j > 0: adding auxiliary j with a small weight lowers the main loss on the aux set.** ")
+        base_loss = "STL main loss on the aux set"
     lines = [
         f"# Auxiliary usefulness on {dataset_name} (AuxiLearn Prop. 1)",
         "",
-        "usefulness u_j = −dL_A/dφ_j = ⟨(H + λI)⁻¹ ∇L_A, ∇ℓ_j⟩ at φ = 0, the main task trained alone (H: Hessian "
-        "of the main loss on a training batch, L_A: the main loss on the aux set): "
-        "**u_j > 0: adding auxiliary j with a small weight lowers the main loss on the aux set.** "
+        "usefulness u_j = −dL_A/dφ_j = ⟨(H + λI)⁻¹ ∇L_A, ∇ℓ_j⟩ " + base +
         "First-order proxies on the shared trunk: cos(∇ℓ_main, ∇ℓ_j) on the training batch (what GCS gates on) and "
         "cos(∇L_A, ∇ℓ_j) (Prop. 1 without the Hessian). "
         f"Mean ± SEM over {len(result.usefulness)} draws (seeds {result.seeds} × {cfg.batches} batches of "
@@ -516,13 +569,14 @@ def markdown_report(result: UsefulnessResult, summary: dict[str, Any], roles: di
         f"damping λ = {cfg.damping:g}; mean {s['mean_iterations']:.1f} iterations, "
         f"largest relative residual {s['max_relative_residual']:.2g}"
         + (f", negative curvature met in {s['negative_curvature']} solves" if s["negative_curvature"] else "")
-        + f". STL main loss on the aux set: {summary['stl_aux_loss']:.4g}. {summary['seconds']:.1f} s.",
+        + f". {base_loss[0].upper() + base_loss[1:]}: {summary['stl_aux_loss']:.4g}. {summary['seconds']:.1f} s.",
         "",
     ]
     if result.whole_training_set:
-        lines += ["Note: every training batch was the whole training split, where ∇ℓ_main vanishes at the STL "
-                  "solution: cos(∇ℓ_main, ∇ℓ_j) is then the direction of the optimiser's leftover and means nothing; "
-                  "set `usefulness.batch_size` below the training-set size for it.", ""]
+        if not cfg.base_weight:
+            lines += ["Note: every training batch was the whole training split, where ∇ℓ_main vanishes at the STL "
+                      "solution: cos(∇ℓ_main, ∇ℓ_j) is then the direction of the optimiser's leftover and means nothing; "
+                      "set `usefulness.batch_size` below the training-set size for it.", ""]
     lines += [
         "| rank | auxiliary | " + ("role | " if roles else "") + "usefulness (Prop. 1) | cos(∇ℓ_main, ∇ℓ_j) | rank | "
         "cos(∇L_A, ∇ℓ_j) | rank |",
@@ -556,9 +610,14 @@ def markdown_report(result: UsefulnessResult, summary: dict[str, Any], roles: di
                          f"{_fmt(sep['spearman_with_role'])} |")
         lines += ["", "Roles (from the dataset's stand-in) describe an auxiliary trained at a full weight; the scores "
                   "here describe a small one.", ""]
-    lines += ["Prop. 1 is first order: it ranks what a *small* weight does at the STL solution. An auxiliary "
-              "that hurts at weight 1 can score either sign here when the STL solution already sits near the "
-              "main task's optimum (its harm is then a φ² effect).", "", "![usefulness](usefulness.png)", ""]
+    if cfg.base_weight:
+        lines += [f"The score is first order at φ = {cfg.base_weight:g}·1: it ranks what a small change of one weight "
+                  "does from there (usefulness.base_weight = 0 gives Prop. 1's φ → 0 ranking, which can differ).",
+                  "", "![usefulness](usefulness.png)", ""]
+    else:
+        lines += ["Prop. 1 is first order: it ranks what a *small* weight does at the STL solution. An auxiliary "
+                  "that hurts at weight 1 can score either sign here when the STL solution already sits near the "
+                  "main task's optimum (its harm is then a φ² effect).", "", "![usefulness](usefulness.png)", ""]
     return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
 """DVC stage `usefulness`: which auxiliaries will help, before any auxiliary training (AuxiLearn Prop. 1).
 
-Trains the main task alone per seed, then scores every auxiliary by u_j = −dL_A/dφ_j and by the cosine proxy;
+Trains the main task alone per seed (or, with ``usefulness.base_weight`` φ0 > 0, the whole network on
+ℓ_main + φ0·τ·Σ_j ℓ_j, so the derivative is taken at φ = φ0·1), then scores every auxiliary by
+u_j = −dL_A/dφ_j and by the cosine proxy;
 writes reports/usefulness.md (ranked table), reports/usefulness.png, reports/usefulness.csv (every auxiliary)
 and the small metrics file reports/usefulness.json. See pipeline/usefulness.py.
 """
@@ -45,7 +47,8 @@ def main(params) -> None:
             writer.writerows(rows)
     write_text(USEFULNESS_MD, markdown_report(result, summary, roles, cfg, params.dataset))
     write_json(USEFULNESS_JSON, summary)
-    click.echo(f"usefulness of {len(result.task_names)} auxiliaries on {params.dataset}: top (Prop. 1) "
+    click.echo(f"usefulness of {len(result.task_names)} auxiliaries on {params.dataset} at φ = {cfg.base_weight:g}·1: "
+               "top (Prop. 1) "
                f"{summary['prop1']['top']}, top (cosine) {summary['cosine']['top']}; wrote {USEFULNESS_MD}")
 
 

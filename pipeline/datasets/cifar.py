@@ -710,8 +710,10 @@ class ImageClassification(Dataset):
     # ~76 % test accuracy on the CIFAR-10 stand-in (chance 10 %) in about a minute on 2 CPU cores.
     default_train = {"steps": 400, "batch_size": 64, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
                      "weight_decay": 5e-4, "lr_schedule": "cosine", "eval_every": 50}
-    # App. B.3: the label generator's φ is updated every 5 steps (its grid: 5, 15, 25).
-    default_methods = {"bilevel": {"hyper_every": 5}}
+    # App. B.3: the label generator's φ is updated every 5 steps (its grid: 5, 15, 25). φ is a whole VGG here,
+    # whose small conv weights the normalized optimiser's lr 1e-2 steps move by ~20% each: lr 1e-3, chosen on
+    # the CIFAR-10 stand-in's validation loss (1.118 vs 1.161 at 1e-2, 3 seeds).
+    default_methods = {"bilevel": {"hyper_every": 5, "lr": 1e-3}}
 
     def __init__(self) -> None:
         self._norm: ChannelNorm | None = None

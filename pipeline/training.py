@@ -116,7 +116,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
               device: torch.device | None = None, progress: bool = False) -> RunResult:
     """Train ``params.method`` with ``seed``; keeps the model that is best on the validation main loss."""
     device = device or resolve_device(params.device)
-    generator = seed_everything(seed)
+    seed_everything(seed)
     # The model is drawn from the seeded RNG before the method, as it always was (published runs repeat);
     # a method that generates a task needs a head on it, so the model is then drawn again with that head.
     model = dataset.build_model(data, params.profile.model)
@@ -128,12 +128,12 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
 
     train_idx = splits["train"] if method.uses_aux_set else np.concatenate([splits["train"], splits["aux"]])
     unlabelled = splits.get("unlabelled")
-    train_stream = BatchStream(data, train_idx, cfg.batch_size, generator, device, unlabelled)
-    outer_generator, diagnostic_generator = stream_generator(seed, "outer"), stream_generator(seed, "diagnostics")
+    weights_gen, outer_gen, diagnostics_gen = (stream_generator(seed, role) for role in STREAM_ROLES)
+    train_stream = BatchStream(data, train_idx, cfg.batch_size, weights_gen, device, unlabelled)
     outer_train_size, outer_aux_size = method.outer_batch_sizes(cfg.batch_size)
-    outer_train_stream = BatchStream(data, train_idx, outer_train_size, outer_generator, device, unlabelled)
-    aux_stream = BatchStream(data, splits["aux"], outer_aux_size, outer_generator, device)
-    diagnostic_stream = BatchStream(data, train_idx, cfg.batch_size, diagnostic_generator, device, unlabelled)
+    outer_train_stream = BatchStream(data, train_idx, outer_train_size, outer_gen, device, unlabelled)
+    aux_stream = BatchStream(data, splits["aux"], outer_aux_size, outer_gen, device)
+    diagnostic_stream = BatchStream(data, train_idx, cfg.batch_size, diagnostics_gen, device, unlabelled)
     val_idx = torch.as_tensor(splits["val"])
     val_data = TaskData(data.inputs[val_idx].to(device), data.targets[val_idx].to(device), data.task_names, data.meta)
     all_val = torch.arange(len(val_idx), device=device)

@@ -37,7 +37,7 @@ def main(dataset: str, epochs: int, rounds: int, threads: int, device: str) -> N
     import torch
 
     from pipeline.config import parse_params
-    from pipeline.datasets import DATASETS
+    from pipeline.registry import DATASETS
     from pipeline.training import train_run
 
     if threads:

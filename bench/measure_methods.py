@@ -28,8 +28,8 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import parse_params  # noqa: E402
-from pipeline.datasets import DATASETS  # noqa: E402
-from pipeline.methods import build_method  # noqa: E402
+from pipeline.registry import DATASETS  # noqa: E402
+from pipeline.methods.base import build_method  # noqa: E402
 from pipeline.training import load_model, train_run  # noqa: E402
 
 

@@ -30,7 +30,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from pipeline.config import StrictModel
+from pipeline.schema import StrictModel
 
 
 class BilevelConfig(StrictModel):

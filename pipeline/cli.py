@@ -8,7 +8,7 @@ from typing import Any, Callable
 import click
 
 from pipeline.config import ParamsError, load_params
-from pipeline.datasets import DataError
+from pipeline.datasets.base import DataError
 
 EXPECTED_ERRORS = (ParamsError, DataError, FileNotFoundError, ValueError, FloatingPointError)
 

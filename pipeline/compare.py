@@ -27,7 +27,7 @@ from typing import Any
 import click
 
 from pipeline.io import write_text
-from pipeline.metrics import format_mean_sem, higher_is_better
+from pipeline.metrics.summary import format_mean_sem, higher_is_better
 
 # The order of the papers' tables: single task, fixed weights, weighting baselines, learned ones.
 METHOD_ORDER = ["stl", "equal", "uncertainty", "dwa", "gradnorm", "gcs", "mgda",

@@ -16,39 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 PARAMS_FILE = Path("params.yaml")
 
 
-class StrictModel(BaseModel):
-    """Unknown keys are errors, so a typo never silently falls back to a default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ParamsError(ValueError):
-    """A bad ``params.yaml``; the message names the offending key."""
-
-
-class SplitConfig(StrictModel):
-    """The default ``datasets.<name>.split``: a seeded random partition; the rest of the data is train."""
-
-    seed: int = 0
-    aux: int = Field(20, ge=1, description="samples pre-allocated from the training data for the auxiliary set")
-    val: int = Field(200, ge=1)
-    test: int = Field(1000, ge=1)
-
-
-class TrainConfig(StrictModel):
-    steps: int = Field(500, ge=1)
-    batch_size: int = Field(0, ge=0, description="0 = full batch")
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.01, gt=0)
-    lr_schedule: Literal["constant", "halve_midway", "cosine"] = Field(
-        "constant", description="halve_midway: App. B.2 (NYUv2); cosine: App. B.3 (CIFAR, SVHN)")
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    aux_loss_scale: float = Field(1.0, gt=0, description="τ: every auxiliary loss is multiplied by it (App. B.1)")
-    eval_every: int = Field(25, ge=1, description="steps between validation checks (best-on-validation model kept)")
-    select_by: Literal["val_loss", "val_metric"] = Field(
-        "val_loss", description="which model to keep: lowest validation main loss, or best validation main metric "
-                                "(the dataset's first metric: mIoU, accuracy; as the reference trainers do)")
+from pipeline.schema import ParamsError, SplitConfig, StrictModel, TrainConfig  # noqa: F401  (re-exported)
 
 
 def _section(name: str, configs: dict[str, type[BaseModel]]) -> type[BaseModel]:
@@ -107,8 +75,9 @@ def _dataset_profile(name: str, dataset: Any, method_sections: dict[str, type[Ba
 
 
 def _build_params_model() -> type[BaseModel]:
-    from pipeline.datasets import DATASETS
-    from pipeline.methods import METHODS, method_config_sections
+    from pipeline.registry import DATASETS
+    from pipeline.methods.base import method_config_sections
+    from pipeline.registry import METHODS
     from pipeline.usefulness import UsefulnessConfig
 
     sections = method_config_sections()
@@ -233,8 +202,8 @@ PARAMS_HEADER = """\
 
 def default_params_yaml() -> str:
     """params.yaml with every default, and the registered methods and datasets listed in the header."""
-    from pipeline.datasets import DATASETS
-    from pipeline.methods import METHODS
+    from pipeline.registry import DATASETS
+    from pipeline.registry import METHODS
 
     body = yaml.safe_dump(parse_params({}).model_dump(mode="json"), sort_keys=False)
     return (PARAMS_HEADER + f"# Methods: {', '.join(METHODS.names())}.\n"

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.datasets import DATASETS, Dataset, TaskData
+from pipeline.datasets.base import Dataset, TaskData
+from pipeline.registry import DATASETS
 from pipeline.io import sha256_file, torch_load, verify_manifest
 from pipeline.paths import SPLITS, prepared_dir, seed_dir
 from pipeline.splits import load_splits

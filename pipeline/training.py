@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from pipeline.datasets import Dataset, TaskData
+from pipeline.datasets.base import Dataset, TaskData
 from pipeline.datasets.base import reduce_pixels
-from pipeline.methods import Batch, Method, SharedTrunk, StepContext, build_method
-from pipeline.metrics import higher_is_better
+from pipeline.methods.base import Batch, Method, SharedTrunk, StepContext, build_method
+from pipeline.metrics.summary import higher_is_better
 
 
 def resolve_device(preference: str) -> torch.device:

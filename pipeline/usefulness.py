@@ -70,7 +70,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.config import StrictModel
+from pipeline.schema import StrictModel
 
 ROLE_CODE = {"helpful": 1.0, "irrelevant": 0.0, "harmful": -1.0}
 

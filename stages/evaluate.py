@@ -12,7 +12,7 @@ import torch
 from pipeline.cli import stage
 from pipeline.experiment import load_experiment, load_run
 from pipeline.io import write_json
-from pipeline.metrics import aggregate
+from pipeline.metrics.summary import aggregate
 from pipeline.paths import METRICS
 
 

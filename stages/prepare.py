@@ -2,7 +2,7 @@
 import click
 
 from pipeline.cli import stage
-from pipeline.datasets import DATASETS
+from pipeline.registry import DATASETS
 from pipeline.io import atomic_dir, write_manifest
 from pipeline.paths import prepared_dir
 

@@ -7,9 +7,9 @@ import numpy as np
 from pipeline.cli import stage
 from pipeline.experiment import load_experiment, load_run
 from pipeline.io import atomic_dir, write_text
-from pipeline.metrics import format_mean_sem
+from pipeline.metrics.summary import format_mean_sem
 from pipeline.paths import FIGURES, METRICS, PLOTS, REPORT_MD
-from pipeline.datasets import Dataset
+from pipeline.datasets.base import Dataset
 from pipeline.report import (generated_labels, loss_image_figure, loss_landscapes, mean_history, method_log_series,
                              outer_update_summary, phi_movement, plot_final_weights, plot_series, plot_soft_labels,
                              plot_weights, role_ranking, write_csv)

@@ -2,7 +2,7 @@
 import click
 
 from pipeline.cli import stage
-from pipeline.datasets import DATASETS
+from pipeline.registry import DATASETS
 from pipeline.io import atomic_dir, sha256_file, verify_manifest, write_json
 from pipeline.paths import SPLITS, prepared_dir
 from pipeline.splits import save_splits

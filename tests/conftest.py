@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline.config import parse_params
-from pipeline.datasets import DATASETS
+from pipeline.registry import DATASETS
 from pipeline.training import train_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.auxnets import AUXNETS
+from pipeline.registry import AUXNETS
 
 KINDS = ["linear", "deep_linear", "nonlinear", "convnet"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.auxnets import AUXNETS
+from pipeline.registry import AUXNETS
 from pipeline.bilevel import BilevelConfig, HyperOptimizer, from_reference, neumann_hypergradient
 
 

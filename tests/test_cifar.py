@@ -23,7 +23,7 @@ import pipeline.datasets.cifar as cifar
 from pipeline.datasets.base import DataError, TaskData
 from pipeline.datasets.cifar import H5_NAME, STANDIN_DIR, Cifar10, Cifar100, Svhn, load_pickle
 from pipeline.io import write_manifest
-from pipeline.models import MODELS
+from pipeline.registry import MODELS
 from pipeline.splits import check_disjoint
 
 # ---------------------------------------------------------------------------------------------- fixtures

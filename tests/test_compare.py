@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from pipeline import compare
 from pipeline.compare import (best_val_per_method, experiment_name, latest_per_method, mismatch_warnings, param,
                               render_table, run_seeds, run_steps, varying_params, with_commits)
-from pipeline.metrics import format_mean_sem, higher_is_better
+from pipeline.metrics.summary import format_mean_sem, higher_is_better
 
 
 def row(method, created, mse, dataset="toy2d", rev="abc"):

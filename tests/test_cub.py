@@ -17,11 +17,12 @@ from PIL import Image
 from torch import nn
 
 from pipeline.config import ParamsError, parse_params
-from pipeline.datasets import DATASETS, DataError, TaskData
+from pipeline.datasets.base import DataError, TaskData
+from pipeline.registry import DATASETS
 from pipeline.datasets import cub as cub_module
 from pipeline.datasets.cub import AUX_ROLES_FILE, H5_NAME, STANDIN_DIR, read_cub_index, write_cub_text_files
 from pipeline.io import write_manifest
-from pipeline.models import MODELS
+from pipeline.registry import MODELS
 from pipeline.splits import check_disjoint
 from pipeline.training import train_run
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import ParamsError, parse_params
-from pipeline.datasets import DATASETS, DataError
+from pipeline.datasets.base import DataError
+from pipeline.registry import DATASETS
 from pipeline.io import save_npz, verify_manifest, write_manifest
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.config import parse_params
-from pipeline.datasets import DATASETS
+from pipeline.registry import DATASETS
 from pipeline.experiment import Experiment, TrainedRun
 from pipeline.report import generated_labels, loss_image_figure, pixel_weights, plot_soft_labels
 from pipeline.training import load_method, load_model, train_run

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.config import TrainConfig, parse_params
+from pipeline.config import parse_params
+from pipeline.schema import TrainConfig
 from pipeline.datasets.base import Dataset, TaskData
-from pipeline.methods import build_method
+from pipeline.methods.base import build_method
 from pipeline.methods.base import Batch, StepContext
 from pipeline.methods.labels import (LabelsConfig, block_entropy, focal_loss, hierarchy_mask, mask_softmax,
                                      negative_entropy)
@@ -409,7 +410,7 @@ CIFAR_TINY = {"prepare": {"standin_train_per_class": 12, "standin_test_per_class
 def test_diagnostics_leave_training_bit_identical(tmp_path, method="maxl"):
     """A diagnostic every step and none at all give the same network, generator and BN statistics, bit for
     bit: the diagnostics draw from their own stream, run in eval mode and restore every module's mode."""
-    from pipeline.datasets import DATASETS
+    from pipeline.registry import DATASETS
 
     def params(every: int):
         return parse_params({"dataset": "cifar10", "method": method, "seeds": [0],

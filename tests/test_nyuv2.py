@@ -18,10 +18,10 @@ from pydantic import ValidationError
 from torch import nn
 
 import pipeline.datasets.nyuv2 as nyu
-from pipeline.datasets import DataError, TaskData
+from pipeline.datasets.base import DataError, TaskData
 from pipeline.datasets.base import reduce_pixels
 from pipeline.io import write_manifest
-from pipeline.models import MODELS
+from pipeline.registry import MODELS
 from pipeline.splits import check_disjoint
 
 H, W = 8, 12  # the tiny fixtures' size

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipeline.config import parse_params
-from pipeline.methods import build_method
+from pipeline.methods.base import build_method
 from pipeline.methods.reconstruction import jitter, shuffle_regions
 from tests.conftest import _prepared
 

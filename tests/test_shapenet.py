@@ -18,7 +18,8 @@ import trimesh
 
 import pipeline.datasets.shapenet as sn
 from pipeline.config import ParamsError, parse_params
-from pipeline.datasets import DATASETS, DataError, TaskData
+from pipeline.datasets.base import DataError, TaskData
+from pipeline.registry import DATASETS
 from pipeline.io import write_manifest
 from pipeline.splits import check_disjoint
 

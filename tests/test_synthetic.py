@@ -93,7 +93,8 @@ def test_toy2d_records_its_auxiliary_roles_and_noisy_aux_has_none(tmp_path):
     import pytest
 
     from pipeline.config import parse_params
-    from pipeline.datasets import DATASETS, DataError
+    from pipeline.datasets.base import DataError
+    from pipeline.registry import DATASETS
 
     for name, expected in (("toy2d", {"helpful": "helpful", "harmful": "harmful"}), ("noisy_aux", None)):
         ds = DATASETS.get(name)()

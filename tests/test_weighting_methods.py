@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from pipeline.config import parse_params
-from pipeline.datasets import DATASETS
-from pipeline.methods import METHODS, SharedTrunk
+from pipeline.registry import DATASETS
+from pipeline.methods.base import SharedTrunk
+from pipeline.registry import METHODS
 from pipeline.methods.dwa import dwa_weights
 from pipeline.methods.mgda import frank_wolfe_min_norm, min_norm_two
 from pipeline.models.linear import SharedLinear

@@ -11,8 +11,8 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from pipeline.config import SplitConfig as RandomSplitConfig
-from pipeline.config import StrictModel
+from pipeline.schema import SplitConfig as RandomSplitConfig
+from pipeline.schema import StrictModel
 
 
 class NoModelConfig(StrictModel):

@@ -49,11 +49,11 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from pipeline.config import StrictModel
-from pipeline.datasets import DATASETS
+from pipeline.schema import StrictModel
+from pipeline.registry import DATASETS
 from pipeline.datasets.base import DataError, Dataset, TaskData
-from pipeline.datasets.images import ChannelNorm, random_crops
-from pipeline.models import MODELS
+from pipeline.datasets.shared.images import ChannelNorm, random_crops
+from pipeline.registry import MODELS
 from pipeline.models.base import MultiTaskNet
 from pipeline.models.classifiers import BACKBONES  # noqa: F401  (registers image_classifier)
 

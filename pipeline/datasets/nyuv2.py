@@ -69,12 +69,11 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from pipeline.config import StrictModel
-from pipeline.datasets import DATASETS
+from pipeline.schema import StrictModel
+from pipeline.registry import DATASETS
 from pipeline.datasets.base import DataError, Dataset, TaskData, reduce_pixels
 from pipeline.datasets.cub import AUX_ROLES_FILE, read_aux_roles, write_aux_roles
-from pipeline.models import MODELS
-from pipeline.models import segnet as _segnet  # noqa: F401  (registers "segnet")
+from pipeline.registry import MODELS
 from pipeline.models.base import MultiTaskNet
 
 H5_NAME = "nyuv2.h5"

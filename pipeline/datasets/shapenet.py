@@ -61,10 +61,10 @@ import trimesh
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from pipeline.config import StrictModel
-from pipeline.datasets import DATASETS
+from pipeline.schema import StrictModel
+from pipeline.registry import DATASETS
 from pipeline.datasets.base import DataError, Dataset, TaskData
-from pipeline.models import MODELS
+from pipeline.registry import MODELS
 from pipeline.models.base import MultiTaskNet
 import pipeline.models.pointcloud  # noqa: E402,F401  (registers dgcnn_partseg and pointnet_seg_light)
 

@@ -20,11 +20,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from pipeline.config import StrictModel
-from pipeline.datasets import DATASETS
+from pipeline.schema import StrictModel
+from pipeline.registry import DATASETS
 from pipeline.datasets.base import DataError, Dataset, TaskData
 from pipeline.io import load_npz, save_npz, write_json
-from pipeline.models import MODELS
+from pipeline.registry import MODELS
 from pipeline.models.base import MultiTaskNet
 
 

@@ -6,11 +6,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from pipeline.auxnets import AUXNETS
+from pipeline.registry import AUXNETS
 from pipeline.bilevel import BilevelConfig, HyperOptimizer
-from pipeline.config import StrictModel
+from pipeline.schema import StrictModel
 from pipeline.datasets.base import reduce_pixels
-from pipeline.methods import METHODS
+from pipeline.registry import METHODS
 from pipeline.methods.base import Method, StepContext
 
 

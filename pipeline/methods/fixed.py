@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.methods import METHODS
+from pipeline.registry import METHODS
 from pipeline.methods.base import FixedWeights
 
 

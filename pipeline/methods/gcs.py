@@ -19,8 +19,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from pipeline.config import StrictModel
-from pipeline.methods import METHODS
+from pipeline.schema import StrictModel
+from pipeline.registry import METHODS
 from pipeline.methods.base import SharedTrunk
 from pipeline.methods.gradients import WeightingMethod, accumulate_grad, per_term_gradients, task_terms, unflatten_like
 

@@ -20,8 +20,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.config import StrictModel
-from pipeline.methods import METHODS
+from pipeline.schema import StrictModel
+from pipeline.registry import METHODS
 from pipeline.methods.base import SharedTrunk, StepContext
 from pipeline.methods.gradients import WeightingMethod, per_term_gradient_norms
 

@@ -54,11 +54,11 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from pipeline.auxnets import AUXNETS
+from pipeline.registry import AUXNETS
 from pipeline.bilevel import HyperOptimizer
-from pipeline.config import StrictModel
+from pipeline.schema import StrictModel
 from pipeline.datasets.base import reduce_pixels
-from pipeline.methods import METHODS
+from pipeline.registry import METHODS
 from pipeline.methods.base import Batch, Method, StepContext
 
 

@@ -19,9 +19,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.config import StrictModel
+from pipeline.schema import StrictModel
 from pipeline.datasets.base import reduce_pixels
-from pipeline.methods import METHODS
+from pipeline.registry import METHODS
 from pipeline.methods.base import Batch, Method
 
 

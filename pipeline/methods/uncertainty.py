@@ -16,8 +16,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.config import StrictModel
-from pipeline.methods import METHODS
+from pipeline.schema import StrictModel
+from pipeline.registry import METHODS
 from pipeline.methods.base import SharedTrunk
 from pipeline.methods.gradients import WeightingMethod
 

@@ -19,8 +19,12 @@ from torch import nn
 from pipeline.config import ParamsError, parse_params
 from pipeline.datasets.base import DataError, TaskData
 from pipeline.registry import DATASETS
-from pipeline.datasets import cub as cub_module
-from pipeline.datasets.cub import AUX_ROLES_FILE, H5_NAME, STANDIN_DIR, read_cub_index, write_cub_text_files
+from pipeline.datasets.cub import standin as cub_standin
+from pipeline.datasets.cub import task as cub_task
+from pipeline.datasets.cub.prepared import H5_NAME
+from pipeline.datasets.cub.sources import read_cub_index, write_cub_text_files
+from pipeline.datasets.cub.standin import STANDIN_DIR
+from pipeline.datasets.shared.aux_roles import AUX_ROLES_FILE
 from pipeline.io import write_manifest
 from pipeline.registry import MODELS
 from pipeline.splits import check_disjoint
@@ -317,11 +321,11 @@ def test_standin_decoy_is_drawn_in_its_colour(tmp_path):
     """The harmful attributes are visible: an image whose decoy is red has more red pixels than the object
     alone accounts for (checked on the generator with the object's colour fixed)."""
     rng = np.random.default_rng(0)
-    red = np.asarray(cub_module.STANDIN_COLOURS["red"], float)
+    red = np.asarray(cub_standin.STANDIN_COLOURS["red"], float)
 
     def reddish(decoy_colour: str) -> float:
-        img = np.asarray(cub_module._standin_image(rng, "circle", "blue", "solid", "large", "centre",
-                                                   ("square", decoy_colour, "solid")), float)
+        img = np.asarray(cub_standin._standin_image(rng, "circle", "blue", "solid", "large", "centre",
+                                                    ("square", decoy_colour, "solid")), float)
         return float((np.linalg.norm(img - red, axis=-1) < 80).mean())
 
     assert np.mean([reddish("red") for _ in range(10)]) > np.mean([reddish("green") for _ in range(10)]) + 0.015
@@ -336,13 +340,14 @@ def test_batch_transform_crops_flips_and_normalises(tiny_loaded):
     crop = round(32 * 224 / 256)
     mean, std = torch.tensor(data.meta["mean"]).view(1, 3, 1, 1), torch.tensor(data.meta["std"]).view(1, 3, 1, 1)
     norm = ((x.double() / 255 - mean) / std).float()
-    ev = ds.batch_transform(x, None, train=False)[0]
+    standardize = ds.build_model(data, ds.ModelConfig()).standardize  # the network carries the normalisation
+    ev = standardize(ds.batch_transform(x, None, train=False)[0])
     off = (32 - crop) // 2
     assert ev.shape == (6, 3, crop, crop) and ev.dtype == torch.float32
     assert torch.allclose(ev, norm[:, :, off:off + crop, off:off + crop], atol=1e-5)
 
-    a = ds.batch_transform(x, None, train=True, generator=torch.Generator().manual_seed(0))[0]
-    b = ds.batch_transform(x, None, train=True, generator=torch.Generator().manual_seed(0))[0]
+    a = standardize(ds.batch_transform(x, None, train=True, generator=torch.Generator().manual_seed(0))[0])
+    b = standardize(ds.batch_transform(x, None, train=True, generator=torch.Generator().manual_seed(0))[0])
     assert a.shape == (6, 3, crop, crop) and torch.equal(a, b)
     # every output is some crop of its own image, possibly mirrored
     for i in range(6):
@@ -392,7 +397,7 @@ class FixedLogits(nn.Module):
 
 def test_metrics_top1_top3_by_hand(tiny_loaded, monkeypatch):
     ds, data, _ = tiny_loaded
-    monkeypatch.setattr(cub_module, "EVAL_CHUNK", 2)  # several chunks
+    monkeypatch.setattr(cub_task, "EVAL_CHUNK", 2)  # several chunks
     ranked = torch.tensor([3.0, 2.0, 1.0, 0.0])
     logits = torch.stack([torch.tensor([5.0, 1.0, 0.0, -1.0]), ranked, ranked, ranked, ranked.flip(0)])
     labels = torch.tensor([0, 1, 2, 3, 0])  # ranks of the true class: 1, 2, 3, 4, 4

@@ -1,0 +1,1 @@
+"""CUB-200-2011 (species with attribute auxiliaries) and its procedural stand-in."""

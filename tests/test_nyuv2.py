@@ -17,7 +17,16 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-import pipeline.datasets.nyuv2 as nyu
+from pipeline.datasets.nyuv2.config import Config, ModelConfig, SplitConfig
+from pipeline.datasets.nyuv2.prepared import H5_NAME
+from pipeline.datasets.nyuv2.sources import CLASS_NAMES, KINDS, NUM_CLASSES
+from pipeline.datasets.nyuv2.splits import official_splits
+from pipeline.datasets.nyuv2.standin import STANDIN_DIR, random_depth_field, render_standin_scene
+import pipeline.datasets.nyuv2.task as nyuv2_task
+from pipeline.datasets.nyuv2.task import TASK_NAMES, Nyuv2, pixel_losses
+from pipeline.datasets.shared.aux_roles import AUX_ROLES_FILE
+from pipeline.metrics.geometry import depth_error_sums, depth_scores, normal_angles, normal_scores
+from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
 from pipeline.datasets.base import DataError, TaskData
 from pipeline.datasets.base import reduce_pixels
 from pipeline.io import write_manifest
@@ -27,10 +36,10 @@ from pipeline.splits import check_disjoint
 H, W = 8, 12  # the tiny fixtures' size
 
 
-def prepare_and_load(out: Path, **cfg) -> tuple[nyu.Nyuv2, TaskData]:
-    ds = nyu.Nyuv2()
+def prepare_and_load(out: Path, **cfg) -> tuple[Nyuv2, TaskData]:
+    ds = Nyuv2()
     out.mkdir(parents=True, exist_ok=True)
-    ds.prepare(nyu.Nyuv2Config(**cfg), out)
+    ds.prepare(Config(**cfg), out)
     return ds, ds.load(out)
 
 
@@ -46,7 +55,7 @@ def write_npy_layout(root: Path, counts: dict[str, int]) -> SimpleNamespace:
     rng = np.random.default_rng(1)
     truth: dict[str, list] = {"image": [], "label": [], "depth": [], "normal": [], "ids": [], "is_train": []}
     for split, n in counts.items():
-        for kind in nyu.KINDS:
+        for kind in KINDS:
             (root / split / kind).mkdir(parents=True)
         for k in range(n):
             index = 3 * k + (split == "val")
@@ -56,7 +65,7 @@ def write_npy_layout(root: Path, counts: dict[str, int]) -> SimpleNamespace:
             depth[0, 0] = 0  # invalid
             normal = unit(rng.normal(size=(H, W, 3))).astype(np.float32)
             normal[1, 1] = 0  # invalid
-            for kind, arr in zip(nyu.KINDS, (image, label, depth, normal)):
+            for kind, arr in zip(KINDS, (image, label, depth, normal)):
                 np.save(root / split / kind / f"{index}.npy", arr)
             for key, value in zip(("image", "label", "depth", "normal", "ids", "is_train"),
                                   (image, label, depth[..., 0], normal, index, split == "train")):
@@ -79,7 +88,7 @@ def npy_copy(npy_layout, tmp_path) -> SimpleNamespace:
 def test_preprocessed_layout_is_read_into_one_h5(npy_layout, tmp_path):
     ds, data = prepare_and_load(tmp_path / "out", source="preprocessed", root=str(npy_layout.root), image_size=(H, W))
     n = len(npy_layout.ids)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [nyu.H5_NAME]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [H5_NAME]
     assert data.inputs.shape == (n, 3, H, W) and data.inputs.dtype == torch.uint8
     assert data.targets.shape == (n, 5, H, W) and data.targets.dtype == torch.float32
     assert data.task_names == ["segmentation", "depth", "normal"]
@@ -127,10 +136,10 @@ def test_malformed_npy_file_is_named(npy_copy, tmp_path, damage):
 
 def test_config_needs_root_for_real_sources_and_defaults_sizes():
     with pytest.raises(ValidationError, match="root is required"):
-        nyu.Nyuv2Config(source="official")
-    assert nyu.Nyuv2Config().resolved_image_size == (48, 64)
-    assert nyu.Nyuv2Config(source="preprocessed", root="x").resolved_image_size == (288, 384)
-    assert nyu.Nyuv2Config(source="preprocessed", root="x", image_size=[30, 40]).resolved_image_size == (30, 40)
+        Config(source="official")
+    assert Config().resolved_image_size == (48, 64)
+    assert Config(source="preprocessed", root="x").resolved_image_size == (288, 384)
+    assert Config(source="preprocessed", root="x", image_size=[30, 40]).resolved_image_size == (30, 40)
 
 
 # ---------------------------------------------------------------------------------------------- (b) official .mat
@@ -189,7 +198,7 @@ def test_official_mat_is_read_with_mapping_splits_and_normals(tmp_path, normals_
     normals = data.targets[:, 2:].permute(0, 2, 3, 1).numpy()
     assert (normals[:, 0, 0] == 0).all()  # NaN -> invalid
     assert np.allclose(normals[:, 1:], off.normals[:, 1:], atol=1e-6)
-    assert "aux_roles" not in data.meta and sorted(p.name for p in (tmp_path / "out").iterdir()) == [nyu.H5_NAME]
+    assert "aux_roles" not in data.meta and sorted(p.name for p in (tmp_path / "out").iterdir()) == [H5_NAME]
 
 
 def test_official_resizes_to_image_size_and_drops_unlisted_images(tmp_path):
@@ -257,13 +266,13 @@ def test_malformed_official_file_is_named(tmp_path, damage):
 def test_malformed_prepared_file_is_named(npy_layout, tmp_path):
     out = tmp_path / "out"
     prepare_and_load(out, source="preprocessed", root=str(npy_layout.root), image_size=(H, W))
-    with h5py.File(out / nyu.H5_NAME, "a") as f:
+    with h5py.File(out / H5_NAME, "a") as f:
         del f["normals"]
-    with pytest.raises(DataError, match=f"{out / nyu.H5_NAME}: missing normals"):
-        nyu.Nyuv2().load(out)
-    (out / nyu.H5_NAME).write_bytes(b"junk")
-    with pytest.raises(DataError, match=str(out / nyu.H5_NAME)):
-        nyu.Nyuv2().load(out)
+    with pytest.raises(DataError, match=f"{out / H5_NAME}: missing normals"):
+        Nyuv2().load(out)
+    (out / H5_NAME).write_bytes(b"junk")
+    with pytest.raises(DataError, match=str(out / H5_NAME)):
+        Nyuv2().load(out)
 
 
 # ---------------------------------------------------------------------------------------------- splits
@@ -271,21 +280,21 @@ def test_malformed_prepared_file_is_named(npy_layout, tmp_path):
 
 def test_official_split_sizes_795_654():
     is_train = np.r_[np.ones(795, bool), np.zeros(654, bool)]
-    splits = nyu.official_splits(is_train, seed=0, val_fraction=0.1, aux_fraction=0.025)
+    splits = official_splits(is_train, seed=0, val_fraction=0.1, aux_fraction=0.025)
     assert {k: len(v) for k, v in splits.items()} == {"val": 79, "aux": 17, "train": 699, "test": 654}
     check_disjoint(splits)
     assert all(v.dtype == np.int64 and np.all(np.diff(v) > 0) for v in splits.values())
     assert np.array_equal(np.sort(np.concatenate([splits["train"], splits["val"], splits["aux"]])), np.arange(795))
     assert np.array_equal(splits["test"], np.arange(795, 1449))
-    again = nyu.official_splits(is_train, 0, 0.1, 0.025)
-    other = nyu.official_splits(is_train, 1, 0.1, 0.025)
+    again = official_splits(is_train, 0, 0.1, 0.025)
+    other = official_splits(is_train, 1, 0.1, 0.025)
     assert all(np.array_equal(splits[k], again[k]) for k in splits)
     assert not np.array_equal(splits["val"], other["val"])
     data = TaskData(torch.zeros(len(is_train), 1), torch.zeros(len(is_train), 1), ["s"], {"is_train": is_train})
-    via_dataset = nyu.Nyuv2().make_splits(data, nyu.Nyuv2SplitConfig())
+    via_dataset = Nyuv2().make_splits(data, SplitConfig())
     assert all(np.array_equal(splits[k], via_dataset[k]) for k in splits)
     with pytest.raises(ValueError, match="no training image"):
-        nyu.official_splits(np.r_[np.ones(2, bool), np.zeros(2, bool)], 0, 0.1, 0.1)
+        official_splits(np.r_[np.ones(2, bool), np.zeros(2, bool)], 0, 0.1, 0.1)
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -306,7 +315,7 @@ def random_batch(b: int = 3, h: int = 5, w: int = 7, seed: int = 0) -> tuple[tup
 def test_loss_images_are_densities_over_valid_pixels():
     outputs, targets = random_batch()
     seg, depth, normal = outputs
-    losses = nyu.Nyuv2().per_task_losses(outputs, targets)
+    losses = Nyuv2().per_task_losses(outputs, targets)
     assert losses.shape == (3, 3, 5, 7)
     label, gt_depth, gt_normal = targets[:, 0], targets[:, 1], targets[:, 2:]
     valid = [label >= 0, gt_depth > 0, gt_normal.abs().sum(1) > 0]
@@ -320,7 +329,7 @@ def test_loss_images_are_densities_over_valid_pixels():
             assert torch.allclose(per_sample[b, t], per_pixel[t][b][valid[t][b]].mean(), atol=1e-5)
     assert (losses[-1] == 0).all()  # no valid pixel: all zeros, no NaN
     seg.requires_grad_(True)
-    nyu.pixel_losses((seg, depth, normal), targets).sum().backward()
+    pixel_losses((seg, depth, normal), targets).sum().backward()
     assert torch.isfinite(seg.grad).all()
 
 
@@ -330,21 +339,21 @@ def test_loss_images_are_densities_over_valid_pixels():
 def test_segmentation_metrics_by_hand():
     gt = torch.tensor([[[0, 1], [1, -1]]])
     pred = torch.tensor([[[0, 1], [0, 2]]])  # class 2 predicted only on an ignored pixel: not counted
-    cm = nyu.confusion_matrix(pred, gt)
+    cm = confusion_matrix(pred, gt, NUM_CLASSES)
     assert cm[0, 0] == 1 and cm[1, 1] == 1 and cm[1, 0] == 1 and cm.sum() == 3
-    scores = nyu.segmentation_scores(cm)
+    scores = segmentation_scores(cm)
     # IoU(0) = 1 / (2 + 1 - 1) = 0.5, IoU(1) = 1 / (1 + 2 - 1) = 0.5; classes 2..12 absent everywhere
     assert scores["miou"] == pytest.approx(50.0)
     assert scores["pixel_acc"] == pytest.approx(200 / 3)
     # a class present only in the prediction lowers the mean
-    scores = nyu.segmentation_scores(nyu.confusion_matrix(torch.tensor([[0, 3]]), torch.tensor([[0, 0]])))
+    scores = segmentation_scores(confusion_matrix(torch.tensor([[0, 3]]), torch.tensor([[0, 0]]), NUM_CLASSES))
     assert scores["miou"] == pytest.approx(25.0) and scores["pixel_acc"] == pytest.approx(50.0)
 
 
 def test_depth_metrics_by_hand():
     gt = torch.tensor([[[1.0, 2.0], [0.0, 4.0]]])
     pred = torch.tensor([[[[2.0, 2.0], [5.0, 3.0]]]])  # [B, 1, H, W]; the gt-0 pixel is invalid
-    scores = nyu.depth_scores(nyu.depth_error_sums(pred, gt))
+    scores = depth_scores(depth_error_sums(pred, gt))
     assert scores["depth_abs_err"] == pytest.approx(2 / 3)
     assert scores["depth_rel_err"] == pytest.approx((1 + 0 + 0.25) / 3)
 
@@ -355,9 +364,9 @@ def test_normal_metrics_by_hand():
 
     gt = torch.tensor([[0, 0, 1.0]] * 4 + [[0, 0, 0.0]]).T.reshape(1, 3, 1, 5)
     pred = torch.tensor([vec(0), vec(20), vec(45), vec(90), vec(10)]).T.reshape(1, 3, 1, 5)
-    angles = nyu.normal_angles(pred, gt)
+    angles = normal_angles(pred, gt)
     assert torch.allclose(angles, torch.tensor([0.0, 20.0, 45.0, 90.0], dtype=torch.float64), atol=1e-4)
-    scores = nyu.normal_scores(angles)
+    scores = normal_scores(angles)
     assert scores["normal_mean_deg"] == pytest.approx(38.75, abs=1e-4)
     assert scores["normal_median_deg"] == pytest.approx(32.5, abs=1e-4)
     assert scores["normal_within_11.25"] == pytest.approx(25.0)
@@ -381,16 +390,16 @@ class FixedOutputs(nn.Module):
 def test_metrics_accumulate_over_chunks(monkeypatch):
     outputs, targets = random_batch(b=5, seed=3)
     inputs = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 3, 5, 7).contiguous()
-    data = TaskData(inputs, targets, list(nyu.TASK_NAMES), {})
-    ds, model = nyu.Nyuv2(), FixedOutputs(outputs, inputs)
+    data = TaskData(inputs, targets, list(TASK_NAMES), {})
+    ds, model = Nyuv2(), FixedOutputs(outputs, inputs)
     idx = torch.tensor([0, 2, 3, 4])
     seg, depth, normal = (o[idx] for o in outputs)
     y = targets[idx]
-    expected = {**nyu.segmentation_scores(nyu.confusion_matrix(seg.argmax(1), y[:, 0])),
-                **nyu.depth_scores(nyu.depth_error_sums(depth, y[:, 1])),
-                **nyu.normal_scores(nyu.normal_angles(normal, y[:, 2:])),
+    expected = {**segmentation_scores(confusion_matrix(seg.argmax(1), y[:, 0], NUM_CLASSES)),
+                **depth_scores(depth_error_sums(depth, y[:, 1])),
+                **normal_scores(normal_angles(normal, y[:, 2:])),
                 "main_loss": float(reduce_pixels(ds.per_task_losses((seg, depth, normal), y))[:, 0].mean())}
-    monkeypatch.setattr(nyu, "EVAL_CHUNK", 3)  # 2 chunks: the confusion matrix spans both
+    monkeypatch.setattr(nyuv2_task, "EVAL_CHUNK", 3)  # 2 chunks: the confusion matrix spans both
     got = ds.metrics(model, data, idx)
     assert got.keys() == expected.keys()
     for k in expected:
@@ -403,9 +412,9 @@ def test_metrics_accumulate_over_chunks(monkeypatch):
 
 def test_segnet_shapes_and_parameter_groups():
     torch.manual_seed(0)
-    ds = nyu.Nyuv2()
-    data = TaskData(torch.zeros(1, 3, 10, 14, dtype=torch.uint8), torch.zeros(1, 5, 10, 14), nyu.TASK_NAMES, {})
-    model = ds.build_model(data, nyu.Nyuv2ModelConfig(width=4, stages=2))
+    ds = Nyuv2()
+    data = TaskData(torch.zeros(1, 3, 10, 14, dtype=torch.uint8), torch.zeros(1, 5, 10, 14), TASK_NAMES, {})
+    model = ds.build_model(data, ModelConfig(width=4, stages=2))
     assert isinstance(model, MODELS.get("segnet"))
     x = torch.rand(2, 3, 10, 14)  # 10 -> 5 -> 2: odd sizes unpool exactly
     z = model.encode(x)
@@ -424,7 +433,7 @@ def test_segnet_shapes_and_parameter_groups():
     z.sum().backward()
     assert all(p.grad is not None for p in last)
     with pytest.raises(ValueError, match="not supported"):
-        ds.build_model(data, nyu.Nyuv2ModelConfig(), aux_outputs=4)
+        ds.build_model(data, ModelConfig(), aux_outputs=4)
     with pytest.raises(ValueError, match="at least 8 pixels"):
         MODELS.get("segnet")(width=2, stages=3).encode(torch.rand(1, 3, 6, 16))
 
@@ -439,10 +448,10 @@ def test_standin_is_deterministic_and_in_the_npy_layout(tmp_path):
     prepare_and_load(tmp_path / "c", **small, standin_seed=1)
     hashes = write_manifest(tmp_path / "a")
     assert hashes == write_manifest(tmp_path / "b")
-    assert write_manifest(tmp_path / "c")[nyu.H5_NAME] != hashes[nyu.H5_NAME]
-    raw = tmp_path / "a" / nyu.STANDIN_DIR
+    assert write_manifest(tmp_path / "c")[H5_NAME] != hashes[H5_NAME]
+    raw = tmp_path / "a" / STANDIN_DIR
     for split, n in (("train", 3), ("val", 2)):
-        for kind, shape in zip(nyu.KINDS, ((16, 24, 3), (16, 24), (16, 24, 1), (16, 24, 3))):
+        for kind, shape in zip(KINDS, ((16, 24, 3), (16, 24), (16, 24, 1), (16, 24, 3))):
             files = sorted(p.name for p in (raw / split / kind).iterdir())
             assert files == [f"{i}.npy" for i in range(n)]
             assert np.load(raw / split / kind / "0.npy").shape == shape
@@ -451,7 +460,7 @@ def test_standin_is_deterministic_and_in_the_npy_layout(tmp_path):
     assert torch.equal(again.inputs, data.inputs) and torch.equal(again.targets, data.targets)
     assert data.meta["is_train"].tolist() == [True] * 3 + [False] * 2
     assert data.meta["aux_roles"] == {"depth": "irrelevant", "normal": "helpful"} and "aux_roles" not in again.meta
-    assert nyu.AUX_ROLES_FILE in hashes
+    assert AUX_ROLES_FILE in hashes
 
 
 def test_standin_depth_is_a_random_field_and_the_normals_are_the_scene(tmp_path):
@@ -459,12 +468,12 @@ def test_standin_depth_is_a_random_field_and_the_normals_are_the_scene(tmp_path)
     label and normals are the rendered scene's."""
     size = (16, 24)
     prepare_and_load(tmp_path / "a", standin_train=4, standin_test=1, image_size=size, standin_seed=3)
-    raw = tmp_path / "a" / nyu.STANDIN_DIR / "train"
+    raw = tmp_path / "a" / STANDIN_DIR / "train"
     scenes, fields = np.random.default_rng(3), np.random.default_rng([3, 1])
     correlations = []
     for i in range(4):
-        scene = nyu.render_standin_scene(scenes, size)
-        field = nyu.random_depth_field(fields, size)
+        scene = render_standin_scene(scenes, size)
+        field = random_depth_field(fields, size)
         for kind in ("image", "label", "normal"):
             assert np.array_equal(np.load(raw / kind / f"{i}.npy"), scene[kind]), kind
         written, true = np.load(raw / "depth" / f"{i}.npy")[..., 0], scene["depth"][..., 0]
@@ -476,7 +485,7 @@ def test_standin_depth_is_a_random_field_and_the_normals_are_the_scene(tmp_path)
 
 
 def test_standin_scene_geometry():
-    scene = nyu.render_standin_scene(np.random.default_rng(5), (24, 32))
+    scene = render_standin_scene(np.random.default_rng(5), (24, 32))
     label, depth, normal = scene["label"], scene["depth"][..., 0], scene["normal"]
     assert scene["image"].dtype == np.float32 and 0 <= scene["image"].min() and scene["image"].max() <= 1
     assert (label == -1).any() and len(np.unique(label[label >= 0])) >= 4
@@ -485,7 +494,7 @@ def test_standin_scene_geometry():
     assert valid.mean() > 0.8 and np.array_equal(valid, np.abs(normal).sum(-1) > 0)
     assert np.allclose(np.linalg.norm(normal[valid], axis=-1), 1, atol=1e-5)
     # floor normals point up-ish in the camera frame and face the camera (negative z towards it)
-    floor = label == nyu.CLASS_NAMES.index("floor")
+    floor = label == CLASS_NAMES.index("floor")
     assert floor.any() and (normal[floor & valid][:, 1] > 0.8).all()
     fx = 16 / math.tan(math.radians(29))
     jj, ii = np.meshgrid(np.arange(32), np.arange(24))

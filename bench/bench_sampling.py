@@ -31,17 +31,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.datasets import shapenet as sn  # noqa: E402
+from pipeline.datasets.shapenet_part import sources, standin  # noqa: E402
 
 
 def standin_meshes(count: int, seed: int) -> list[tuple[trimesh.Trimesh, np.ndarray, int]]:
     """``count`` stand-in meshes (cycling through the categories) with per-face global part ids."""
     rng = np.random.default_rng(seed)
-    offsets = np.cumsum([0] + [len(cat[2]) for cat in sn.STANDIN_CATEGORIES])  # global part ids
+    offsets = np.cumsum([0] + [len(cat[2]) for cat in standin.STANDIN_CATEGORIES])  # global part ids
     out = []
     for i in range(count):
-        c = i % len(sn.STANDIN_CATEGORIES)
-        primitives = sn.STANDIN_CATEGORIES[c][3](rng)
+        c = i % len(standin.STANDIN_CATEGORIES)
+        primitives = standin.STANDIN_CATEGORIES[c][3](rng)
         mesh = trimesh.util.concatenate([m for m, _ in primitives])
         faces = np.concatenate([np.full(len(m.faces), p + offsets[c], dtype=np.int64) for m, p in primitives])
         out.append((mesh, faces, c))
@@ -55,8 +55,8 @@ def write_mesh_folder(root: Path, meshes: list[tuple[trimesh.Trimesh, np.ndarray
     for i, (mesh, faces, c) in enumerate(meshes):
         mesh.export(root / f"shape{i}{ext}")
         np.save(root / f"shape{i}.faces.npy", faces)
-        rows.append(f"shape{i}{ext},{sn.STANDIN_CATEGORIES[c][0]},train")
-    (root / sn.MESH_INDEX_FILE).write_text("\n".join(rows) + "\n")
+        rows.append(f"shape{i}{ext},{standin.STANDIN_CATEGORIES[c][0]},train")
+    (root / sources.MESH_INDEX_FILE).write_text("\n".join(rows) + "\n")
 
 
 def median_rate(work: Callable[[], None], shapes: int, repeats: int) -> tuple[float, float]:
@@ -87,12 +87,12 @@ def main(shapes: int, points: int, repeats: int, exts: tuple[str, ...]) -> None:
     def build_and_sample() -> None:
         rng = np.random.default_rng(1)
         for i in range(shapes):
-            sn.standin_shape(i % len(sn.STANDIN_CATEGORIES), rng, points)
+            standin.standin_shape(i % len(standin.STANDIN_CATEGORIES), rng, points)
 
     def sample_only() -> None:
         rng = np.random.default_rng(1)
         for mesh, faces, _ in meshes:
-            sn.sample_labelled_surface(mesh, faces, points, rng)
+            sources.sample_labelled_surface(mesh, faces, points, rng)
 
     rows.append(("standin build+sample", *median_rate(build_and_sample, shapes, repeats)))
     rows.append(("sample only (in memory)", *median_rate(sample_only, shapes, repeats)))
@@ -101,7 +101,7 @@ def main(shapes: int, points: int, repeats: int, exts: tuple[str, ...]) -> None:
             root = Path(tmp) / ext.lstrip(".")
             write_mesh_folder(root, meshes, ext)
             rows.append((f"mesh from disk {ext}",
-                         *median_rate(lambda: sn.read_mesh_folder(root, points, 0, True), shapes, repeats)))
+                         *median_rate(lambda: sources.read_mesh_folder(root, points, 0, True), shapes, repeats)))
     width = max(len(r[0]) for r in rows)
     print(f"{'stage':<{width}}  {'shapes/s':>10}  {'s/pass':>8}")
     for name, rate, seconds in rows:

@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 import trimesh
 
-import pipeline.datasets.shapenet as sn
+from pipeline.datasets.shapenet_part import task
+from pipeline.datasets.shapenet_part.config import ShapeNetModelConfig, ShapeNetPartConfig, ShapeNetSplitConfig
+from pipeline.datasets.shapenet_part.prepared import H5_NAME
+from pipeline.datasets.shapenet_part.sources import (CATEGORY_FILE, MESH_INDEX_FILE, PART_TABLE_FILE, SPLIT_NAMES,
+                                                     TEXT_CATEGORY_FILE, read_hdf5_release)
+from pipeline.datasets.shapenet_part.standin import STANDIN_DIR
+from pipeline.datasets.shapenet_part.task import ShapeNetPart
+from pipeline.metrics.pointclouds import miou_summary, part_mask, restricted_argmax, shape_ious
 from pipeline.config import ParamsError, parse_params
 from pipeline.datasets.base import DataError, TaskData
 from pipeline.registry import DATASETS
@@ -29,17 +36,17 @@ PART_TABLE = [["02954340", 1], ["02954340", 2], ["03797390", 1], ["03797390", 2]
 P = 32
 
 
-def prepare(tmp: Path, **cfg) -> tuple[sn.ShapeNetPart, TaskData]:
-    ds = sn.ShapeNetPart()
+def prepare(tmp: Path, **cfg) -> tuple[ShapeNetPart, TaskData]:
+    ds = ShapeNetPart()
     out = tmp / f"prepared_{len(list(tmp.glob('prepared_*')))}"
     out.mkdir(parents=True)
-    ds.prepare(sn.ShapeNetPartConfig(**cfg), out)
+    ds.prepare(ShapeNetPartConfig(**cfg), out)
     return ds, ds.load(out)
 
 
-def write_tables(folder: Path, category_file: str = sn.CATEGORY_FILE) -> None:
+def write_tables(folder: Path, category_file: str = CATEGORY_FILE) -> None:
     (folder / category_file).write_text("".join(f"{n}\t{i}\n" for n, i in zip(NAMES, IDS)))
-    (folder / sn.PART_TABLE_FILE).write_text(json.dumps(PART_TABLE))
+    (folder / PART_TABLE_FILE).write_text(json.dumps(PART_TABLE))
 
 
 # ---------------------------------------------------------------------------------------------- format (a)
@@ -83,7 +90,7 @@ def test_hdf5_release_lands_in_the_prepared_layout(tiny_hdf5, tmp_path):
     for row, (split, pts, cat, pid) in enumerate(tiny_hdf5.expected):  # lists' order: train0, train1, val, test
         assert torch.equal(data.inputs[row], torch.from_numpy(pts).T)
         assert data.targets[row, P] == cat and torch.equal(data.targets[row, :P].long(), torch.from_numpy(pid))
-        assert data.meta["official_split"][row] == sn.SPLIT_NAMES.index(split)
+        assert data.meta["official_split"][row] == SPLIT_NAMES.index(split)
     assert data.meta["category_names"] == NAMES and data.meta["category_ids"] == IDS
     assert data.meta["parts_per_category"] == [[0, 1], [2, 3, 4]]
     assert data.meta["num_parts"] == 5 and data.meta["num_categories"] == 2
@@ -92,16 +99,16 @@ def test_hdf5_release_lands_in_the_prepared_layout(tiny_hdf5, tmp_path):
 
 
 def test_hdf5_without_file_lists_globs_the_files(tiny_hdf5, tmp_path):
-    for split in sn.SPLIT_NAMES:
+    for split in SPLIT_NAMES:
         (tiny_hdf5.folder / f"{split}_hdf5_file_list.txt").unlink()
     _, data = prepare(tmp_path, source="hdf5", root=str(tiny_hdf5.folder))
     assert len(data) == len(tiny_hdf5.expected)
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda f: (f / sn.CATEGORY_FILE).unlink(), "all_object_categories.txt is missing"),
-    (lambda f: (f / sn.PART_TABLE_FILE).unlink(), "overallid_to_catid_partid.json is missing"),
-    (lambda f: (f / sn.PART_TABLE_FILE).write_text('[["99999999", 1]]'), "category '99999999' is not in"),
+    (lambda f: (f / CATEGORY_FILE).unlink(), "all_object_categories.txt is missing"),
+    (lambda f: (f / PART_TABLE_FILE).unlink(), "overallid_to_catid_partid.json is missing"),
+    (lambda f: (f / PART_TABLE_FILE).write_text('[["99999999", 1]]'), "category '99999999' is not in"),
     (lambda f: (f / "ply_data_val0.h5").unlink(), "val_hdf5_file_list.txt:1: ply_data_val0.h5 is missing"),
     (lambda f: (f / "ply_data_test0.h5").write_bytes(b"junk"), "ply_data_test0.h5 is not a readable HDF5"),
     (lambda f: _edit_h5(f / "ply_data_train1.h5", "pid", lambda a: np.full_like(a, 0)),  # its shape 0 is a Mug
@@ -131,8 +138,8 @@ def write_tiny_text(root: Path) -> SimpleNamespace:
     """Shapes of 20..50 points (fewer and more than P), written as 'x y z nx ny nz part' with float labels."""
     rng = np.random.default_rng(1)
     root.mkdir(parents=True)
-    write_tables(root, sn.TEXT_CATEGORY_FILE)
-    (root / sn.PART_TABLE_FILE).unlink()  # the text release has no part table: derived from the labels
+    write_tables(root, TEXT_CATEGORY_FILE)
+    (root / PART_TABLE_FILE).unlink()  # the text release has no part table: derived from the labels
     (root / "train_test_split").mkdir(parents=True)
     shapes = {}
     for split, count in (("train", 4), ("val", 2), ("test", 2)):
@@ -171,9 +178,9 @@ def test_text_release_is_resampled_and_labelled(tiny_text, tmp_path):
             assert len(set(nearest.tolist())) == P  # without replacement when there are enough points
         else:
             assert len(set(nearest.tolist())) == len(xyz)  # every point kept, the rest drawn again
-        assert data.targets[row, P] == c and data.meta["official_split"][row] == sn.SPLIT_NAMES.index(split)
+        assert data.targets[row, P] == c and data.meta["official_split"][row] == SPLIT_NAMES.index(split)
     assert data.meta["parts_per_category"] == [[0, 1], [2, 3]]  # derived from the labels
-    with h5py.File(tmp_path / "prepared_0" / sn.H5_NAME) as f:
+    with h5py.File(tmp_path / "prepared_0" / H5_NAME) as f:
         assert f["normals"].shape == (8, P, 3)
     _, again = prepare(tmp_path, source="text", root=str(tiny_text.root), points=P, seed=3)
     _, other = prepare(tmp_path, source="text", root=str(tiny_text.root), points=P, seed=4)
@@ -188,7 +195,7 @@ def test_text_release_is_resampled_and_labelled(tiny_text, tmp_path):
      "shuffled_val_file_list.json is not valid JSON"),
     (lambda r: (r / "train_test_split" / "shuffled_test_file_list.json").write_text('["shape_data/1/x"]'),
      "entry 'shape_data/1/x' is not"),
-    (lambda r: (r / sn.TEXT_CATEGORY_FILE).write_text("Cap\n"), r"synsetoffset2category.txt:1: expected"),
+    (lambda r: (r / TEXT_CATEGORY_FILE).write_text("Cap\n"), r"synsetoffset2category.txt:1: expected"),
 ])
 def test_text_errors_name_the_file(tiny_text, tmp_path, damage, message):
     damage(tiny_text.root)
@@ -197,7 +204,7 @@ def test_text_errors_name_the_file(tiny_text, tmp_path, damage, message):
 
 
 def test_text_part_table_and_label_check(tiny_text, tmp_path):
-    (tiny_text.root / sn.PART_TABLE_FILE).write_text(json.dumps(PART_TABLE))  # optional: defines 5 parts
+    (tiny_text.root / PART_TABLE_FILE).write_text(json.dumps(PART_TABLE))  # optional: defines 5 parts
     _, data = prepare(tmp_path, source="text", root=str(tiny_text.root), points=P)
     assert data.meta["num_parts"] == 5 and data.meta["parts_per_category"] == [[0, 1], [2, 3, 4]]
     path = tiny_text.root / IDS[1] / "train01abc.txt"
@@ -235,7 +242,7 @@ def write_tiny_meshes(root: Path) -> SimpleNamespace:
             np.savetxt(stem.with_name(stem.name + ".faces.txt"), labels, fmt="%d")
         rows.append(f"{rel},{NAMES[c]},{split}")
         expected.append((rel, c, split, 0.5 + i))
-    (root / sn.MESH_INDEX_FILE).write_text("\n".join(rows) + "\n")
+    (root / MESH_INDEX_FILE).write_text("\n".join(rows) + "\n")
     return SimpleNamespace(root=root, expected=expected)
 
 
@@ -254,7 +261,7 @@ def test_meshes_are_sampled_with_face_labels(tiny_meshes, tmp_path):
         assert torch.equal(part, (z > 0.5 + gap / 2).long())
         assert 0 < part.sum() < 64  # both parts sampled (equal areas)
         assert raw.targets[row, 64] == c and raw.meta["shape_ids"][row] == rel
-        assert raw.meta["official_split"][row] == sn.SPLIT_NAMES.index(split)
+        assert raw.meta["official_split"][row] == SPLIT_NAMES.index(split)
     _, unit = prepare(tmp_path, source="mesh", root=str(tiny_meshes.root), points=64)
     radius = unit.inputs.norm(dim=1).max(dim=1).values
     assert (radius <= 1 + 1e-5).all() and (radius > 0.8).all()
@@ -269,9 +276,9 @@ def test_meshes_are_sampled_with_face_labels(tiny_meshes, tmp_path):
     (lambda r: np.save(r / "mug/shape1.faces.npy", np.full(24, 0.5)), "shape1.faces.npy: face labels must be"),
     (lambda r: (r / "mug/shape3.off").write_text("garbage"), "shape3.off"),
     (lambda r: (r / "cap/shape2.stl").unlink(), "shape2.stl is missing"),
-    (lambda r: (r / sn.MESH_INDEX_FILE).write_text("file,category,split\ncap/shape0.obj,Cap,holdout\n"),
+    (lambda r: (r / MESH_INDEX_FILE).write_text("file,category,split\ncap/shape0.obj,Cap,holdout\n"),
      "shapes.csv:2: split must be one of"),
-    (lambda r: (r / sn.MESH_INDEX_FILE).write_text("path,cat\nx,y\n"), "shapes.csv: expected a header"),
+    (lambda r: (r / MESH_INDEX_FILE).write_text("path,cat\nx,y\n"), "shapes.csv: expected a header"),
 ])
 def test_mesh_errors_name_the_file(tiny_meshes, tmp_path, damage, message):
     damage(tiny_meshes.root)
@@ -281,22 +288,22 @@ def test_mesh_errors_name_the_file(tiny_meshes, tmp_path, damage, message):
 
 def test_missing_root_and_prepared_file(tmp_path):
     with pytest.raises(ValueError, match="root is required when source is 'mesh'"):
-        sn.ShapeNetPartConfig(source="mesh")
+        ShapeNetPartConfig(source="mesh")
     with pytest.raises(DataError, match="is not a folder"):
         prepare(tmp_path, source="hdf5", root=str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="shapenet_part.h5 is missing"):
-        sn.ShapeNetPart().load(tmp_path)
+        ShapeNetPart().load(tmp_path)
 
 
 def test_malformed_prepared_file_is_named(tiny_hdf5, tmp_path):
     ds, _ = prepare(tmp_path, source="hdf5", root=str(tiny_hdf5.root))
     bad = tmp_path / "bad"
     bad.mkdir()
-    shutil.copy(tmp_path / "prepared_0" / sn.H5_NAME, bad / sn.H5_NAME)
-    _edit_h5(bad / sn.H5_NAME, "category", lambda a: a[:-1])
-    with pytest.raises(DataError, match=f"{bad / sn.H5_NAME}: part_labels"):
+    shutil.copy(tmp_path / "prepared_0" / H5_NAME, bad / H5_NAME)
+    _edit_h5(bad / H5_NAME, "category", lambda a: a[:-1])
+    with pytest.raises(DataError, match=f"{bad / H5_NAME}: part_labels"):
         ds.load(bad)
-    (bad / sn.H5_NAME).write_bytes(b"not hdf5")
+    (bad / H5_NAME).write_bytes(b"not hdf5")
     with pytest.raises(DataError, match="not a readable HDF5 file"):
         ds.load(bad)
 
@@ -318,7 +325,7 @@ def fake_data(per_category=(40, 40, 40), val=(5, 6, 7), test=(3, 3, 3)) -> TaskD
 
 
 def split(data: TaskData, **cfg):
-    return sn.ShapeNetPart().make_splits(data, sn.ShapeNetSplitConfig(**cfg))
+    return ShapeNetPart().make_splits(data, ShapeNetSplitConfig(**cfg))
 
 
 def test_k_shot_splits_per_category():
@@ -346,30 +353,30 @@ def test_k_shot_splits_per_category():
 # ---------------------------------------------------------------------------------------------- metric
 
 
-MASK = sn.part_mask([[0, 1], [2, 3, 4]], 5)
+MASK = part_mask([[0, 1], [2, 3, 4]], 5)
 
 
 def test_iou_by_hand_with_the_absent_part_rule():
     labels = torch.tensor([[0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 2, 2]])
     pred = torch.tensor([[0, 1, 1, 1], [2, 2, 3, 3], [2, 2, 3, 2]])
     category = torch.tensor([0, 1, 1])
-    ious = sn.shape_ious(pred, labels, category, MASK)
+    ious = shape_ious(pred, labels, category, MASK)
     # shape 0: part0 1/2, part1 2/3; shape 1: parts 2, 3 exact and part 4 absent in both -> 1;
     # shape 2: part2 3/4, part3 0/1, part4 absent -> 1
     expected = torch.tensor([(1 / 2 + 2 / 3) / 2, 1.0, (3 / 4 + 0 + 1) / 3], dtype=torch.float64)
     assert torch.allclose(ious, expected)
-    summary = sn.miou_summary(ious, category, ["Cap", "Mug"])
+    summary = miou_summary(ious, category, ["Cap", "Mug"])
     assert summary["instance_miou"] == pytest.approx(100 * expected.mean().item())
     assert summary["miou/Cap"] == pytest.approx(100 * expected[0].item())
     assert summary["miou/Mug"] == pytest.approx(100 * expected[1:].mean().item())
     assert summary["class_miou"] == pytest.approx((summary["miou/Cap"] + summary["miou/Mug"]) / 2)
-    assert "miou/Other" not in sn.miou_summary(ious, category, ["Cap", "Mug", "Other"])  # absent category: skipped
+    assert "miou/Other" not in miou_summary(ious, category, ["Cap", "Mug", "Other"])  # absent category: skipped
 
 
 def test_restricted_argmax_ignores_other_categories_parts():
     logits = torch.tensor([[[0.0, 1.0], [2.0, 0.0], [9.0, 9.0], [0.0, 0.0], [0.0, 0.0]]])  # [1, 5, 2]
-    assert sn.restricted_argmax(logits, torch.tensor([0]), MASK).tolist() == [[1, 0]]
-    assert sn.restricted_argmax(logits, torch.tensor([1]), MASK).tolist() == [[2, 2]]
+    assert restricted_argmax(logits, torch.tensor([0]), MASK).tolist() == [[1, 0]]
+    assert restricted_argmax(logits, torch.tensor([1]), MASK).tolist() == [[2, 2]]
 
 
 class FixedLogits(torch.nn.Module):
@@ -389,7 +396,7 @@ class FixedLogits(torch.nn.Module):
 
 def test_metrics_on_a_known_model(tiny_hdf5, tmp_path, monkeypatch):
     ds, data = prepare(tmp_path, source="hdf5", root=str(tiny_hdf5.root))
-    monkeypatch.setattr(sn, "EVAL_CHUNK", 2)
+    monkeypatch.setattr(task, "EVAL_CHUNK", 2)
     category = data.targets[:, P].long()
     idx = torch.cat([torch.nonzero(category == 0)[:, 0][:2], torch.nonzero(category == 1)[:, 0][:1]])
     labels, category = data.targets[idx, :P].long(), category[idx]
@@ -415,8 +422,7 @@ def test_metrics_on_a_known_model(tiny_hdf5, tmp_path, monkeypatch):
 
 
 def test_batch_transform_subsamples_points_and_labels_together():
-    ds = sn.ShapeNetPart()
-    ds._model_cfg = sn.ShapeNetModelConfig(train_points=10, augment_scale=0.0, augment_jitter=0.0)
+    ds = ShapeNetPart(ShapeNetModelConfig(train_points=10, augment_scale=0.0, augment_jitter=0.0))
     b, n = 4, 50
     x = torch.arange(b * 3 * n, dtype=torch.float32).view(b, 3, n)
     y = torch.cat([x[:, 0] * 7, torch.tensor([[3.0], [1.0], [0.0], [2.0]])], dim=1)  # label = 7 * x-coordinate
@@ -431,7 +437,7 @@ def test_batch_transform_subsamples_points_and_labels_together():
     assert torch.equal(again[0], xs) and not torch.equal(other[0], xs)
     ev = ds.batch_transform(x, y, train=False)
     assert ev[0] is not None and torch.equal(ev[0], x) and torch.equal(ev[1], y)
-    ds._model_cfg = sn.ShapeNetModelConfig(train_points=10, augment_scale=0.2, augment_jitter=0.01)
+    ds = ShapeNetPart(ShapeNetModelConfig(train_points=10, augment_scale=0.2, augment_jitter=0.01))
     aug, ya = ds.batch_transform(x, y, train=True, generator=torch.Generator().manual_seed(0))
     assert torch.equal(ya, ys) and not torch.equal(aug, xs)  # same points, moved
     scale = (aug * xs).sum(2) / (xs * xs).sum(2)  # least-squares per-axis scale: U(0.8, 1.2) up to the jitter
@@ -439,7 +445,7 @@ def test_batch_transform_subsamples_points_and_labels_together():
 
 
 def test_per_task_losses_is_the_unmasked_per_shape_mean():
-    ds = sn.ShapeNetPart()
+    ds = ShapeNetPart()
     logits = torch.randn(3, 5, 7)
     targets = torch.cat([torch.randint(0, 5, (3, 7)).float(), torch.tensor([[0.0], [1.0], [1.0]])], dim=1)
     losses = ds.per_task_losses(logits, targets)
@@ -453,10 +459,10 @@ def test_per_task_losses_is_the_unmasked_per_shape_mean():
 
 
 def test_dgcnn_and_pointnet_shapes_and_trunk():
-    ds = sn.ShapeNetPart()
+    ds = ShapeNetPart()
     data = fake_data()
     data.meta.update(num_parts=7, num_categories=3)
-    cfg = sn.ShapeNetModelConfig(k=5, width=8, emb=16, generator_width=8)
+    cfg = ShapeNetModelConfig(k=5, width=8, emb=16, generator_width=8)
     x = torch.randn(2, 3, 40)
     model = ds.build_model(data, cfg)
     assert model(x).shape == (2, 7, 40) and model.encode(x).shape == (2, 16, 40)
@@ -494,9 +500,9 @@ def test_standin_is_deterministic_and_written_in_the_hdf5_layout(tmp_path):
     prepare(tmp_path, **cfg)
     hashes = write_manifest(tmp_path / "prepared_0")
     assert hashes == write_manifest(tmp_path / "prepared_1")
-    raw = tmp_path / "prepared_0" / sn.STANDIN_DIR
-    assert {f"{sn.STANDIN_DIR}/ply_data_{s}0.h5" for s in sn.SPLIT_NAMES} <= set(hashes)
-    again = sn.read_hdf5_release(raw)  # the real format-(a) reader reads the raw stand-in
+    raw = tmp_path / "prepared_0" / STANDIN_DIR
+    assert {f"{STANDIN_DIR}/ply_data_{s}0.h5" for s in SPLIT_NAMES} <= set(hashes)
+    again = read_hdf5_release(raw)  # the real format-(a) reader reads the raw stand-in
     assert torch.equal(torch.from_numpy(again.labels).float(), data.targets[:, :64])
     _, other = prepare(tmp_path, **{**cfg, "standin_seed": 6})
     assert not torch.equal(other.inputs, data.inputs)

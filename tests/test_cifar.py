@@ -19,9 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import pipeline.datasets.cifar as cifar
+import pipeline.datasets.shared.image_classification as image_classification
+import pipeline.datasets.shared.standin_shapes as standin_shapes
 from pipeline.datasets.base import DataError, TaskData
-from pipeline.datasets.cifar import H5_NAME, STANDIN_DIR, Cifar10, Cifar100, Svhn, load_pickle
+from pipeline.datasets.cifar10.task import Cifar10
+from pipeline.datasets.cifar100.task import Cifar100
+from pipeline.datasets.shared.cifar_pickle import load_pickle
+from pipeline.datasets.shared.image_classification import STANDIN_DIR
+from pipeline.datasets.shared.image_prepared import H5_NAME
+from pipeline.datasets.svhn.task import Svhn
 from pipeline.io import write_manifest
 from pipeline.registry import MODELS
 from pipeline.splits import check_disjoint
@@ -284,9 +290,27 @@ def test_bad_prepared_file_is_named(tmp_path):
         ds.load(tmp_path / "out")
 
 
+@pytest.mark.parametrize("cls", [Cifar10, Cifar100, Svhn])
+def test_raw_folder_without_data_is_named(tmp_path, cls):
+    """source=path with a root that is not a folder, or still holds only the placeholder README: a DataError
+    naming the key, at prepare time."""
+    placeholder = tmp_path / "raw"
+    placeholder.mkdir()
+    (placeholder / "README.md").write_text("put the files here")
+    key = re.escape(f"datasets.{cls.name}.prepare.root")
+    with pytest.raises(DataError, match=f"{key} = .*holds no data yet"):
+        prepare_load(cls(), tmp_path / "out", source="path", root=str(placeholder))
+    with pytest.raises(DataError, match=f"{key} = .*not a folder"):
+        prepare_load(cls(), tmp_path / "out", source="path", root=str(tmp_path / "absent"))
+
+
 def test_configs_are_checked():
     with pytest.raises(ValueError, match="root is required"):
         Cifar10.Config(source="path")
+    with pytest.raises(ValueError, match="root is required"):
+        Svhn.Config(source="path", root=None)
+    assert (Cifar10.Config().root, Cifar100.Config().root, Svhn.Config().root) == (
+        "data/raw/cifar10", "data/raw/cifar100", "data/raw/svhn")
     with pytest.raises(ValueError, match="resnet18 has no width"):
         Cifar10.ModelConfig(backbone="resnet18", width=0.5)
     with pytest.raises(ValueError):
@@ -304,7 +328,7 @@ def fake_data(n_train: int = 400, n_test: int = 60) -> TaskData:
     is_train = is_train[rng.permutation(len(is_train))]  # official rows interleaved
     targets = torch.from_numpy(rng.integers(0, 10, len(is_train)).astype(np.float32))[:, None]
     return TaskData(torch.zeros(len(is_train), 3, 32, 32, dtype=torch.uint8), targets, ["class"],
-                    {"num_classes": 10, "is_train": is_train})
+                    {"num_classes": 10, "is_train": is_train, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]})
 
 
 def test_low_data_splits():
@@ -367,12 +391,12 @@ def test_standin_is_deterministic_in_the_real_layout_with_hidden_subclasses(tmp_
 
 
 def test_standin_subclasses_differ_in_appearance():
-    styles = cifar.standin_styles(10, 4, np.random.default_rng(0))
+    styles = standin_shapes.standin_styles(10, 4, np.random.default_rng(0))
     for row in styles:  # within a class, every variant has its own colour and texture
         assert len({s.colour for s in row}) == 4 and len({s.texture for s in row}) == 4
     # and the variants' palettes are shared across classes, so colour alone does not give the class
-    assert len({s.colour for row in styles for s in row}) == len(cifar.STANDIN_COLOURS)
-    raw = cifar.generate_standin(Cifar10.Config(standin_num_classes=2, standin_subclasses=3,
+    assert len({s.colour for row in styles for s in row}) == len(standin_shapes.STANDIN_COLOURS)
+    raw = image_classification.generate_standin(Cifar10.Config(standin_num_classes=2, standin_subclasses=3,
                                                 standin_train_per_class=30, standin_test_per_class=3, standin_noise=0))
     # colour histograms alone put most images nearest their own (class, sub-class) centroid (chance: 1/6)
     feats = raw.images.reshape(len(raw.images), 3, -1).astype(float)
@@ -412,7 +436,7 @@ def test_dataset_models_and_label_generator():
         cfg = cls.ModelConfig()
         model = ds.build_model(data, cfg, aux_outputs=50)
         gen = ds.build_label_generator(data, cfg, num_aux_classes=50)
-        assert type(model.backbone).__name__ == family and type(gen.backbone).__name__ == family
+        assert type(model.net.backbone).__name__ == family and type(gen.net.backbone).__name__ == family
         x = torch.randn(3, 3, 32, 32)
         main, aux = model.decode(model.encode(x))
         assert torch.equal(model(x), main)  # forward: what the dataset's losses and metrics expect
@@ -450,13 +474,18 @@ def test_batch_transform_pads_crops_flips_and_normalises(request, which):
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     y = torch.arange(8.0)[:, None]
     mean, std = torch.tensor(data.meta["mean"]).view(1, 3, 1, 1), torch.tensor(data.meta["std"]).view(1, 3, 1, 1)
+    # batches are floats in [0, 1]; the network standardises them (its first layer, statistics from meta)
+    standardize = ds.build_model(data, ds.ModelConfig()).standardize
     ev, ev_y = ds.batch_transform(x, y, train=False)
+    assert torch.equal(ev, x.float() / 255)
+    ev = standardize(ev)
     assert ev_y is y and ev.dtype == torch.float32
     assert torch.allclose(ev, ((x.double() / 255 - mean) / std).float(), atol=1e-5)
 
     a, ya = ds.batch_transform(x, y, train=True, generator=torch.Generator().manual_seed(0))
     b, _ = ds.batch_transform(x, y, train=True, generator=torch.Generator().manual_seed(0))
     c, _ = ds.batch_transform(x, y, train=True, generator=torch.Generator().manual_seed(1))
+    a, b, c = standardize(a), standardize(b), standardize(c)
     assert torch.equal(ya, y) and a.shape == (8, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
     padded = F.pad(x, (4, 4, 4, 4)).double()
     flips = 0
@@ -473,9 +502,18 @@ def test_batch_transform_pads_crops_flips_and_normalises(request, which):
         assert flips == 0  # SVHN: digits are never mirrored
 
 
-def test_batch_transform_needs_load():
-    with pytest.raises(RuntimeError, match="call load"):
-        Cifar10().batch_transform(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1, 1), train=False)
+def test_batch_transform_needs_no_load_and_the_networks_need_the_statistics():
+    """The dataset holds no state: batch_transform works on a fresh object, and the statistics the networks
+    standardise with come from the loaded data's meta (a TaskData without them is refused)."""
+    x = torch.full((1, 3, 32, 32), 51, dtype=torch.uint8)
+    out, _ = Cifar10().batch_transform(x, torch.zeros(1, 1), train=False)
+    assert torch.allclose(out, torch.full((1, 3, 32, 32), 0.2))
+    data = fake_data(20, 4)
+    del data.meta["mean"]
+    with pytest.raises(ValueError, match="no mean/std"):
+        Cifar10().build_model(data, Cifar10.ModelConfig())
+    with pytest.raises(ValueError, match="no mean/std"):
+        Cifar10().build_label_generator(data, Cifar10.ModelConfig(), 5)
 
 
 class FixedLogits(nn.Module):
@@ -494,7 +532,7 @@ class FixedLogits(nn.Module):
 
 def test_metrics_by_hand(tiny_c10, monkeypatch):
     ds, data = tiny_c10
-    monkeypatch.setattr(cifar, "EVAL_CHUNK", 2)  # several chunks
+    monkeypatch.setattr(image_classification, "EVAL_CHUNK", 2)  # several chunks
     logits = torch.tensor([[3.0, 0, 0], [0, 2.0, 0], [1.0, 0, 0], [0, 0, 5.0], [0.5, 0.0, 0.0]])
     labels = torch.tensor([0, 1, 2, 2, 1])  # right, right, wrong, right, wrong
     fake = TaskData(data.inputs[:5], labels[:, None].float(), ["class"], data.meta)

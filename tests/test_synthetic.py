@@ -109,3 +109,18 @@ def test_toy2d_records_its_auxiliary_roles_and_noisy_aux_has_none(tmp_path):
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(DataError, match="aux_roles must give each auxiliary task"):
         DATASETS.get("toy2d")().load(tmp_path / "toy2d")
+
+
+def test_generated_datasets_keep_an_unused_root(tmp_path):
+    """``prepare.root`` (data/raw/<name>, a folder holding only a README) is there for the stages' uniform
+    dependencies; generation never reads it: any root gives the same files."""
+    from pipeline.io import write_manifest
+    from pipeline.registry import DATASETS
+
+    for name in ("toy2d", "noisy_aux"):
+        ds = DATASETS.get(name)()
+        assert ds.Config().root == f"data/raw/{name}"
+        for folder, root in ((tmp_path / name / "a", f"data/raw/{name}"), (tmp_path / name / "b", "/nonexistent")):
+            folder.mkdir(parents=True)
+            ds.prepare(ds.Config(root=root), folder)
+        assert write_manifest(tmp_path / name / "a") == write_manifest(tmp_path / name / "b")

@@ -1,0 +1,20 @@
+"""``datasets.cifar10`` in params.yaml: ``prepare`` (where the images come from); ``model`` and ``split`` are
+the image-classification family's."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from pipeline.datasets.shared.image_classification import ImageConfig, ImageModelConfig, ImageSplitConfig
+from pipeline.datasets.shared.sources import default_root
+
+ModelConfig = ImageModelConfig
+SplitConfig = ImageSplitConfig
+
+
+class Config(ImageConfig):
+    """``datasets.cifar10.prepare``: where the images come from (and the stand-in's settings)."""
+
+    root: str | None = Field(
+        default_root("cifar10"), description="source=path: the folder holding data_batch_1..5, test_batch and "
+        "batches.meta (the contents of cifar-10-batches-py; see data/raw/cifar10/README.md); must be set "
+        "explicitly for source=path; unused by the stand-in")

@@ -1,0 +1,24 @@
+"""``datasets.cifar100`` in params.yaml: ``prepare`` (where the images come from, which label is the main task);
+``model`` and ``split`` are the image-classification family's."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.datasets.shared.image_classification import ImageConfig, ImageModelConfig, ImageSplitConfig
+from pipeline.datasets.shared.sources import default_root
+
+ModelConfig = ImageModelConfig
+SplitConfig = ImageSplitConfig
+
+
+class Config(ImageConfig):
+    """``datasets.cifar100.prepare``: as the others, plus which CIFAR-100 label is the main task."""
+
+    root: str | None = Field(
+        default_root("cifar100"), description="source=path: the folder holding train, test and meta (the contents "
+        "of cifar-100-python; see data/raw/cifar100/README.md); must be set explicitly for source=path; unused by "
+        "the stand-in")
+    main_label: Literal["fine", "coarse"] = Field(
+        "fine", description="main task: the 100 fine classes or the 20 superclasses (the other is kept in meta)")

@@ -1,0 +1,110 @@
+"""The prepared file of the 32 x 32 image-classification family (CIFAR-10, CIFAR-100, SVHN): write, read and
+validate ``images.h5``.
+
+Contents: images uint8 [N, 3, 32, 32] (RGB planes), labels int64 [N] (the main label), is_train uint8 [N]
+(official split), class_names, the other labellings of the source (CIFAR-100: fine_labels/fine_names and
+coarse_labels/coarse_names), subclass_labels when known (the stand-in), and the attributes source, main_label,
+image_size and mean/std (per-channel statistics of the official training images in [0, 1], with which the
+networks standardise their input).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+import torch
+
+from pipeline.datasets.base import DataError, TaskData
+from pipeline.datasets.shared.standin_shapes import IMAGE_SIZE
+
+if TYPE_CHECKING:
+    from pipeline.datasets.shared.image_classification import RawImages
+
+H5_NAME = "images.h5"
+
+
+def text(values: Any) -> list[str]:
+    """Names as str, whether stored as bytes (pickles, HDF5) or str."""
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def write_prepared(raw: RawImages, main: str, out_file: Path, source: str) -> None:
+    """The prepared HDF5 file; ``main`` is the labelling that becomes the main task."""
+    train_px = raw.images[raw.is_train].astype(np.float64) / 255.0
+    mean = train_px.mean(axis=(0, 2, 3))
+    std = np.sqrt(np.maximum(train_px.var(axis=(0, 2, 3)), 1e-12))
+    string = h5py.string_dtype("utf-8")
+    with h5py.File(out_file, "w") as f:
+        def put(name: str, data: Any, dtype: Any = None) -> None:
+            # track_times=False: the same inputs give the same bytes (and manifest hashes)
+            f.create_dataset(name, data=data, dtype=dtype, track_times=False)
+
+        put("images", raw.images, np.uint8)
+        put("labels", raw.labels[main], np.int64)
+        put("class_names", raw.names[main], string)
+        put("is_train", raw.is_train.astype(np.uint8), np.uint8)
+        if len(raw.labels) > 1:  # every labelling of the source (CIFAR-100: fine and coarse)
+            for key in raw.labels:
+                put(f"{key}_labels", raw.labels[key], np.int64)
+                put(f"{key}_names", raw.names[key], string)
+        if raw.subclass_labels is not None:
+            put("subclass_labels", raw.subclass_labels, np.int64)
+        f.attrs["mean"] = mean
+        f.attrs["std"] = std
+        f.attrs["source"] = source
+        f.attrs["main_label"] = main
+        f.attrs["image_size"] = IMAGE_SIZE
+
+
+def read_prepared(path: Path, name: str) -> TaskData:
+    """``images.h5`` of dataset ``name`` as TaskData (uint8 images, the main label as the one target column, and
+    ``meta``); a missing or malformed file is a DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run `dvc repro prepare@{name}`")
+    try:
+        with h5py.File(path, "r") as f:
+            absent = [k for k in ("images", "labels", "is_train", "class_names") if k not in f]
+            absent += [k for k in ("mean", "std") if k not in f.attrs]
+            if absent:
+                raise DataError(f"{path}: missing {', '.join(absent)}")
+            images, labels, is_train = f["images"][...], f["labels"][...], f["is_train"][...].astype(bool)
+            class_names = text(f["class_names"][...])
+            extra = {k: f[k][...] for k in f if k.endswith("_labels") or k.endswith("_names")}
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except OSError as err:
+        raise DataError(f"{path} is not a readable HDF5 file: {err}") from None
+    mean, std = np.asarray(attrs["mean"], dtype=np.float64), np.asarray(attrs["std"], dtype=np.float64)
+    n, c = len(images), len(class_names)
+    problems = []
+    if images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE) or images.dtype != np.uint8:
+        problems.append(f"images should be uint8 [N, 3, 32, 32], got {images.dtype} {images.shape}")
+    if labels.shape != (n,) or is_train.shape != (n,):
+        problems.append(f"labels {labels.shape} and is_train {is_train.shape} do not match {n} images")
+    elif n and (labels.min() < 0 or labels.max() >= c):
+        problems.append(f"labels must lie in [0, {c})")
+    for key, value in extra.items():
+        if key.endswith("_labels") and value.shape != (n,):
+            problems.append(f"{key} has shape {value.shape}, expected ({n},)")
+    if mean.shape != (3,) or std.shape != (3,) or not (std > 0).all():
+        problems.append("mean/std attributes must be 3 per-channel values with std > 0")
+    if problems:
+        raise DataError(f"{path}: " + "; ".join(problems))
+
+    meta: dict[str, Any] = {
+        "source": attrs.get("source", ""),
+        "main_label": attrs.get("main_label", ""),
+        "num_classes": c,
+        "class_names": class_names,
+        "is_train": is_train,
+        "image_size": IMAGE_SIZE,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+    }
+    for key, value in sorted(extra.items()):
+        meta[key] = value.astype(np.int64) if key.endswith("_labels") else text(value)
+    if "subclass_labels" in meta:
+        meta["num_subclasses"] = int(meta["subclass_labels"].max()) + 1 if n else 0
+    targets = torch.from_numpy(labels.astype(np.float32))[:, None]
+    return TaskData(torch.from_numpy(images), targets, ["class"], meta)

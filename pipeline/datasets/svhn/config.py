@@ -1,0 +1,27 @@
+"""``datasets.svhn`` in params.yaml: ``prepare`` (where the images come from) and ``model`` (AuxiLearn's SVHN
+network by default); ``split`` is the image-classification family's."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.datasets.shared.image_classification import ImageConfig, ImageModelConfig, ImageSplitConfig
+from pipeline.datasets.shared.sources import default_root
+
+SplitConfig = ImageSplitConfig
+
+
+class Config(ImageConfig):
+    """``datasets.svhn.prepare``: where the images come from (and the stand-in's settings)."""
+
+    root: str | None = Field(
+        default_root("svhn"), description="source=path: the folder holding train_32x32.mat and test_32x32.mat "
+        "(see data/raw/svhn/README.md); must be set explicitly for source=path; unused by the stand-in")
+
+
+class ModelConfig(ImageModelConfig):
+    """``datasets.svhn.model``: AuxiLearn's SVHN experiment uses a 4-layer ConvNet."""
+
+    backbone: Literal["vgg16", "convnet4", "resnet18"] = Field(
+        "convnet4", description="convnet4 (the paper's SVHN backbone), vgg16 or resnet18")

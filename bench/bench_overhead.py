@@ -149,7 +149,7 @@ def _setup(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from pipeline.registry import METHODS
-    from pipeline.methods.auxilearn import AuxiLearnConfig
+    from pipeline.methods.combiners.auxnet import AuxiLearnConfig
 
     torch.set_num_threads(spec["threads"])
     try:
@@ -187,7 +187,7 @@ def _setup(spec: dict[str, Any]) -> dict[str, Any]:
         aux_loss = _per_task_losses(model(x_aux), ys_aux)[:, 0].mean()
         sync()
         t1 = time.perf_counter()
-        method.hyper.step(train_loss, aux_loss, params)
+        method.outer.hyper.step(train_loss, aux_loss, params)
         sync()
         return t1 - t0, time.perf_counter() - t1
 
@@ -203,9 +203,9 @@ def _setup(spec: dict[str, Any]) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "num_params": sum(p.numel() for p in params),
-        "num_phi": sum(p.numel() for p in method.hyper.hparams),
-        "N": method.hyper.every,
-        "J": method.hyper.neumann_steps,
+        "num_phi": sum(p.numel() for p in method.outer.hyper.hparams),
+        "N": method.outer.hyper.every,
+        "J": method.outer.hyper.neumann_steps,
         "auxnet": f"{method.cfg.hidden_layers}x{method.cfg.hidden_units} softplus",
     }
     return dict(torch=torch, device=device, cuda=cuda, sync=sync, plain=plain, inner=inner, hyper=hyper,

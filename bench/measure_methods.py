@@ -51,7 +51,7 @@ def main(dataset: str, methods: str, grid: str, prepare: str, seeds: str, thread
     seed_list = [int(s) for s in seeds.split(",")]
     base = {"dataset": dataset, "datasets": {dataset: {"prepare": prepare_overrides}}}
     params0 = parse_params(base)
-    ds = DATASETS.get(dataset)()
+    ds = DATASETS.get(dataset)(params0.profile.model)
     folder = Path(tempfile.mkdtemp(prefix=f"measure_{dataset}_"))
     ds.prepare(params0.dataset_config, folder)
     data = ds.load(folder)
@@ -67,7 +67,7 @@ def main(dataset: str, methods: str, grid: str, prepare: str, seeds: str, thread
             metrics, first, last, histories = [], [], [], []
             for seed in seed_list:
                 result = train_run(ds, data, splits, params, seed, device=torch.device("cpu"))
-                aux = build_method(method, data.num_tasks, params, ds, data).aux_outputs()
+                aux = build_method(method, data.num_tasks, params, ds, data).head_outputs()
                 model = load_model(ds, data, result.model_state, params.profile.model, aux_outputs=aux)
                 metrics.append(ds.metrics(model, data, torch.as_tensor(splits["test"])))
                 first.append(result.history["weights"][0])

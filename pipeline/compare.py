@@ -29,11 +29,6 @@ import click
 from pipeline.io import write_text
 from pipeline.metrics.summary import format_mean_sem, higher_is_better
 
-# The order of the papers' tables: single task, fixed weights, weighting baselines, learned ones.
-METHOD_ORDER = ["stl", "equal", "uncertainty", "dwa", "gradnorm", "gcs", "mgda",
-                "auxilearn_linear", "auxilearn_deep_linear", "auxilearn_nonlinear", "auxilearn_convnet",
-                "auxilearn_train_set", "random", "maxl_frozen", "maxl", "maxl_first_order",
-                "auxilearn_labels", "dae", "rs"]
 METRICS_PREFIX = "reports/metrics.json:"
 PARAMS_PREFIX = "params.yaml:"
 # exp show states of rows that have no finished results of their own
@@ -228,7 +223,10 @@ def _param_text(value: Any) -> str:
 
 
 def _order(rows: dict[str, Any]) -> list[str]:
-    return sorted(rows, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+    from pipeline.methods.base import method_order  # the papers' table order, declared by each registry entry
+
+    order = method_order()
+    return sorted(rows, key=lambda m: (order.index(m) if m in order else len(order), m))
 
 
 def render_table(rows: dict[str, dict[str, Any]], dataset: str | None = None,

@@ -33,7 +33,7 @@ def load_experiment(params: Any) -> Experiment:
         folder / "manifest.json"
     ):
         raise ValueError(f"{SPLITS} was made for dataset {info.get('dataset')!r} or older data: run `dvc repro split`")
-    dataset = DATASETS.get(params.dataset)()
+    dataset = DATASETS.get(params.dataset)(params.profile.model)
     return Experiment(dataset, dataset.load(folder), load_splits(SPLITS))
 
 
@@ -56,7 +56,7 @@ def load_run(exp: Experiment, params: Any, seed: int) -> TrainedRun:
     return TrainedRun(
         seed=seed,
         model=load_model(exp.dataset, exp.data, torch_load(folder / "model.pt"), params.profile.model,
-                         aux_outputs=method_final.aux_outputs()),
+                         aux_outputs=method_final.head_outputs()),
         method_initial=load_method(params.method, exp.dataset, exp.data, params, method_states["initial"]),
         method_final=method_final,
         history=json.loads((folder / "history.json").read_text()),

@@ -135,7 +135,7 @@ def generated_labels(exp: Experiment, run: TrainedRun, split: str = "test", chun
     with torch.no_grad():
         for part in rows.split(chunk):
             x, y = exp.dataset.batch_transform(exp.data.inputs[part], exp.data.targets[part], train=False)
-            soft = method.soft_labels(Batch(x, y, part, torch.ones(len(part), dtype=torch.bool)), train_mode=False)
+            soft = method.generator.soft_labels(Batch(x, y, part, torch.ones(len(part), dtype=torch.bool)), train_mode=False)
             out.append(soft.flatten(2).mean(2) if soft.dim() > 2 else soft)
             groups.append(exp.dataset.label_group(y))
     return torch.cat(out).numpy(), torch.cat(groups).numpy(), rows.numpy()

@@ -34,14 +34,20 @@ def seed_everything(seed: int) -> torch.Generator:
 # Each role draws its batches (and their augmentations) from its own generator, so an outer update or a
 # diagnostic never changes W's batches. W's stream keeps the run's seed, as it always did.
 STREAM_ROLES = ("weights", "outer", "diagnostics")
+# Seeded draws that are not batches: the method's construction (φ's init, label networks, random labels).
+SEED_ROLES = (*STREAM_ROLES, "method")
+
+
+def stream_seed(seed: int, role: str) -> int:
+    """The seed of one role (``SEED_ROLES``) of a run: W's stream keeps the run's seed, as it always did."""
+    if role == "weights":
+        return seed
+    return int(np.random.SeedSequence([seed % 2**32, SEED_ROLES.index(role)]).generate_state(1)[0])
 
 
 def stream_generator(seed: int, role: str) -> torch.Generator:
     """The seeded generator of one batch stream role (``STREAM_ROLES``) of a run."""
-    if role == "weights":
-        return torch.Generator().manual_seed(seed)
-    entropy = np.random.SeedSequence([seed % 2**32, STREAM_ROLES.index(role)]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(entropy))
+    return torch.Generator().manual_seed(stream_seed(seed, role))
 
 
 class BatchStream:
@@ -85,6 +91,23 @@ def task_scale(num_tasks: int, aux_loss_scale: float) -> Tensor:
     return scale
 
 
+def batch_objective(method: Method, model: nn.Module, dataset: Dataset, batch: Batch, scale: Tensor,
+                    track_hparams: bool = False) -> tuple[Tensor, Tensor]:
+    """The one objective of a batch, for W's step, the outer update and the report alike: τ-scaled per-task
+    losses (main loss only where the main label is known; loss images for combiners that read them) and the
+    shared representation z."""
+    losses, z = method.batch_losses(model, dataset, batch, track_hparams)
+    if not method.needs_loss_images:
+        losses = reduce_pixels(losses)
+    losses = losses * scale.view(1, -1, *([1] * (losses.dim() - 2)))
+    labelled = batch.labelled
+    if not labelled.all():  # hidden main labels: no main loss there, batch mean over the labelled ones
+        keep = labelled.to(losses.dtype) * (len(labelled) / labelled.sum().clamp_min(1))
+        keep = keep.view(-1, *([1] * (losses.dim() - 2)))
+        losses = torch.cat([(losses[:, 0] * keep)[:, None], losses[:, 1:]], dim=1)
+    return losses, z
+
+
 def make_optimizer(params: list[Tensor], cfg: Any) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -117,13 +140,12 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     """Train ``params.method`` with ``seed``; keeps the model that is best on the validation main loss."""
     device = device or resolve_device(params.device)
     seed_everything(seed)
-    # The model is drawn from the seeded RNG before the method, as it always was (published runs repeat);
-    # a method that generates a task needs a head on it, so the model is then drawn again with that head.
-    model = dataset.build_model(data, params.profile.model)
-    method: Method = build_method(params.method, data.num_tasks, params, dataset, data).to(device)
-    if method.aux_outputs():
-        model = dataset.build_model(data, params.profile.model, aux_outputs=method.aux_outputs())
-    model = model.to(device)
+    # The method first, from its own seeded stream (its φ, label networks and random labels never shift W's
+    # draws); then the model, once, with the head the method needs, from the run's seed.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(stream_seed(seed, "method")))
+        method: Method = build_method(params.method, data.num_tasks, params, dataset, data).to(device)
+    model = dataset.build_model(data, params.profile.model, aux_outputs=method.head_outputs()).to(device)
     cfg = params.train
 
     train_idx = splits["train"] if method.uses_aux_set else np.concatenate([splits["train"], splits["aux"]])
@@ -146,18 +168,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         return Batch(x, y, rows, labelled)
 
     def scaled_losses(batch: Batch, track_hparams: bool = False) -> tuple[Tensor, Tensor]:
-        """The one objective of a batch, for W's step and the outer update alike: τ-scaled per-task losses
-        (main loss only where the main label is known) and the shared representation z."""
-        losses, z = method.batch_losses(model, dataset, batch, track_hparams)
-        if not method.needs_loss_images:
-            losses = reduce_pixels(losses)
-        losses = losses * scale.view(1, -1, *([1] * (losses.dim() - 2)))
-        labelled = batch.labelled
-        if not labelled.all():  # hidden main labels: no main loss there, batch mean over the labelled ones
-            keep = labelled.to(losses.dtype) * (len(labelled) / labelled.sum().clamp_min(1))
-            keep = keep.view(-1, *([1] * (losses.dim() - 2)))
-            losses = torch.cat([(losses[:, 0] * keep)[:, None], losses[:, 1:]], dim=1)
-        return losses, z
+        return batch_objective(method, model, dataset, batch, scale, track_hparams)
 
     w_params = [p for p in model.parameters() if p.requires_grad]
     shared, last_shared = model.shared_parameters(), model.last_shared_parameters()

@@ -144,13 +144,13 @@ def generated_task_section(exp, runs, params, fig_dir, plot_dir) -> list[str]:
         write_csv(plot_dir / f"{key}.csv", ["step", key], np.column_stack(curve))
         lines += [f"Final {key.replace('_', ' ')}: {curve[1][-1]:.3f}. ![{key}](figures/{key}.png)", ""]
     method = runs[0].method_final
-    if hasattr(method, "soft_labels") and getattr(method, "label_source", "") == "generator":
+    if "soft_labels" in method.report_sections:
         soft, groups, rows = generated_labels(exp, runs[0])
         if soft.ndim == 2 and len(np.unique(groups)) >= 2:
             hidden = exp.data.meta.get("subclass_labels")
             hidden = np.asarray(hidden)[rows] if hidden is not None else None
             names = list(exp.data.meta.get("class_names", [str(g) for g in range(int(groups.max()) + 1)]))
-            nmi = plot_soft_labels(soft, groups, method.mask.cpu().numpy(), names, hidden,
+            nmi = plot_soft_labels(soft, groups, method.generator.mask.cpu().numpy(), names, hidden,
                                    fig_dir / "soft_labels.png", show=tuple(np.unique(groups)[:2]))
             lines += ["Soft auxiliary labels of two main classes on the test set (seed "
                       f"{runs[0].seed}; paper Figure 4):", "", "![soft labels](figures/soft_labels.png)", ""]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import parse_params
+from pipeline.config import default_params_yaml, parse_params
 from pipeline.registry import DATASETS
 from pipeline.training import train_run
 
@@ -33,7 +33,7 @@ class Outcome:
 @functools.lru_cache(maxsize=None)
 def _prepared(dataset: str) -> tuple:
     params = make_params(dataset=dataset)
-    ds = DATASETS.get(dataset)()
+    ds = DATASETS.get(dataset)(params.profile.model)
     folder = Path(tempfile.mkdtemp(prefix=f"prep_{dataset}_"))
     ds.prepare(params.dataset_config, folder)
     data = ds.load(folder)
@@ -68,6 +68,7 @@ def repo_copy(tmp_path_factory) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             (dest / rel).write_bytes(src.read_bytes())
     (dest / "dvc.lock").unlink(missing_ok=True)
+    (dest / "params.yaml").write_text(default_params_yaml())  # the schema's defaults, whatever the workspace holds
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dest, check=True)

@@ -38,7 +38,7 @@ def small_params(dataset: str, method: str, steps: int = 6, **extra) -> object:
 @functools.lru_cache(maxsize=None)
 def prepared(dataset: str):
     params = small_params(dataset, "stl")
-    ds = DATASETS.get(dataset)()
+    ds = DATASETS.get(dataset)(params.profile.model)
     folder = Path(tempfile.mkdtemp(prefix=f"e2e_{dataset}_"))
     ds.prepare(params.dataset_config, folder)
     data = ds.load(folder)
@@ -50,7 +50,7 @@ def trained(dataset: str, method: str) -> tuple[Experiment, TrainedRun, object]:
     params = small_params(dataset, method)
     res = train_run(ds, data, splits, params, 0, device=torch.device("cpu"))
     final = load_method(method, ds, data, params, res.method_state_final)
-    model = load_model(ds, data, res.model_state, params.profile.model, aux_outputs=final.aux_outputs())
+    model = load_model(ds, data, res.model_state, params.profile.model, aux_outputs=final.head_outputs())
     initial = load_method(method, ds, data, params, res.method_state_initial)
     return Experiment(ds, data, splits), TrainedRun(0, model, initial, final, res.history), params
 
@@ -100,6 +100,6 @@ def test_cifar_label_methods_and_figure4(method, tmp_path):
     if method != "random":
         soft, groups, rows = generated_labels(exp, run)
         hidden = np.asarray(exp.data.meta["subclass_labels"])[rows]
-        nmi = plot_soft_labels(soft, groups, run.method_final.mask.numpy(), exp.data.meta["class_names"], hidden,
+        nmi = plot_soft_labels(soft, groups, run.method_final.generator.mask.numpy(), exp.data.meta["class_names"], hidden,
                                tmp_path / "soft.png")
         assert (tmp_path / "soft.png").stat().st_size > 10_000 and all(0 <= v <= 1 for v in nmi.values())

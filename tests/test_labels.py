@@ -18,7 +18,7 @@ from pipeline.schema import TrainConfig
 from pipeline.datasets.base import Dataset, TaskData
 from pipeline.methods.base import build_method
 from pipeline.methods.base import Batch, StepContext
-from pipeline.methods.labels import (LabelsConfig, block_entropy, focal_loss, hierarchy_mask, mask_softmax,
+from pipeline.methods.generators.labels import (LabelsConfig, block_entropy, focal_loss, hierarchy_mask, mask_softmax,
                                      negative_entropy)
 from pipeline.models.base import MultiTaskNet
 from pipeline.training import train_run
@@ -150,7 +150,7 @@ def float64_setup(method_name: str, **labels):
     data = TaskData(data.inputs.double(), data.targets.double(), data.task_names, data.meta)
     _, method = bound(method_name, data, **labels)
     method.double()
-    model = ds.build_model(data, None, aux_outputs=method.aux_outputs()).double()
+    model = ds.build_model(data, None, aux_outputs=method.head_outputs()).double()
     batch = Batch(data.inputs[:24], data.targets[:24], torch.arange(24), torch.ones(24, dtype=torch.bool))
     scale = torch.tensor([1.0, 0.7], dtype=torch.float64)
     return method, model, batch, scale
@@ -183,22 +183,22 @@ def test_maxl_meta_gradient_matches_finite_differences(case):
     labels, opt_kw = META_CASES[case]
     method, model, batch, scale = float64_setup("maxl", **labels)
     opt = w_optimiser(model, **opt_kw) if opt_kw else None
-    params = list(method.generator.parameters())
-    grads = torch.autograd.grad(method.meta_loss(model, batch, scale, opt), params)
+    params = list(method.generator.label_net.parameters())
+    grads = torch.autograd.grad(method.outer.meta_loss(model, batch, scale, opt), params)
     eps = 1e-6
     for p, g in zip(params, grads):
         for i in [0, p.numel() // 2, p.numel() - 1]:
             flat = p.data.view(-1)
             old = float(flat[i])
             flat[i] = old + eps
-            up = float(method.meta_loss(model, batch, scale, opt).detach())
+            up = float(method.outer.meta_loss(model, batch, scale, opt).detach())
             flat[i] = old - eps
-            down = float(method.meta_loss(model, batch, scale, opt).detach())
+            down = float(method.outer.meta_loss(model, batch, scale, opt).detach())
             flat[i] = old
             assert (up - down) / (2 * eps) == pytest.approx(float(g.view(-1)[i]), rel=1e-5, abs=1e-9)
     # the look-ahead term matters: without it (α → 0) the gradient is different
-    method.cfg = method.cfg.model_copy(update={"lookahead_lr": 1e-12})
-    plain = torch.autograd.grad(method.meta_loss(model, batch, scale, opt), params)
+    method.outer.cfg = method.outer.cfg.model_copy(update={"lookahead_lr": 1e-12})
+    plain = torch.autograd.grad(method.outer.meta_loss(model, batch, scale, opt), params)
     assert not all(torch.allclose(a, b) for a, b in zip(grads, plain))
 
 
@@ -208,18 +208,18 @@ def test_maxl_first_order_matches_the_exact_meta_gradient(case):
     labels, opt_kw = META_CASES[case]
     method, model, batch, scale = float64_setup("maxl_first_order", **labels)
     opt = w_optimiser(model, **opt_kw) if opt_kw else None
-    exact_loss = method.meta_loss(model, batch, scale, opt)  # Maxl's second-order objective, inherited
-    exact = torch.autograd.grad(exact_loss, list(method.generator.parameters()))
-    loss, approx = method.meta_gradients(model, batch, scale, opt)
+    exact_loss = method.outer.meta_loss(model, batch, scale, opt)  # Maxl's second-order objective, inherited
+    exact = torch.autograd.grad(exact_loss, list(method.generator.label_net.parameters()))
+    loss, approx = method.outer.meta_gradients(model, batch, scale, opt)
     assert float(loss) == pytest.approx(float(exact_loss.detach()), rel=1e-12)
     a, b = torch.cat([g.flatten() for g in approx]), torch.cat([g.flatten() for g in exact])
     assert float(F.cosine_similarity(a, b, dim=0)) > 0.999
     assert float((a - b).norm() / b.norm()) < 1e-3
     # and the look-ahead part is really there (not just the entropy term's direct gradient)
-    direct = torch.autograd.grad(method.theta2_terms(method.soft_labels(batch, True)),
-                                 list(method.generator.parameters()), allow_unused=True)
+    direct = torch.autograd.grad(method.outer.theta2_terms(method.generator.soft_labels(batch, True)),
+                                 list(method.generator.label_net.parameters()), allow_unused=True)
     d = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
-                   for g, p in zip(direct, method.generator.parameters())])
+                   for g, p in zip(direct, method.generator.label_net.parameters())])
     assert float((a - d).norm()) > 10 * float((a - b).norm())
 
 
@@ -232,7 +232,7 @@ def test_lookahead_is_one_step_of_w_optimiser(opt_kw, warm):
     opt = w_optimiser(model, **opt_kw) if warm else torch.optim.SGD(model.parameters(), lr=0.05, **opt_kw)
     params = {k: p for k, p in model.named_parameters()}
     grads = tuple(torch.randn_like(p) for p in params.values())
-    ahead = method.lookahead(params, grads, method.lookahead_rule(params, opt))
+    ahead = method.outer.lookahead(params, grads, method.outer.lookahead_rule(params, opt))
     for p, g in zip(params.values(), grads):
         p.grad = g.clone()
     opt.step()
@@ -247,13 +247,13 @@ def test_lookahead_rate_follows_w_schedule_unless_set():
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     opt.step()
     sched.step()
-    rule = method.lookahead_rule(params, opt)
+    rule = method.outer.lookahead_rule(params, opt)
     assert [r[0] for r in rule.values()] == pytest.approx([0.15] * len(rule))
     assert {r[1] for r in rule.values()} == {1e-3}
     assert {r[2] for r in rule.values()} == {1.0}  # momentum off by default (maxl_lookahead_momentum: false)
-    assert {r[0] for r in method.lookahead_rule(params, None).values()} == {0.1}  # train.lr without optimiser
-    method.cfg = method.cfg.model_copy(update={"lookahead_lr": 0.02})
-    assert {r[0] for r in method.lookahead_rule(params, opt).values()} == {0.02}
+    assert {r[0] for r in method.outer.lookahead_rule(params, None).values()} == {0.1}  # train.lr without optimiser
+    method.outer.cfg = method.outer.cfg.model_copy(update={"lookahead_lr": 0.02})
+    assert {r[0] for r in method.outer.lookahead_rule(params, opt).values()} == {0.02}
 
 
 def test_maxl_reference_defaults_and_switches():
@@ -263,16 +263,16 @@ def test_maxl_reference_defaults_and_switches():
     data = Blobs().make()
     for name in ("maxl", "maxl_first_order"):
         _, m = bound(name, data)
-        group = m.optimizer.param_groups[0]
+        group = m.outer.optimizer.param_groups[0]
         assert (group["lr"], group["momentum"], group["weight_decay"]) == (1e-3, 0.0, 5e-4)
-        assert m.main_loss_kind == "focal"
+        assert m.generator.main_loss_kind == "focal"
     _, m = bound("maxl", data, maxl_penalty="l1", maxl_momentum=0.5)
-    assert (m.optimizer.param_groups[0]["weight_decay"], m.optimizer.param_groups[0]["momentum"]) == (0.0, 0.5)
-    l1 = sum(p.abs().sum() for p in m.generator.parameters())
+    assert (m.outer.optimizer.param_groups[0]["weight_decay"], m.outer.optimizer.param_groups[0]["momentum"]) == (0.0, 0.5)
+    l1 = sum(p.abs().sum() for p in m.generator.label_net.parameters())
     soft = torch.full((4, 6), 1 / 6)
-    assert torch.allclose(m.theta2_terms(soft), 0.2 * negative_entropy(soft) + 5e-4 * l1)
+    assert torch.allclose(m.outer.theta2_terms(soft), 0.2 * negative_entropy(soft) + 5e-4 * l1)
     _, m = bound("maxl", data)
-    assert torch.allclose(m.theta2_terms(soft), 0.2 * negative_entropy(soft))  # l2: in θ2's SGD instead
+    assert torch.allclose(m.outer.theta2_terms(soft), 0.2 * negative_entropy(soft))  # l2: in θ2's SGD instead
 
 
 def test_focal_main_loss_for_maxl_only():
@@ -285,14 +285,14 @@ def test_focal_main_loss_for_maxl_only():
     p_y = torch.softmax(logits, 1)[torch.arange(12), y]
     for name in ("maxl", "maxl_first_order"):
         _, m = bound(name, data)
-        assert torch.allclose(m.main_losses(logits, batch.y), (1 - p_y[:, None]) ** 2 * ce, atol=1e-6)
+        assert torch.allclose(m.generator.main_losses(logits, batch.y), (1 - p_y[:, None]) ** 2 * ce, atol=1e-6)
         _, m = bound(name, data, focal_gamma=0.0)
-        assert torch.allclose(m.main_losses(logits, batch.y), ce, atol=1e-6)
+        assert torch.allclose(m.generator.main_losses(logits, batch.y), ce, atol=1e-6)
         _, m = bound(name, data, maxl_main_loss="dataset")
-        assert torch.equal(m.main_losses(logits, batch.y), ce)
+        assert torch.equal(m.generator.main_losses(logits, batch.y), ce)
     for name in ("maxl_frozen", "random", "auxilearn_labels"):  # the others keep the dataset's loss, as STL
         _, m = bound(name, data)
-        assert m.main_loss_kind == "dataset" and torch.equal(m.main_losses(logits, batch.y), ce)
+        assert m.generator.main_loss_kind == "dataset" and torch.equal(m.generator.main_losses(logits, batch.y), ce)
     # per-point logits [B, C, N] against y[:, :N], averaged over the points
     _, m = bound("maxl", data)
     pts = torch.randn(5, 3, 7)
@@ -300,7 +300,7 @@ def test_focal_main_loss_for_maxl_only():
     y_pts = torch.cat([labels, torch.zeros(5, 1, dtype=torch.long)], 1).float()
     ce_pts = F.cross_entropy(pts, labels, reduction="none")
     want = ((1 - torch.exp(-ce_pts)) ** 2 * ce_pts).mean(1, keepdim=True)
-    assert torch.allclose(m.main_losses(pts, y_pts), want, atol=1e-6)
+    assert torch.allclose(m.generator.main_losses(pts, y_pts), want, atol=1e-6)
 
 
 def fake_ctx(model, step_batch, fresh, diagnostic=None, optimizer=None, step=1):
@@ -315,11 +315,11 @@ def test_maxl_meta_batch_switch(which):
     ds = Blobs()
     data = ds.make()
     _, m = bound("maxl", data, maxl_meta_batch=which, diagnose_every=1000)
-    model = ds.build_model(data, None, aux_outputs=m.aux_outputs())
+    model = ds.build_model(data, None, aux_outputs=m.head_outputs())
     a = Batch(data.inputs[:16], data.targets[:16], torch.arange(16), torch.ones(16, dtype=torch.bool))
     b = Batch(data.inputs[16:32], data.targets[16:32], torch.arange(16, 32), torch.ones(16, dtype=torch.bool))
-    used, original = [], m.meta_gradients
-    m.meta_gradients = lambda model, batch, *rest: used.append(batch) or original(model, batch, *rest)
+    used, original = [], m.outer.meta_gradients
+    m.outer.meta_gradients = lambda model, batch, *rest: used.append(batch) or original(model, batch, *rest)
     logs = m.after_step(fake_ctx(model, a, lambda: b, step=5))
     assert "meta_loss" in logs and used == [a if which == "step" else b]
 
@@ -329,10 +329,10 @@ def test_diagnostics_observe_only():
     ds = Blobs()
     data = ds.make()
     _, m = bound("maxl_frozen", data)
-    model = TinyNet(4, 3, m.aux_outputs(), batch_norm=True)
+    model = TinyNet(4, 3, m.head_outputs(), batch_norm=True)
     model.train()
     model.main.eval()  # a mixed mode must come back as it was
-    m.generator.train()
+    m.generator.label_net.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seen_modes = []
     diag = Batch(data.inputs[:16], data.targets[:16], torch.arange(16), torch.ones(16, dtype=torch.bool))
@@ -341,24 +341,24 @@ def test_diagnostics_observe_only():
         return diag
 
     hook = model.trunk.register_forward_hook(lambda mod, i, o: seen_modes.append(mod.training))
-    out = m.diagnostics(fake_ctx(model, None, lambda: pytest.fail("train_batch used"), diagnostic_batch))
+    out = m.generator.diagnostics(fake_ctx(model, None, lambda: pytest.fail("train_batch used"), diagnostic_batch))
     hook.remove()
     assert seen_modes == [False]
     assert 0 <= out["label_entropy"] <= 1 + 1e-6 and -1 <= out["grad_cosine"] <= 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training and model.trunk.training and not model.main.training
-    assert m.generator.training
+    assert m.generator.label_net.training
 
 
 def test_random_labels_are_fixed_per_sample_and_inside_the_block():
     data = Blobs().make()
     _, method = bound("random", data)
     batch = Batch(data.inputs[:30], data.targets[:30], torch.arange(30), torch.ones(30, dtype=torch.bool))
-    a, b = method.soft_labels(batch), method.soft_labels(batch)
+    a, b = method.generator.soft_labels(batch), method.generator.soft_labels(batch)
     assert torch.equal(a, b) and torch.equal(a.sum(1), torch.ones(30))
     groups = data.targets[:30, 0].long()
-    assert (a * ~method.mask[groups]).sum() == 0
-    assert len(method.fixed_class.unique()) == 6  # every class of the balanced hierarchy is used
+    assert (a * ~method.generator.mask[groups]).sum() == 0
+    assert len(method.generator.fixed_class.unique()) == 6  # every class of the balanced hierarchy is used
 
 
 @pytest.mark.parametrize("name", ["maxl", "maxl_first_order", "maxl_frozen", "random", "auxilearn_labels"])
@@ -372,7 +372,7 @@ def test_training_runs_and_only_learning_methods_move_the_generator(name):
     diag = [e for e in logs if "grad_cosine" in e]
     assert [e["step"] for e in diag] == [10, 20, 30]
     assert all(-1 <= e["grad_cosine"] <= 1 and 0 <= e["label_entropy"] <= 1 + 1e-6 for e in diag)
-    generator = [k for k in res.method_state_final if k.startswith("generator.")]
+    generator = [k for k in res.method_state_final if k.startswith("generator.label_net.")]
     moved = any(not torch.equal(res.method_state_initial[k], res.method_state_final[k]) for k in generator)
     assert moved == (name in ("maxl", "maxl_first_order", "auxilearn_labels"))
     assert (name == "random") == (not generator)

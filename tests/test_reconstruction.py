@@ -4,7 +4,7 @@ import torch
 
 from pipeline.config import parse_params
 from pipeline.methods.base import build_method
-from pipeline.methods.reconstruction import jitter, shuffle_regions
+from pipeline.methods.generators.reconstruction import jitter, shuffle_regions
 from tests.conftest import _prepared
 
 

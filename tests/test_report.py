@@ -24,8 +24,8 @@ def test_report_for_many_auxiliaries(tmp_path, monkeypatch):
     assert text.count("| aux_") == 10 and "| … | |" in text  # five most and five least weighted
     assert (tmp_path / "reports/figures/final_weights.png").stat().st_size > 1000
     # the outer update's own account: φ moved, the series' α·λ̂_max, how often the clip bound
-    assert "## How φ learned" in text and "| auxnet.net.0.weight |" in text
-    moved = float(text.split("| auxnet.net.0.weight | ")[1].split(" |")[0])
+    assert "## How φ learned" in text and "| combiner.auxnet.net.0.weight |" in text
+    moved = float(text.split("| combiner.auxnet.net.0.weight | ")[1].split(" |")[0])
     assert moved > 0.01
     line = text.split("α·λ̂_max of the Neumann series at each curvature refresh: ")[1].split("\n")[0]
     low, median, high = (float(line.split(word + " ")[1].split(",")[0].split(" ")[0]) for word in ("min", "median", "max"))

@@ -10,8 +10,8 @@ from pipeline.config import parse_params
 from pipeline.registry import DATASETS
 from pipeline.methods.base import SharedTrunk
 from pipeline.registry import METHODS
-from pipeline.methods.dwa import dwa_weights
-from pipeline.methods.mgda import frank_wolfe_min_norm, min_norm_two
+from pipeline.methods.combiners.dwa import dwa_weights
+from pipeline.methods.combiners.mgda import frank_wolfe_min_norm, min_norm_two
 from pipeline.models.linear import SharedLinear
 from pipeline.training import train_run
 
@@ -19,8 +19,9 @@ NEW_METHODS = ["uncertainty", "dwa", "gradnorm", "gcs", "mgda"]
 
 
 def build(name: str, num_tasks: int, **cfg):
+    """The method's loss combiner (a weighting baseline is a combiner and nothing else)."""
     cls = METHODS.get(name)
-    return cls(num_tasks, cls.Config(**cfg))
+    return cls(num_tasks, cls.Config(**cfg)).combiner
 
 
 def linear_losses(p: torch.Tensor, grads: list[list[float]], values: list[float]) -> torch.Tensor:

@@ -57,6 +57,11 @@ class Dataset(ABC):
     # Set when the auxiliaries' index means something (the report then correlates weights with it).
     auxiliary_order: ClassVar[str | None] = None
 
+    def __init__(self, model_cfg: Any = None) -> None:
+        # datasets.<name>.model, given at construction: what batch_transform may read (e.g. ShapeNet's point
+        # sampling and augmentation), never state set later by load or build_model.
+        self.model_cfg = model_cfg if model_cfg is not None else self.ModelConfig()
+
     @abstractmethod
     def prepare(self, cfg: Any, out_dir: Path) -> None:
         """Generate or ingest the dataset into ``out_dir`` (an empty folder)."""

@@ -1,104 +1,55 @@
-"""AuxiLearn for combining given auxiliaries (§3.2): L_T = ℓ_main + g(ℓ; φ), φ learned on the aux set (§3.4)."""
+"""AuxiLearn (Navon et al., ICLR 2021): φ learned on the auxiliary set by the IFT outer update
+(``outer/implicit.py``), for combining given auxiliaries with the auxiliary network g(ℓ; φ)
+(``combiners/auxnet.py``, §3.2) or for learning a new auxiliary task with the label generator (§3.3)."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any
 
-from pydantic import Field, field_validator
-from torch import Tensor
-
-from pipeline.registry import AUXNETS
-from pipeline.bilevel import BilevelConfig, HyperOptimizer
-from pipeline.schema import StrictModel
-from pipeline.datasets.base import reduce_pixels
-from pipeline.registry import METHODS
-from pipeline.methods.base import Method, StepContext
+from pipeline.methods.base import MethodSpec, Roles, register
+from pipeline.methods.combiners.auxnet import AuxiLearnConfig, AuxNetCombiner
+from pipeline.methods.combiners.fixed import FixedWeights
+from pipeline.methods.generators.labels import GeneratedLabels, LabelsConfig
+from pipeline.methods.outer.implicit import ImplicitOuterUpdate
 
 
-class AuxiLearnConfig(StrictModel):
-    """``methods.auxilearn``: the auxiliary network g(ℓ; φ); its outer update is ``methods.bilevel``."""
+def combining_method(name: str, kind: str, order: int, description: str, hyper_set: str = "aux") -> MethodSpec:
+    """L_T = ℓ_main + g(ℓ; φ) with the auxiliary network ``kind``, φ by the IFT outer update on ``hyper_set``."""
 
-    hidden_units: int = Field(10, ge=1)
-    hidden_layers: int = Field(4, ge=1, description="hidden layers of deep_linear and nonlinear")
-    init_weight: float = Field(1.0, ge=0, description="initial effective weight of every auxiliary (Equal's: 1)")
-    calibrate_init: bool = Field(
-        True, description="set the initial effective weights at the first batch's losses (else at losses of 1)")
-    init_range: float | None = Field(
-        None, gt=0, description="deep networks start from weights U[0, init_range]; null = 0.1 for the ConvNet "
-                                "(the reference's init), 1.0 for the MLPs (softplus weights then move additively)")
-    learn_main_weight: bool = Field(False, description="linear: learn the main task's weight too (reference NYUv2)")
-    positive_weights: Literal["auto", "clip", "softplus"] = Field(
-        "auto", description="monotone by clipping weights at 0 (the paper) or softplus weights; auto = clip for "
-                            "linear, softplus for the deeper networks (clipped small weights die under φ's steps)")
-    conv_channels: list[int] = Field(default_factory=lambda: [8, 16], min_length=1,
-                                     description="hidden channels of the ConvNet auxiliary network (§5.3)")
-    kernel_size: int = Field(3, ge=1, description="the ConvNet's kernel size (odd)")
-    pool: int = Field(2, ge=1, description="the ConvNet's average pooling after each hidden convolution")
+    def build(num_tasks: int, cfg: AuxiLearnConfig, bilevel: Any, dataset: Any, data: Any, params: Any) -> Roles:
+        combiner = AuxNetCombiner.from_config(num_tasks, kind, cfg)
+        outer = ImplicitOuterUpdate(combiner.hyper_parameters(), bilevel, after_update=combiner.project,
+                                    hyper_set=hyper_set)
+        return Roles(combiner, outer, None)
 
-    @field_validator("kernel_size")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError("must be odd, so the loss image keeps its size")
-        return v
-
-    @field_validator("conv_channels")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if min(v) < 1:
-            raise ValueError("every channel count must be ≥ 1")
-        return v
+    return MethodSpec(name, build, group="auxilearn", order=order, Config=AuxiLearnConfig,
+                      config_section="auxilearn", uses_bilevel=True, uses_aux_set=hyper_set == "aux",
+                      description=description)
 
 
-class AuxiLearn(Method):
-    uses_aux_set = True
-    uses_bilevel = True
-    config_section = "auxilearn"
-    Config = AuxiLearnConfig
-    auxnet_kind: ClassVar[str]
-    # "train" is the App. C.1 ablation: φ learned on the training set collapses toward STL.
-    hyper_set: ClassVar[Literal["aux", "train"]] = "aux"
-
-    def __init__(self, num_tasks: int, cfg: AuxiLearnConfig | None = None, bilevel: BilevelConfig | None = None
-                 ) -> None:
-        super().__init__(num_tasks, cfg, bilevel)
-        cfg = self.cfg
-        self.auxnet = AUXNETS.get(self.auxnet_kind)(
-            num_tasks,
-            hidden_units=cfg.hidden_units,
-            hidden_layers=cfg.hidden_layers,
-            init_weight=cfg.init_weight,
-            conv_channels=cfg.conv_channels,
-            kernel_size=cfg.kernel_size,
-            pool=cfg.pool,
-            init_range=cfg.init_range,
-            learn_main_weight=cfg.learn_main_weight,
-            positive_weights=cfg.positive_weights,
-        )
-        self.hyper = HyperOptimizer(list(self.auxnet.parameters()), self.bilevel_cfg, after_update=self.auxnet.project)
-
-    def start(self, losses: Tensor) -> None:
-        if self.cfg.calibrate_init:
-            self.auxnet.calibrate(losses.detach())
-
-    def training_loss(self, losses: Tensor) -> Tensor:
-        extra = self.auxnet(losses)
-        return (reduce_pixels(losses)[:, 0] + extra).mean() if self.auxnet.main_skip else extra.mean()
-
-    def after_step(self, ctx: StepContext) -> dict[str, float]:
-        if not self.hyper.due(ctx.step):
-            return {}
-        train_loss = self.training_loss(ctx.train_losses())
-        outer = ctx.aux_losses() if self.hyper_set == "aux" else ctx.train_losses()
-        return self.hyper.log(self.hyper.step(train_loss, reduce_pixels(outer)[:, 0].mean(), ctx.params))
-
-
-for _kind in ("linear", "deep_linear", "nonlinear"):
-    METHODS.add(f"auxilearn_{_kind}", type(f"AuxiLearn_{_kind}", (AuxiLearn,), {"auxnet_kind": _kind}))
+for _order, _kind in enumerate(("linear", "deep_linear", "nonlinear")):
+    register(combining_method(f"auxilearn_{_kind}", _kind, _order, f"AuxiLearn, {_kind} auxiliary network"))
 # §5.3: a CNN over loss images, for datasets with dense (per-pixel) tasks.
-METHODS.add("auxilearn_convnet", type("AuxiLearn_convnet", (AuxiLearn,), {"auxnet_kind": "convnet",
-                                                                          "needs_loss_images": True}))
+register(combining_method("auxilearn_convnet", "convnet", 3, "AuxiLearn, ConvNet over per-pixel loss images"))
+# App. C.1's ablation: φ learned on the training set collapses toward STL.
+register(combining_method("auxilearn_train_set", "linear", 4, "AuxiLearn linear with φ learned on the training set",
+                          hyper_set="train"))
 
-METHODS.add(
-    "auxilearn_train_set",
-    type("AuxiLearnTrainSet", (AuxiLearn,), {"auxnet_kind": "linear", "hyper_set": "train", "uses_aux_set": False}),
-)
+
+def build_labels(num_tasks: int, cfg: LabelsConfig, bilevel: Any, dataset: Any, data: Any, params: Any) -> Roles:
+    """θ2 (and, with ``combine``, a loss-combining network, App. B.3) trained by the IFT outer update."""
+    labels = GeneratedLabels(cfg, dataset, data, params, learns=True)
+    total = num_tasks + len(labels.generated_tasks)
+    if cfg.combine == "none":
+        combiner, project = FixedWeights(total, 1.0), None
+    else:
+        combiner = AuxNetCombiner(total, cfg.combine, hidden_units=cfg.hidden_units,
+                                  hidden_layers=cfg.hidden_layers, init_weight=1.0)
+        project = combiner.project
+    outer = ImplicitOuterUpdate(labels.hyper_parameters() + combiner.hyper_parameters(), bilevel,
+                                after_update=project)
+    return Roles(combiner, outer, labels)
+
+
+register(MethodSpec("auxilearn_labels", build_labels, group="generated", order=4, Config=LabelsConfig,
+                    config_section="labels", uses_bilevel=True, uses_aux_set=True, needs_data=True,
+                    description="AuxiLearn's label generator, θ2 by the IFT outer update"))

@@ -1,16 +1,20 @@
-"""The method protocol: how a training step turns per-task losses into an update of W (and of φ, if any).
+"""A method is three small roles, composed by its registry entry (``MethodSpec``):
 
-A method is an ``nn.Module`` so that its auxiliary parameters φ (if any) are saved with ``state_dict``.
-Per step the trainer asks the method for the batch's losses (``batch_losses``: by default the dataset's
-given tasks; methods that generate an auxiliary task add its loss as a column), calls
-``backward(losses, shared)`` with per-sample, per-task losses [B, T] (column 0 is the main task; loss
-images [B, T, H, W] for methods with ``needs_loss_images``) and a view of the shared trunk, steps W's
-optimiser, then calls ``after_step(ctx)`` where bilevel methods update φ.
+- a **loss combiner** (``combiners/``): per-task losses [B, T] -> L_T and W's gradient; the effective task
+  weights. Every method has one (STL and Equal are fixed weights; AuxiLearn's is the auxiliary network g(ℓ; φ)).
+- an **outer update** (``outer/``): after W's step, updates the method's φ given W; it declares the batch
+  streams it needs. The IFT hyper step (AuxiLearn), MAXL's look-ahead, or none.
+- a **task generator** (``generators/``): declares the head it needs on the primary network and adds the
+  generated tasks' losses to the given ones (MAXL's labels, reconstruction); later also generated inputs.
+
+The trainer owns the batch streams and the objective (τ-scaling, hidden main labels) and calls the method
+through ``Method``'s few entry points. A ``Method`` is an ``nn.Module`` so that φ (in any role) is saved
+with ``state_dict``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel
@@ -38,96 +42,66 @@ class Batch:
 
 @dataclass
 class StepContext:
-    """What a method's outer update may use after W's step. Every batch source is its own seeded stream
-    (W's, the outer update's, the diagnostics'), so an outer update or a diagnostic never changes which
-    batches W sees."""
+    """What an outer update may use after W's step. Every batch source is its own seeded stream (W's, the
+    outer update's, the diagnostics'), so an outer update or a diagnostic never changes which batches W sees."""
 
     step: int  # inner steps taken so far, counting from 1
     params: list[Tensor]  # the primary network's trainable parameters W
     train_losses: Callable[[], Tensor]  # scaled per-task losses [B, T] on a fresh outer training batch (φ in graph)
     aux_losses: Callable[[], Tensor]  # the same on a fresh batch of the auxiliary set
-    model: Any = None  # the primary network (look-ahead methods call it functionally)
+    model: Any = None  # the primary network (look-ahead updates call it functionally)
     dataset: Any = None
     train_batch: Callable[[], Batch] | None = None  # a fresh training batch from the outer update's stream
     loss_scale: Tensor | None = None  # τ per task, as applied to the training losses
-    batch: Batch | None = None  # the batch W's step just used (MAXL's meta update reuses it, as its reference does)
+    batch: Batch | None = None  # the batch W's step just used (MAXL's meta update may reuse it, as its reference)
     optimizer: Any = None  # W's optimiser (its current lr and momentum, for look-ahead steps)
     diagnostic_batch: Callable[[], Batch] | None = None  # a fresh training batch from the diagnostics' own stream
 
 
-class Method(nn.Module):
-    """Base class of every entry in ``METHODS``.
+# ---------------------------------------------------------------------------------------------- the roles
 
-    ``uses_aux_set``: methods that do not learn from the auxiliary set train on train ∪ aux instead
-    (AuxiLearn §5: the comparison stays fair). ``config_section`` names this method's section under
-    ``methods`` in params.yaml and ``Config`` its schema (``None``: no hyperparameters).
+
+class LossCombiner(nn.Module):
+    """Role 1: per-sample per-task losses [B, T] (column 0 the main task) -> L_T and ∇_W L_T.
+
+    ``needs_loss_images``: the combiner gets loss images [B, T, H, W] (density-normalised, see
+    ``Dataset.per_task_losses``) instead of their spatial means [B, T].
     """
 
-    uses_aux_set: ClassVar[bool] = False
-    config_section: ClassVar[str | None] = None
-    Config: ClassVar[type[BaseModel] | None] = None
-    # True: ``backward``/``training_loss`` get loss images [B, T, H, W] (density-normalised, see
-    # ``Dataset.per_task_losses``) instead of their spatial means [B, T].
     needs_loss_images: ClassVar[bool] = False
-    # Loss columns this method appends to the dataset's given tasks (generated auxiliaries).
-    generated_tasks: ClassVar[tuple[str, ...]] = ()
-    # True: φ is trained by the IFT outer update, configured by the shared ``methods.bilevel`` section.
-    uses_bilevel: ClassVar[bool] = False
 
-    def __init__(self, num_tasks: int, cfg: Any = None, bilevel: Any = None) -> None:
+    def __init__(self, num_tasks: int, cfg: Any = None) -> None:
         super().__init__()
         self.num_tasks = num_tasks
-        # A method built without its section (e.g. in a test) gets its schema's defaults.
-        self.cfg = self.Config() if cfg is None and self.Config is not None else cfg
-        if self.uses_bilevel:
-            from pipeline.bilevel import BilevelConfig
-
-            self.bilevel_cfg = bilevel if bilevel is not None else BilevelConfig()
-
-    def bind(self, dataset: Any, data: Any, params: Any) -> None:
-        """Called once the dataset is known, before training or loading a state (label generators are built here)."""
-
-    def aux_outputs(self) -> int:
-        """Channels of the extra head this method needs on the primary network (0: none)."""
-        return 0
-
-    def batch_losses(self, model: nn.Module, dataset: Any, batch: Batch, track_hparams: bool = False
-                     ) -> tuple[Tensor, Tensor]:
-        """Unscaled per-sample per-task losses of a batch and the shared representation z.
-
-        ``track_hparams``: keep φ (e.g. a label generator) in the graph, for hypergradients.
-        """
-        z = model.encode(batch.x)
-        return dataset.per_task_losses(model.decode(z), batch.y), z
+        self.cfg = cfg
 
     def start(self, losses: Tensor) -> None:
         """Called once with the first training batch's scaled losses, before W's first step (calibration)."""
 
-    def outer_batch_sizes(self, train_batch_size: int) -> tuple[int, int]:
-        """Batch sizes of the outer update's training and auxiliary streams (0 = the whole split)."""
-        if self.uses_bilevel:
-            return self.bilevel_cfg.hyper_train_batch or train_batch_size, self.bilevel_cfg.hyper_aux_batch
-        return train_batch_size, 0
-
     def joint_parameters(self) -> list[nn.Parameter]:
-        """Method parameters trained by W's own optimiser on L_T (e.g. Uncertainty's log-variances)."""
+        """Parameters trained by W's own optimiser on L_T (e.g. Uncertainty's log-variances)."""
         return []
 
+    def hyper_parameters(self) -> list[nn.Parameter]:
+        """φ that an outer update trains (AuxiLearn's auxiliary network)."""
+        return []
+
+    def project(self) -> None:
+        """Called after every outer step on φ (e.g. clip to the monotone set)."""
+
     def training_loss(self, losses: Tensor) -> Tensor:
-        """L_T for a batch: a scalar built from the per-sample per-task losses [B, T]."""
+        """L_T for a batch: a scalar built from the per-sample per-task losses."""
         raise NotImplementedError
 
     def backward(self, losses: Tensor, shared: SharedTrunk) -> Tensor:
-        """Accumulate ∇W L_T into the primary network's ``.grad``; returns L_T (detached).
-
-        The default differentiates ``training_loss``; gradient-based methods override this.
-        """
+        """Accumulate ∇W L_T into the primary network's ``.grad``; returns L_T (detached). The default
+        differentiates ``training_loss``; gradient-based combiners override this."""
         loss = self.training_loss(losses)
         loss.backward()
         return loss.detach()
 
-    def after_step(self, ctx: StepContext) -> dict[str, float]:
-        """Called after every W update; returns scalars to log (empty when nothing happened)."""
+    def step_log(self) -> dict[str, float]:
+        """Scalars to log after W's step (e.g. GradNorm's own loss)."""
         return {}
 
     def task_weights(self, losses: Tensor) -> Tensor:
@@ -138,41 +112,225 @@ class Method(nn.Module):
         return grad.transpose(0, 1).flatten(1).sum(1).detach()  # summed over samples (and pixels)
 
 
-class FixedWeights(Method):
-    """L_T = Σ_j w_j · mean_b ℓ_j with constant weights (STL: main only; Equal: all ones)."""
+class TaskGenerator(nn.Module):
+    """Role 3: tasks the method generates itself, appended as loss columns after the dataset's given tasks."""
 
-    def __init__(self, num_tasks: int, cfg: Any = None, *, aux_weight: float) -> None:
-        super().__init__(num_tasks, cfg)
-        weights = torch.full((num_tasks,), aux_weight)
-        weights[0] = 1.0
-        self.register_buffer("weights", weights)
+    generated_tasks: ClassVar[tuple[str, ...]] = ()
+    # Report sections this generator can fill (e.g. "soft_labels": MAXL's Figure 4 of its learned labels).
+    report_sections: tuple[str, ...] = ()
+
+    def head_outputs(self) -> int:
+        """Channels of the extra head the primary network needs (0: none)."""
+        return 0
+
+    def batch_losses(self, model: nn.Module, dataset: Any, batch: Batch, track_hparams: bool = False
+                     ) -> tuple[Tensor, Tensor]:
+        """Unscaled per-sample per-task losses of a batch (given tasks, then generated ones) and z.
+        ``track_hparams``: keep φ (e.g. a label generator) in the graph, for hypergradients."""
+        raise NotImplementedError
+
+    def hyper_parameters(self) -> list[nn.Parameter]:
+        """φ of the generator that an outer update trains (empty: fixed)."""
+        return []
+
+    def step_log(self, ctx: StepContext) -> dict[str, float]:
+        """Scalars to log after W's step (observation only: the diagnostics' own stream)."""
+        return {}
+
+
+class OuterUpdate:
+    """Role 2: the update of φ after W's step, given W. ``NoOuterUpdate`` for methods without an outer level.
+    Not a module: φ lives in the combiner or the generator (saved with the method); an outer update holds only
+    its optimiser's state."""
+
+    def batch_sizes(self, train_batch_size: int) -> tuple[int, int]:
+        """Batch sizes of the outer update's training and auxiliary streams (0 = the whole split)."""
+        return train_batch_size, 0
+
+    def step(self, method: "Method", ctx: StepContext) -> dict[str, float]:
+        """Update φ if due; returns scalars to log (empty when nothing happened)."""
+        return {}
+
+
+class NoOuterUpdate(OuterUpdate):
+    """W's step is all there is."""
+
+
+def default_batch_losses(model: nn.Module, dataset: Any, batch: Batch) -> tuple[Tensor, Tensor]:
+    """The dataset's given tasks only: its per-task losses of the network's outputs, and z."""
+    z = model.encode(batch.x)
+    return dataset.per_task_losses(model.decode(z), batch.y), z
+
+
+# --------------------------------------------------------------------------------------- the composition
+
+
+@dataclass(frozen=True)
+class Roles:
+    """What one registry entry builds: each role from the method's config section (and the data)."""
+
+    combiner: LossCombiner
+    outer: OuterUpdate
+    generator: TaskGenerator | None
+
+
+# The comparison's and the report's order of method groups (the papers' tables).
+GROUP_ORDER = ("single_task", "fixed", "weighting", "auxilearn", "generated", "self_supervised")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registry entry: how to build the method's roles, and what the rest of the workbench reads about it.
+
+    ``build(num_given_tasks, cfg, bilevel, dataset, data, params)`` returns its ``Roles``; ``Config`` is the
+    schema of its ``methods.<config_section>``; ``uses_bilevel``: it reads the shared ``methods.bilevel``.
+    ``uses_aux_set``: methods that do not learn from the auxiliary set train on train ∪ aux instead (AuxiLearn
+    §5: the comparison stays fair). ``group``/``order``: its place in comparisons (``GROUP_ORDER``).
+    ``needs_data``: its roles are built from the dataset (generators), so it cannot be built without one.
+    """
+
+    name: str
+    build: Callable[..., Roles]
+    group: str
+    order: int = 0
+    Config: type[BaseModel] | None = None
+    config_section: str | None = None
+    uses_bilevel: bool = False
+    uses_aux_set: bool = False
+    needs_data: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUP_ORDER:
+            raise ValueError(f"method {self.name}: group {self.group!r} is not one of {GROUP_ORDER}")
+
+    def __call__(self, num_tasks: int, cfg: Any = None, bilevel: Any = None) -> "Method":
+        """The method for ``num_tasks`` given tasks without a dataset (methods that need data refuse)."""
+        return Method(self, num_tasks, cfg, bilevel)
+
+    @property
+    def sort_key(self) -> tuple[int, int, str]:
+        return GROUP_ORDER.index(self.group), self.order, self.name
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add ``spec`` to ``METHODS`` under its name."""
+    METHODS.add(spec.name, spec)
+    return spec
+
+
+class Method(nn.Module):
+    """One method's roles, as the trainer, the evaluation and the report use them."""
+
+    def __init__(self, spec: MethodSpec, num_given_tasks: int, cfg: Any = None, bilevel: Any = None,
+                 dataset: Any = None, data: Any = None, params: Any = None) -> None:
+        super().__init__()
+        if spec.needs_data and dataset is None:
+            raise ValueError(f"method {spec.name} builds its roles from the data: pass dataset and data")
+        self.spec = spec
+        # A method built without its section (e.g. in a test) gets its schema's defaults.
+        self.cfg = spec.Config() if cfg is None and spec.Config is not None else cfg
+        if spec.uses_bilevel and bilevel is None:
+            from pipeline.bilevel import BilevelConfig
+
+            bilevel = BilevelConfig()
+        self.bilevel_cfg = bilevel
+        roles = spec.build(num_given_tasks, self.cfg, bilevel, dataset, data, params)
+        self.combiner = roles.combiner
+        self.outer = roles.outer
+        self.generator = roles.generator
+
+    # -- what the rest of the workbench reads ------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def uses_aux_set(self) -> bool:
+        return self.spec.uses_aux_set
+
+    @property
+    def num_tasks(self) -> int:
+        return self.combiner.num_tasks
+
+    @property
+    def needs_loss_images(self) -> bool:
+        return self.combiner.needs_loss_images
+
+    @property
+    def generated_tasks(self) -> tuple[str, ...]:
+        return self.generator.generated_tasks if self.generator is not None else ()
+
+    def head_outputs(self) -> int:
+        """Channels of the extra head the primary network needs (0: none)."""
+        return self.generator.head_outputs() if self.generator is not None else 0
+
+    @property
+    def report_sections(self) -> tuple[str, ...]:
+        """The method-specific report sections its roles declare."""
+        return self.generator.report_sections if self.generator is not None else ()
+
+    # -- one training step -------------------------------------------------------------------------------
+
+    def batch_losses(self, model: nn.Module, dataset: Any, batch: Batch, track_hparams: bool = False
+                     ) -> tuple[Tensor, Tensor]:
+        """Unscaled per-sample per-task losses of a batch (given, then generated tasks) and z."""
+        if self.generator is None:
+            return default_batch_losses(model, dataset, batch)
+        return self.generator.batch_losses(model, dataset, batch, track_hparams)
+
+    def start(self, losses: Tensor) -> None:
+        self.combiner.start(losses)
+
+    def joint_parameters(self) -> list[nn.Parameter]:
+        return self.combiner.joint_parameters()
+
+    def outer_batch_sizes(self, train_batch_size: int) -> tuple[int, int]:
+        return self.outer.batch_sizes(train_batch_size)
 
     def training_loss(self, losses: Tensor) -> Tensor:
-        return (losses.mean(0) * self.weights).sum()
+        return self.combiner.training_loss(losses)
+
+    def backward(self, losses: Tensor, shared: SharedTrunk) -> Tensor:
+        return self.combiner.backward(losses, shared)
+
+    def task_weights(self, losses: Tensor) -> Tensor:
+        return self.combiner.task_weights(losses)
+
+    def after_step(self, ctx: StepContext) -> dict[str, Any]:
+        """After every W update: the combiner's log, the outer update, the generator's diagnostics."""
+        logs: dict[str, Any] = dict(self.combiner.step_log())
+        logs.update(self.outer.step(self, ctx))
+        if self.generator is not None:
+            logs.update(self.generator.step_log(ctx))
+        return logs
 
 
 def method_config_sections() -> dict[str, type[BaseModel]]:
-    """``methods.<section>`` schemas of params.yaml, one per method family."""
+    """``methods.<section>`` schemas of params.yaml, one per method family (and ``bilevel`` if any uses it)."""
     from pipeline.bilevel import BilevelConfig
 
     sections: dict[str, type[BaseModel]] = {}
-    for name in METHODS:
-        cls = METHODS.get(name)
-        if cls.config_section is not None and cls.Config is not None:
-            sections[cls.config_section] = cls.Config
-        if cls.uses_bilevel:
+    for _, spec in METHODS.items():
+        if spec.config_section is not None and spec.Config is not None:
+            sections[spec.config_section] = spec.Config
+        if spec.uses_bilevel:
             sections["bilevel"] = BilevelConfig
     return sections
 
 
-def build_method(name: str, num_given_tasks: int, params, dataset=None, data=None) -> Method:
-    """The method ``name`` for a dataset with ``num_given_tasks`` tasks (plus any it generates itself),
-    bound to ``dataset``/``data`` when given (methods that build networks from the data need them)."""
-    cls = METHODS.get(name)
-    cfg = params.method_config(cls.config_section) if cls.config_section else None
-    bilevel = params.method_config("bilevel") if cls.uses_bilevel else None
-    num_tasks = num_given_tasks + len(cls.generated_tasks)
-    method = cls(num_tasks, cfg, bilevel) if cls.uses_bilevel else cls(num_tasks, cfg)
-    if dataset is not None:
-        method.bind(dataset, data, params)
-    return method
+def method_order() -> list[str]:
+    """Every registered method in the papers' table order (from each entry's ``group`` and ``order``)."""
+    return [name for name, _ in sorted(METHODS.items(), key=lambda item: item[1].sort_key)]
+
+
+def build_method(name: str, num_given_tasks: int, params: Any, dataset: Any = None, data: Any = None) -> Method:
+    """The method ``name`` for a dataset with ``num_given_tasks`` tasks (plus any it generates itself), its
+    roles built from ``dataset``/``data`` when given (generators build networks from the data)."""
+    spec: MethodSpec = METHODS.get(name)
+    cfg = params.method_config(spec.config_section) if spec.config_section else None
+    bilevel = params.method_config("bilevel") if spec.uses_bilevel else None
+    return Method(spec, num_given_tasks, cfg, bilevel, dataset, data, params)
+
+

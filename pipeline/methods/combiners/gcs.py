@@ -20,9 +20,8 @@ from pydantic import Field
 from torch import Tensor
 
 from pipeline.schema import StrictModel
-from pipeline.registry import METHODS
-from pipeline.methods.base import SharedTrunk
-from pipeline.methods.gradients import WeightingMethod, accumulate_grad, per_term_gradients, task_terms, unflatten_like
+from pipeline.methods.base import SharedTrunk, register
+from pipeline.methods.combiners.weighted import weighting_method, WeightedSum, accumulate_grad, per_term_gradients, task_terms, unflatten_like
 
 
 class GCSConfig(StrictModel):
@@ -41,11 +40,7 @@ def similarity_gates(grads: Tensor, variant: str) -> Tensor:
     return (cos > 0).to(grads.dtype) if variant == "unweighted" else cos.clamp_min(0)
 
 
-@METHODS.register("gcs")
-class GCS(WeightingMethod):
-    config_section = "gcs"
-    Config = GCSConfig
-
+class GCS(WeightedSum):
     def __init__(self, num_tasks: int, cfg: GCSConfig | None = None) -> None:
         super().__init__(num_tasks, cfg)
 
@@ -68,3 +63,6 @@ class GCS(WeightingMethod):
             p.grad = old
         accumulate_grad(shared.params, unflatten_like(trunk_grad, shared.params))
         return (terms[0] + (gates * terms[1:]).sum()).detach()
+
+
+register(weighting_method("gcs", GCS, GCSConfig, order=3, description=__doc__.splitlines()[0]))

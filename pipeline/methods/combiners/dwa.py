@@ -14,9 +14,8 @@ from pydantic import Field
 from torch import Tensor
 
 from pipeline.schema import StrictModel
-from pipeline.registry import METHODS
-from pipeline.methods.base import SharedTrunk
-from pipeline.methods.gradients import WeightingMethod
+from pipeline.methods.base import SharedTrunk, register
+from pipeline.methods.combiners.weighted import weighting_method, WeightedSum
 
 
 class DWAConfig(StrictModel):
@@ -31,11 +30,7 @@ def dwa_weights(previous: Tensor, before_previous: Tensor, temperature: float) -
     return previous.numel() * torch.softmax(ratio / temperature, dim=0)
 
 
-@METHODS.register("dwa")
-class DWA(WeightingMethod):
-    config_section = "dwa"
-    Config = DWAConfig
-
+class DWA(WeightedSum):
     def __init__(self, num_tasks: int, cfg: DWAConfig | None = None) -> None:
         super().__init__(num_tasks, cfg)
         self.register_buffer("lambdas", torch.ones(num_tasks))  # λ for the current epoch
@@ -61,3 +56,6 @@ class DWA(WeightingMethod):
         self.epochs_done += 1
         if int(self.epochs_done) >= 2:
             self.lambdas = dwa_weights(self.epoch_losses[1], self.epoch_losses[0], self.cfg.temperature)
+
+
+register(weighting_method("dwa", DWA, DWAConfig, order=1, description=__doc__.splitlines()[0]))

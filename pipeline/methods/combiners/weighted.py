@@ -1,6 +1,6 @@
 """Shared machinery of the loss-weighting baselines (Uncertainty, DWA, GradNorm, GCS, MGDA).
 
-* ``WeightingMethod``: L_T = Σ_j λ_j · mean_b ℓ_j, where ``applied`` holds the λ that the last ``backward``
+* ``WeightedSum``: L_T = Σ_j λ_j · mean_b ℓ_j, where ``applied`` holds the λ that the last ``backward``
   actually used, so ``task_weights`` logs the truth even when λ is computed inside ``backward``
   (from gradients) or changes after the step (learned weights).
 * ``per_term_gradients`` / ``per_term_gradient_norms``: ∇_θ of every entry of a vector of loss terms,
@@ -15,11 +15,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from pipeline.methods.base import Method
+from pipeline.methods.base import LossCombiner, MethodSpec, NoOuterUpdate, Roles
 
 
-class WeightingMethod(Method):
-    """A method whose L_T is a weighted sum of the batch-mean task losses with weights ``applied`` [T]."""
+class WeightedSum(LossCombiner):
+    """A combiner whose L_T is a weighted sum of the batch-mean task losses with weights ``applied`` [T]."""
 
     def __init__(self, num_tasks: int, cfg: Any = None) -> None:
         super().__init__(num_tasks, cfg)
@@ -118,3 +118,13 @@ def accumulate_grad(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
             p.grad = g.clone()
         else:
             p.grad.add_(g)
+
+
+def weighting_method(name: str, combiner: type[WeightedSum], Config: Any, order: int, description: str) -> MethodSpec:
+    """The registry entry of a loss-weighting baseline: its combiner and nothing else."""
+
+    def build(num_tasks: int, cfg: Any, bilevel: Any, dataset: Any, data: Any, params: Any) -> Roles:
+        return Roles(combiner(num_tasks, cfg), NoOuterUpdate(), None)
+
+    return MethodSpec(name, build, group="weighting", order=order, Config=Config, config_section=name,
+                      description=description)

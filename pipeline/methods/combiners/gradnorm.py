@@ -21,9 +21,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from pipeline.schema import StrictModel
-from pipeline.registry import METHODS
-from pipeline.methods.base import SharedTrunk, StepContext
-from pipeline.methods.gradients import WeightingMethod, per_term_gradient_norms
+from pipeline.methods.base import SharedTrunk, register
+from pipeline.methods.combiners.weighted import weighting_method, WeightedSum, per_term_gradient_norms
 
 
 class GradNormConfig(StrictModel):
@@ -34,11 +33,7 @@ class GradNormConfig(StrictModel):
     chunk_size: int = Field(32, ge=1, description="tasks whose last-layer gradients are held in memory at once")
 
 
-@METHODS.register("gradnorm")
-class GradNorm(WeightingMethod):
-    config_section = "gradnorm"
-    Config = GradNormConfig
-
+class GradNorm(WeightedSum):
     def __init__(self, num_tasks: int, cfg: GradNormConfig | None = None) -> None:
         super().__init__(num_tasks, cfg)
         # Not in joint_parameters: w is trained only by its own optimiser on L_grad, never on L_T.
@@ -80,5 +75,8 @@ class GradNorm(WeightingMethod):
         self.last_grad_loss = float(grad_loss.detach())
         return loss
 
-    def after_step(self, ctx: StepContext) -> dict[str, float]:
+    def step_log(self) -> dict[str, float]:
         return {"gradnorm_loss": self.last_grad_loss}
+
+
+register(weighting_method("gradnorm", GradNorm, GradNormConfig, order=2, description=__doc__.splitlines()[0]))

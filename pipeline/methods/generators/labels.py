@@ -52,14 +52,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from pipeline.registry import AUXNETS
-from pipeline.bilevel import HyperOptimizer
 from pipeline.schema import StrictModel
 from pipeline.datasets.base import reduce_pixels
-from pipeline.registry import METHODS
-from pipeline.methods.base import Batch, Method, StepContext
+from pipeline.methods.base import Batch, StepContext, TaskGenerator
 
 
 class LabelsConfig(StrictModel):
@@ -158,28 +154,34 @@ class WithGeneratedHead(nn.Module):
         return self.net.decode(self.net.encode(x))
 
 
-class GeneratedLabels(Method):
-    """Base of the label methods: the generated task, its loss, and the diagnostics."""
+class GeneratedLabels(TaskGenerator):
+    """The generated task (MAXL §3.3): a classification over K = Σ ψ[g] auxiliary classes whose soft labels come
+    from a label network θ2 (``label_source: generator``) or a fixed random class per sample (``random``); its
+    loss, and the collapse and gradient diagnostics. θ2 learns only when an outer update trains it (``learns``)."""
 
-    config_section = "labels"
-    Config = LabelsConfig
     generated_tasks = ("generated",)
-    label_source: ClassVar[Literal["generator", "random"]] = "generator"
-    learns_generator: ClassVar[bool] = False
 
-    def bind(self, dataset: Any, data: Any, params: Any) -> None:
+    def __init__(self, cfg: LabelsConfig, dataset: Any, data: Any, params: Any,
+                 label_source: Literal["generator", "random"] = "generator", learns: bool = False,
+                 main_loss_kind: Literal["focal", "dataset"] = "dataset") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.label_source = label_source
+        self.learns_generator = learns
+        self.report_sections = ("soft_labels",) if label_source == "generator" else ()
+        # The main task's training loss: the dataset's own (as STL) unless a method says otherwise (MAXL).
+        self.main_loss_kind = main_loss_kind
         groups = dataset.label_groups(data)
-        psi = self.cfg.psi if isinstance(self.cfg.psi, list) else [self.cfg.psi] * groups
+        psi = cfg.psi if isinstance(cfg.psi, list) else [cfg.psi] * groups
         if len(psi) != groups:
             raise ValueError(f"methods.labels.psi: {len(psi)} entries, but {dataset.name} has {groups} groups")
         self.register_buffer("mask", hierarchy_mask(psi))
         self.dataset = dataset
-        self.base_lr = params.train.lr  # the look-ahead's rate when no optimiser is at hand (direct calls)
-        if self.label_source == "generator":
-            self.generator = dataset.build_label_generator(data, params.profile.model, self.num_aux_classes)
-            if not self.learns_generator:
-                self.generator.requires_grad_(False)
-        else:  # one fixed class per dataset row, uniform inside its group's block (drawn from the run's seed)
+        if label_source == "generator":
+            self.label_net = dataset.build_label_generator(data, params.profile.model, self.num_aux_classes)
+            if not learns:
+                self.label_net.requires_grad_(False)
+        else:  # one fixed class per dataset row, uniform inside its group's block (drawn from the method's seed)
             group = dataset.label_group(data.targets)
             start = torch.tensor([0, *psi]).cumsum(0)[:-1]
             offset = (torch.rand(len(data)) * torch.tensor(psi)[group]).long()
@@ -189,13 +191,11 @@ class GeneratedLabels(Method):
     def num_aux_classes(self) -> int:
         return int(self.mask.shape[1])
 
-    @property
-    def main_loss_kind(self) -> Literal["focal", "dataset"]:
-        """The main task's training loss: the dataset's own (as STL) unless a method says otherwise."""
-        return "dataset"
-
-    def aux_outputs(self) -> int:
+    def head_outputs(self) -> int:
         return self.num_aux_classes
+
+    def hyper_parameters(self) -> list[nn.Parameter]:
+        return list(self.label_net.parameters()) if self.learns_generator else []
 
     def soft_labels(self, batch: Batch, track_hparams: bool = False, train_mode: bool | None = None) -> Tensor:
         """Auxiliary targets [B, K, *points] for a batch (θ2 in the graph only when ``track_hparams``).
@@ -205,9 +205,9 @@ class GeneratedLabels(Method):
         groups = self.dataset.label_group(batch.y)
         if self.label_source == "random":
             return F.one_hot(self.fixed_class[batch.index], self.num_aux_classes).float()
-        self.generator.train(self.learns_generator if train_mode is None else train_mode)
+        self.label_net.train(self.learns_generator if train_mode is None else train_mode)
         with torch.set_grad_enabled(track_hparams and self.learns_generator):
-            return mask_softmax(self.generator(batch.x), groups, self.mask)
+            return mask_softmax(self.label_net(batch.x), groups, self.mask)
 
     def main_losses(self, main_out: Any, y: Tensor) -> Tensor:
         """[B, 1]: the main task's loss per sample, as ``main_loss_kind`` says.
@@ -235,9 +235,6 @@ class GeneratedLabels(Method):
         z = model.encode(batch.x)
         return self.losses_from_outputs(model.decode(z), batch, self.soft_labels(batch, track_hparams)), z
 
-    def training_loss(self, losses: Tensor) -> Tensor:
-        return losses.mean(0).sum()
-
     def diagnostics(self, ctx: StepContext) -> dict[str, Any]:
         """Label entropy per group (collapse) and cos(∇ℓ_aux, ∇ℓ_main) on the shared layers (MAXL Fig. 4).
 
@@ -245,7 +242,7 @@ class GeneratedLabels(Method):
         evaluation mode (no BatchNorm statistics move, no dropout draws), every module's mode restored after."""
         batch = ctx.diagnostic_batch()
         model = ctx.model
-        modules = [*model.modules(), *(self.generator.modules() if self.label_source == "generator" else ())]
+        modules = [*model.modules(), *(self.label_net.modules() if self.label_source == "generator" else ())]
         modes = [(m, m.training) for m in modules]
         try:
             model.eval()
@@ -263,203 +260,5 @@ class GeneratedLabels(Method):
         return {"grad_cosine": float(F.cosine_similarity(flat[0], flat[1], dim=0)),
                 "label_entropy": float(sum(entropy) / len(entropy))}
 
-    def after_step(self, ctx: StepContext) -> dict[str, Any]:
-        logs = self.update_generator(ctx) if self.learns_generator and ctx.step % self.update_every == 0 else {}
-        if ctx.step % self.cfg.diagnose_every == 0:
-            logs.update(self.diagnostics(ctx))
-        return logs
-
-    def update_generator(self, ctx: StepContext) -> dict[str, Any]:
-        return {}
-
-
-@METHODS.register("maxl")
-class Maxl(GeneratedLabels):
-    """MAXL with the exact second-order meta-gradient (the reference's ``model_vgg_maxl.py``)."""
-
-    learns_generator = True
-
-    @property
-    def update_every(self) -> int:
-        return self.cfg.maxl_every
-
-    @property
-    def main_loss_kind(self) -> Literal["focal", "dataset"]:
-        return self.cfg.maxl_main_loss
-
-    def bind(self, dataset: Any, data: Any, params: Any) -> None:
-        super().bind(dataset, data, params)
-        decay = self.cfg.weight_decay if self.cfg.maxl_penalty == "l2" else 0.0
-        self.optimizer = torch.optim.SGD(self.generator.parameters(), lr=self.cfg.lr,
-                                         momentum=self.cfg.maxl_momentum, weight_decay=decay)
-
-    # -- the look-ahead step θ1⁺ -------------------------------------------------------------------
-
-    def lookahead_rule(self, params: dict[str, Tensor], optimizer: Any = None
-                       ) -> dict[str, tuple[float, float, float, Tensor | float]]:
-        """Per parameter (α, wd, c, b) with θ1⁺ = θ1 − α·(c·(∇ℓ + wd·θ1) + b): one step of W's optimiser as
-        ``torch.optim.SGD`` takes it. α: ``lookahead_lr`` if set, else the optimiser's current learning rate
-        (its schedule); wd: its weight decay; c, b: 1, 0 unless ``maxl_lookahead_momentum`` (then the
-        momentum buffer's share, with dampening and Nesterov as SGD applies them). Without an optimiser:
-        α = ``lookahead_lr`` or ``train.lr``, no decay, no momentum."""
-        group_of = {p: g for g in optimizer.param_groups for p in g["params"]} if optimizer is not None else {}
-        rule = {}
-        for name, p in params.items():
-            group = group_of.get(p)
-            lr = self.cfg.lookahead_lr or (group["lr"] if group is not None else self.base_lr)
-            wd = float(group.get("weight_decay", 0.0) or 0.0) if group is not None else 0.0
-            c, b = 1.0, 0.0
-            mu = float(group.get("momentum", 0.0) or 0.0) if group is not None else 0.0
-            if self.cfg.maxl_lookahead_momentum and mu > 0:
-                damp, nesterov = float(group.get("dampening", 0.0)), bool(group.get("nesterov", False))
-                buf = optimizer.state.get(p, {}).get("momentum_buffer")
-                if buf is None:  # SGD's first step: the buffer starts as the gradient itself
-                    c = 1 + mu if nesterov else 1.0
-                else:
-                    c = 1 + mu * (1 - damp) if nesterov else 1 - damp
-                    b = (mu * mu if nesterov else mu) * buf.detach()
-            rule[name] = (float(lr), wd, c, b)
-        return rule
-
-    def lookahead(self, params: dict[str, Tensor], grads: tuple[Tensor | None, ...],
-                  rule: dict[str, tuple[float, float, float, Tensor | float]]) -> dict[str, Tensor]:
-        ahead = {}
-        for (name, p), g in zip(params.items(), grads):
-            lr, wd, c, b = rule[name]
-            g = torch.zeros_like(p) if g is None else g
-            ahead[name] = p - lr * (c * (g + wd * p) + b)
-        return ahead
-
-    # -- the meta objective ------------------------------------------------------------------------
-
-    @staticmethod
-    def _functional(model: nn.Module) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:
-        """The network with its generated head, its trainable parameters, and copies of its buffers (the
-        look-ahead passes run in training mode on batch statistics and must not move W's BN statistics)."""
-        full = WithGeneratedHead(model)
-        params = {k: p for k, p in full.named_parameters() if p.requires_grad}
-        buffers = {k: v.clone() for k, v in full.named_buffers()}
-        return full, params, buffers
-
-    def _losses_at(self, full: nn.Module, weights: dict[str, Tensor], buffers: dict[str, Tensor], batch: Batch,
-                   soft: Tensor) -> Tensor:
-        return self.losses_from_outputs(functional_call(full, {**weights, **buffers}, (batch.x,)), batch, soft)
-
-    @staticmethod
-    def _inner(losses: Tensor, loss_scale: Tensor | None) -> Tensor:
-        """W's objective on the batch: ℓ_main + τ·ℓ_aux, as the trainer scales it."""
-        return (losses if loss_scale is None else losses * loss_scale).mean(0).sum()
-
-    def theta2_terms(self, soft: Tensor) -> Tensor:
-        """The terms of the meta objective that depend on θ2 directly: λ·Σ ȳ log ȳ, and the L1 penalty
-        when ``maxl_penalty: l1`` (with l2 the penalty is θ2's SGD weight decay)."""
-        terms = self.cfg.entropy_weight * negative_entropy(soft)
-        if self.cfg.maxl_penalty == "l1":
-            terms = terms + self.cfg.weight_decay * sum(p.abs().sum() for p in self.generator.parameters())
-        return terms
-
-    def meta_loss(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None) -> Tensor:
-        """Alg. 1's meta objective: the main loss after one look-ahead step of W on ℓ_main + τ·ℓ_aux, plus
-        ``theta2_terms``; differentiable w.r.t. θ2 (second order through θ1⁺)."""
-        full, params, buffers = self._functional(model)
-        soft = self.soft_labels(batch, track_hparams=True)
-        inner = self._inner(self._losses_at(full, params, buffers, batch, soft), loss_scale)
-        grads = torch.autograd.grad(inner, list(params.values()), create_graph=True, allow_unused=True)
-        ahead = self.lookahead(params, grads, self.lookahead_rule(params, optimizer))
-        main_after = self._losses_at(full, ahead, buffers, batch, soft.detach())[:, 0].mean()
-        return main_after + self.theta2_terms(soft)
-
-    def meta_gradients(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None
-                       ) -> tuple[Tensor, list[Tensor]]:
-        """(meta objective, its gradient w.r.t. θ2)."""
-        loss = self.meta_loss(model, batch, loss_scale, optimizer)
-        return loss.detach(), list(torch.autograd.grad(loss, list(self.generator.parameters())))
-
-    def update_generator(self, ctx: StepContext) -> dict[str, Any]:
-        batch = ctx.batch if self.cfg.maxl_meta_batch == "step" else ctx.train_batch()
-        loss, grads = self.meta_gradients(ctx.model, batch, ctx.loss_scale, ctx.optimizer)
-        for p, g in zip(self.generator.parameters(), grads):
-            p.grad = g
-        self.optimizer.step()
-        return {"meta_loss": float(loss)}
-
-
-@METHODS.register("maxl_first_order")
-class MaxlFirstOrder(Maxl):
-    """MAXL with the reference's first-order approximation (``model_vgg_maxl_firstorder.py``, after DARTS):
-    ∇θ2 ℓ_main(θ1⁺) = −α·c·∇²_{θ2,θ1} L_T · d with d = ∇ℓ_main(θ1⁺), and the mixed Hessian-vector product
-    from a central difference of ∇θ2 L_T at θ1 ± ε·d, ε = ``maxl_fd_epsilon`` / ‖d‖. No second-order graph:
-    two extra forward/backward passes instead."""
-
-    def meta_gradients(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None
-                       ) -> tuple[Tensor, list[Tensor]]:
-        theta2 = list(self.generator.parameters())
-        full, params, buffers = self._functional(model)
-        soft = self.soft_labels(batch, track_hparams=True)
-        current = {k: p.detach() for k, p in params.items()}
-        inner = self._inner(self._losses_at(full, params, buffers, batch, soft.detach()), loss_scale)
-        grads = torch.autograd.grad(inner, list(params.values()), allow_unused=True)
-        rule = self.lookahead_rule(params, optimizer)
-        ahead = {k: v.detach().requires_grad_(True) for k, v in self.lookahead(current, grads, rule).items()}
-        main_after = self._losses_at(full, ahead, buffers, batch, soft.detach())[:, 0].mean()
-        d = torch.autograd.grad(main_after, list(ahead.values()), allow_unused=True)
-        # θ1⁺ depends on θ2 through −α·c·∇θ1 L_T: scale d by α·c per parameter (one factor when uniform)
-        d = {k: (torch.zeros_like(p) if g is None else g.detach()) * (rule[k][0] * rule[k][2])
-             for (k, p), g in zip(current.items(), d)}
-        norm = torch.sqrt(sum((v * v).sum() for v in d.values()))
-        direct = self.theta2_terms(soft)
-        meta = [torch.zeros_like(p) if g is None else g
-                for g, p in zip(torch.autograd.grad(direct, theta2, retain_graph=True, allow_unused=True), theta2)]
-        if float(norm) > 0:
-            eps = self.cfg.maxl_fd_epsilon / norm
-            sides = []
-            for sign in (1.0, -1.0):
-                shifted = {k: p + sign * eps * d[k] for k, p in current.items()}
-                inner_s = self._inner(self._losses_at(full, shifted, buffers, batch, soft), loss_scale)
-                sides.append(torch.autograd.grad(inner_s, theta2, retain_graph=True, allow_unused=True))
-            for i, (up, down) in enumerate(zip(*sides)):
-                if up is not None and down is not None:
-                    meta[i] = meta[i] - (up - down) / (2 * eps)
-        return (main_after + direct).detach(), [m.detach() for m in meta]
-
-
-@METHODS.register("auxilearn_labels")
-class AuxiLearnLabels(GeneratedLabels):
-    """θ2 (and the optional combining network) trained by the IFT outer update of ``methods.bilevel``."""
-
-    uses_aux_set = True
-    uses_bilevel = True
-    learns_generator = True
-
-    @property
-    def update_every(self) -> int:
-        return self.bilevel_cfg.hyper_every
-
-    def bind(self, dataset: Any, data: Any, params: Any) -> None:
-        super().bind(dataset, data, params)
-        hparams = list(self.generator.parameters())
-        self.combiner = None
-        if self.cfg.combine != "none":
-            self.combiner = AUXNETS.get(self.cfg.combine)(
-                self.num_tasks, hidden_units=self.cfg.hidden_units, hidden_layers=self.cfg.hidden_layers,
-                init_weight=1.0)
-            hparams += list(self.combiner.parameters())
-        self.hyper = HyperOptimizer(hparams, self.bilevel_cfg,
-                                    after_update=self.combiner.project if self.combiner is not None else None)
-
-    def start(self, losses: Tensor) -> None:
-        if self.combiner is not None:
-            self.combiner.calibrate(losses.detach())
-
-    def training_loss(self, losses: Tensor) -> Tensor:
-        if self.combiner is None:
-            return losses.mean(0).sum()
-        return (losses[:, 0] + self.combiner(losses)).mean()
-
-    def update_generator(self, ctx: StepContext) -> dict[str, Any]:
-        stats = self.hyper.step(self.training_loss(ctx.train_losses()), ctx.aux_losses()[:, 0].mean(), ctx.params)
-        return self.hyper.log(stats)
-
-
-METHODS.add("maxl_frozen", type("MaxlFrozen", (GeneratedLabels,), {}))
-METHODS.add("random", type("RandomLabels", (GeneratedLabels,), {"label_source": "random"}))
+    def step_log(self, ctx: StepContext) -> dict[str, Any]:
+        return self.diagnostics(ctx) if ctx.step % self.cfg.diagnose_every == 0 else {}

@@ -17,20 +17,15 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from pipeline.schema import StrictModel
-from pipeline.registry import METHODS
-from pipeline.methods.base import SharedTrunk
-from pipeline.methods.gradients import WeightingMethod
+from pipeline.methods.base import SharedTrunk, register
+from pipeline.methods.combiners.weighted import weighting_method, WeightedSum
 
 
 class UncertaintyConfig(StrictModel):
     init_log_variance: float = Field(0.0, description="initial s_j = log σ_j² of every task (0: weight 1)")
 
 
-@METHODS.register("uncertainty")
-class Uncertainty(WeightingMethod):
-    config_section = "uncertainty"
-    Config = UncertaintyConfig
-
+class Uncertainty(WeightedSum):
     def __init__(self, num_tasks: int, cfg: UncertaintyConfig | None = None) -> None:
         super().__init__(num_tasks, cfg)
         self.log_vars = nn.Parameter(torch.full((num_tasks,), float(self.cfg.init_log_variance)))
@@ -48,3 +43,6 @@ class Uncertainty(WeightingMethod):
         loss = self.training_loss(losses)
         loss.backward()
         return loss.detach()
+
+
+register(weighting_method("uncertainty", Uncertainty, UncertaintyConfig, order=0, description=__doc__.splitlines()[0]))

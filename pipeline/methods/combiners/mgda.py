@@ -22,9 +22,8 @@ from pydantic import Field
 from torch import Tensor
 
 from pipeline.schema import StrictModel
-from pipeline.registry import METHODS
-from pipeline.methods.base import SharedTrunk
-from pipeline.methods.gradients import WeightingMethod, per_term_gradients, task_terms
+from pipeline.methods.base import SharedTrunk, register
+from pipeline.methods.combiners.weighted import weighting_method, WeightedSum, per_term_gradients, task_terms
 
 
 class MGDAConfig(StrictModel):
@@ -94,11 +93,7 @@ def normalizers(grads: Tensor, task_losses: Tensor, kind: str) -> Tensor:
     return norms if kind == "l2" else norms * task_losses.clamp_min(eps)
 
 
-@METHODS.register("mgda")
-class MGDA(WeightingMethod):
-    config_section = "mgda"
-    Config = MGDAConfig
-
+class MGDA(WeightedSum):
     def __init__(self, num_tasks: int, cfg: MGDAConfig | None = None) -> None:
         super().__init__(num_tasks, cfg)
 
@@ -112,3 +107,6 @@ class MGDA(WeightingMethod):
 
     def backward(self, losses: Tensor, shared: SharedTrunk) -> Tensor:
         return self.apply_weights(losses, self.solve(losses, shared))
+
+
+register(weighting_method("mgda", MGDA, MGDAConfig, order=4, description=__doc__.splitlines()[0]))

@@ -13,7 +13,7 @@ loss is computed on the clean input; the corruption draws from torch's generator
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from pipeline.schema import StrictModel
 from pipeline.datasets.base import reduce_pixels
-from pipeline.registry import METHODS
-from pipeline.methods.base import Batch, Method
+from pipeline.methods.base import Batch, MethodSpec, NoOuterUpdate, Roles, TaskGenerator, register
+from pipeline.methods.combiners.fixed import FixedWeights
 
 
 class ReconstructionConfig(StrictModel):
@@ -47,19 +47,21 @@ def shuffle_regions(points: Tensor, grid: int) -> Tensor:
     return points + (target_cell - cell).to(points.dtype) * size
 
 
-class Reconstruction(Method):
-    config_section = "reconstruction"
-    Config = ReconstructionConfig
+class Reconstruction(TaskGenerator):
+    """A per-point reconstruction head (3 outputs: an xyz per point) trained to recover the clean shape from
+    a copy corrupted by ``corruption``; the main loss is on the clean input. Replaces the given auxiliaries."""
+
     generated_tasks = ("reconstruction",)
-    corruption: ClassVar[Literal["dae", "rs"]]
 
-    def bind(self, dataset: Any, data: Any, params: Any) -> None:
+    def __init__(self, cfg: ReconstructionConfig, corruption: Literal["dae", "rs"], dataset: Any, data: Any) -> None:
+        super().__init__()
         if data.inputs.dim() != 3 or data.inputs.shape[1] != 3:
-            raise ValueError(f"method {self.corruption}: needs point clouds [N, 3, points]; "
+            raise ValueError(f"method {corruption}: needs point clouds [N, 3, points]; "
                              f"dataset {dataset.name} has inputs {tuple(data.inputs.shape)}")
-        self.register_buffer("weights", torch.tensor([1.0, self.cfg.aux_weight]))
+        self.cfg = cfg
+        self.corruption = corruption
 
-    def aux_outputs(self) -> int:
+    def head_outputs(self) -> int:
         return 3
 
     def corrupt(self, points: Tensor) -> Tensor:
@@ -69,15 +71,25 @@ class Reconstruction(Method):
 
     def batch_losses(self, model: nn.Module, dataset: Any, batch: Batch, track_hparams: bool = False
                      ) -> tuple[Tensor, Tensor]:
+        """[B, 2]: the main loss on the clean input and the reconstruction loss of the corrupted one."""
         z = model.encode(batch.x)
         main = reduce_pixels(dataset.per_task_losses(model.decode(z)[0], batch.y))[:, :1]
         rebuilt = model.decode(model.encode(self.corrupt(batch.x)))[1]
         rec = ((rebuilt - batch.x) ** 2).sum(1).mean(1)  # squared distance per point, averaged over points
         return torch.cat([main, rec[:, None]], dim=1), z
 
-    def training_loss(self, losses: Tensor) -> Tensor:
-        return (losses.mean(0) * self.weights).sum()
+
+def reconstruction_method(corruption: Literal["dae", "rs"], order: int, description: str) -> MethodSpec:
+    """L_T = ℓ_main + w · ℓ_rec with the fixed ratio w = ``aux_weight``."""
+
+    def build(num_tasks: int, cfg: ReconstructionConfig, bilevel: Any, dataset: Any, data: Any, params: Any
+              ) -> Roles:
+        generator = Reconstruction(cfg, corruption, dataset, data)
+        return Roles(FixedWeights(1 + len(generator.generated_tasks), cfg.aux_weight), NoOuterUpdate(), generator)
+
+    return MethodSpec(corruption, build, group="self_supervised", order=order, Config=ReconstructionConfig,
+                      config_section="reconstruction", needs_data=True, description=description)
 
 
-METHODS.add("dae", type("DenoisingAutoencoding", (Reconstruction,), {"corruption": "dae"}))
-METHODS.add("rs", type("ReconstructingSpace", (Reconstruction,), {"corruption": "rs"}))
+register(reconstruction_method("dae", 0, "denoising auto-encoding of jittered points"))
+register(reconstruction_method("rs", 1, "reconstructing space: undo a shuffle of the shape's voxels"))

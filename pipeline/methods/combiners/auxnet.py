@@ -1,0 +1,81 @@
+"""AuxiLearn's loss combiner (§3.2): L_T = ℓ_main + g(ℓ; φ) with the auxiliary network g (``pipeline/auxnets``).
+φ is trained by an outer update (``outer/implicit.py``); the methods are registered in ``methods/auxilearn.py``."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from pipeline.registry import AUXNETS
+from pipeline.schema import StrictModel
+from pipeline.datasets.base import reduce_pixels
+from pipeline.methods.base import LossCombiner
+
+
+class AuxiLearnConfig(StrictModel):
+    """``methods.auxilearn``: the auxiliary network g(ℓ; φ); its outer update is ``methods.bilevel``."""
+
+    hidden_units: int = Field(10, ge=1)
+    hidden_layers: int = Field(4, ge=1, description="hidden layers of deep_linear and nonlinear")
+    init_weight: float = Field(1.0, ge=0, description="initial effective weight of every auxiliary (Equal's: 1)")
+    calibrate_init: bool = Field(
+        True, description="set the initial effective weights at the first batch's losses (else at losses of 1)")
+    init_range: float | None = Field(
+        None, gt=0, description="deep networks start from weights U[0, init_range]; null = 0.1 for the ConvNet "
+                                "(the reference's init), 1.0 for the MLPs (softplus weights then move additively)")
+    learn_main_weight: bool = Field(False, description="linear: learn the main task's weight too (reference NYUv2)")
+    positive_weights: Literal["auto", "clip", "softplus"] = Field(
+        "auto", description="monotone by clipping weights at 0 (the paper) or softplus weights; auto = clip for "
+                            "linear, softplus for the deeper networks (clipped small weights die under φ's steps)")
+    conv_channels: list[int] = Field(default_factory=lambda: [8, 16], min_length=1,
+                                     description="hidden channels of the ConvNet auxiliary network (§5.3)")
+    kernel_size: int = Field(3, ge=1, description="the ConvNet's kernel size (odd)")
+    pool: int = Field(2, ge=1, description="the ConvNet's average pooling after each hidden convolution")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("must be odd, so the loss image keeps its size")
+        return v
+
+    @field_validator("conv_channels")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if min(v) < 1:
+            raise ValueError("every channel count must be ≥ 1")
+        return v
+
+
+class AuxNetCombiner(LossCombiner):
+    """L_T = mean_b [ℓ_main + g(ℓ; φ)] (g alone when the network carries the main term itself)."""
+
+    def __init__(self, num_tasks: int, kind: str, calibrate: bool = True, **auxnet_kwargs: Any) -> None:
+        super().__init__(num_tasks)
+        self.kind = kind
+        self.needs_loss_images = kind == "convnet"  # §5.3: the ConvNet reads per-pixel loss images
+        self.calibrate = calibrate
+        self.auxnet = AUXNETS.get(kind)(num_tasks, **auxnet_kwargs)
+
+    @classmethod
+    def from_config(cls, num_tasks: int, kind: str, cfg: AuxiLearnConfig) -> "AuxNetCombiner":
+        """The auxiliary network of ``methods.auxilearn``."""
+        return cls(num_tasks, kind, calibrate=cfg.calibrate_init, hidden_units=cfg.hidden_units,
+                   hidden_layers=cfg.hidden_layers, init_weight=cfg.init_weight, conv_channels=cfg.conv_channels,
+                   kernel_size=cfg.kernel_size, pool=cfg.pool, init_range=cfg.init_range,
+                   learn_main_weight=cfg.learn_main_weight, positive_weights=cfg.positive_weights)
+
+    def start(self, losses: Tensor) -> None:
+        if self.calibrate:  # every auxiliary starts at init_weight at the losses this run sees (Equal's point)
+            self.auxnet.calibrate(losses.detach())
+
+    def hyper_parameters(self) -> list[nn.Parameter]:
+        return list(self.auxnet.parameters())
+
+    def project(self) -> None:
+        self.auxnet.project()
+
+    def training_loss(self, losses: Tensor) -> Tensor:
+        extra = self.auxnet(losses)
+        return (reduce_pixels(losses)[:, 0] + extra).mean() if self.auxnet.main_skip else extra.mean()

@@ -1,0 +1,1 @@
+"""Task generators: generated auxiliary tasks and their losses (role 3 of a method, see ``methods.base``)."""

@@ -1,0 +1,34 @@
+"""Learning new auxiliary tasks with MAXL (Liu et al. 2019) and its baselines: the generated-labels task
+(``generators/labels.py``) with equal weights, θ2 trained by MAXL's look-ahead (``outer/lookahead.py``),
+frozen at its random initialisation (MAXL-F), or replaced by a fixed random class per sample."""
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.methods.base import MethodSpec, NoOuterUpdate, Roles, register
+from pipeline.methods.combiners.fixed import FixedWeights
+from pipeline.methods.generators.labels import GeneratedLabels, LabelsConfig
+from pipeline.methods.outer.lookahead import FirstOrderLookAhead, LookAheadUpdate
+
+
+def labels_method(name: str, order: int, description: str, label_source: str = "generator",
+                  outer: type[LookAheadUpdate] | None = None) -> MethodSpec:
+    """L_T = ℓ_main + ℓ_generated (equal weights); θ2 learns only when ``outer`` trains it."""
+
+    def build(num_tasks: int, cfg: LabelsConfig, bilevel: Any, dataset: Any, data: Any, params: Any) -> Roles:
+        learns = outer is not None
+        labels = GeneratedLabels(cfg, dataset, data, params, label_source=label_source, learns=learns,
+                                 main_loss_kind=cfg.maxl_main_loss if learns else "dataset")
+        combiner = FixedWeights(num_tasks + len(labels.generated_tasks), 1.0)
+        update = outer(labels, cfg, params.train.lr) if learns else NoOuterUpdate()
+        return Roles(combiner, update, labels)
+
+    return MethodSpec(name, build, group="generated", order=order, Config=LabelsConfig, config_section="labels",
+                      needs_data=True, description=description)
+
+
+register(labels_method("random", 0, "a fixed random auxiliary class per sample", label_source="random"))
+register(labels_method("maxl_frozen", 1, "MAXL-F: the label network at its random initialisation"))
+register(labels_method("maxl", 2, "MAXL, second-order look-ahead", outer=LookAheadUpdate))
+register(labels_method("maxl_first_order", 3, "MAXL, the reference's first-order look-ahead",
+                       outer=FirstOrderLookAhead))

@@ -1,4 +1,7 @@
-"""``params.yaml`` schema. Every stage validates the whole file here before doing any work.
+"""The assembler of the ``params.yaml`` schema. Every stage validates the whole file here before doing any work.
+
+The bases every plugin builds on are in ``pipeline.schema`` (which imports nothing of the project); this module
+sits above the registries and is imported by the stages, never by a method or dataset.
 
 Sections that belong to a pluggable concept (a dataset's generator settings, a method family's
 hyperparameters) are declared by that concept's own module and assembled from the registries, so
@@ -10,13 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
+from pydantic import (BaseModel, Field, ValidationError, ValidationInfo, create_model, field_validator,
                       model_validator)
 
+from pipeline.schema import ParamsError, StrictModel, TrainConfig
+
 PARAMS_FILE = Path("params.yaml")
-
-
-from pipeline.schema import ParamsError, SplitConfig, StrictModel, TrainConfig  # noqa: F401  (re-exported)
 
 
 def _section(name: str, configs: dict[str, type[BaseModel]]) -> type[BaseModel]:

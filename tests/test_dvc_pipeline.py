@@ -124,3 +124,45 @@ def test_compare_renders_one_row_per_method(pipeline_repo: Path):
     methods = [r.split("|")[1].strip() for r in rows[1:]]
     assert methods[:2] == ["stl", "equal"], rows  # paper order; stl from the workspace, equal from the experiment
     assert all("±" in r for r in rows[1:])
+
+
+def test_editing_one_dataset_package_stales_only_its_prepare(pipeline_repo: Path):
+    """Exact dependencies: prepare@X depends on X's package, not on every dataset's code."""
+    assert stale_stages(pipeline_repo) == set()
+    task = pipeline_repo / "pipeline/datasets/noisy_aux/task.py"
+    original = task.read_text()
+    task.write_text(original + "\n# an edit\n")
+    try:
+        assert stale_stages(pipeline_repo) == {"prepare@noisy_aux"}
+    finally:
+        task.write_text(original)
+    assert stale_stages(pipeline_repo) == set()
+    metric_code = pipeline_repo / "pipeline/metrics/classification.py"  # evaluate reads the metric code
+    original = metric_code.read_text()
+    metric_code.write_text(original + "\n# an edit\n")
+    try:
+        assert {"evaluate", "train"} <= stale_stages(pipeline_repo)
+        assert not any(s.startswith("prepare") for s in stale_stages(pipeline_repo))
+    finally:
+        metric_code.write_text(original)
+
+
+def test_a_users_raw_folder_is_a_dependency(pipeline_repo: Path):
+    """source: path makes datasets.<name>.prepare.root (data/raw/<name> by default) a dependency: a changed
+    label in the user's folder re-runs that dataset's preparation."""
+    from pipeline.datasets.cub.config import Config
+    from pipeline.datasets.cub.standin import write_standin
+
+    raw = pipeline_repo / "data/raw/cub"
+    write_standin(raw, Config(standin_num_classes=3, standin_images_per_class=4, image_size=24))
+    edit_params(pipeline_repo, lambda p: p["datasets"]["cub"]["prepare"].update(source="path", image_size=24))
+    assert "prepare@cub" in stale_stages(pipeline_repo)
+    dvc(pipeline_repo, "repro", "prepare@cub")
+    assert "prepare@cub" not in stale_stages(pipeline_repo)
+    labels = raw / "image_class_labels.txt"
+    lines = labels.read_text().splitlines()
+    first_id, first_class = lines[0].split()
+    lines[0] = f"{first_id} {1 if first_class != '1' else 2}"
+    labels.write_text("\n".join(lines) + "\n")
+    status = json.loads(dvc(pipeline_repo, "status", "--json", "prepare@cub").stdout or "{}")
+    assert any("data/raw/cub" in json.dumps(change) for change in status.get("prepare@cub", [])), status

@@ -14,7 +14,7 @@ with ``state_dict``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar
 
 import torch
 from pydantic import BaseModel

@@ -17,7 +17,7 @@ Backbones (all for 32 x 32 inputs, never downloaded, trained from scratch as in 
   usual 32-px stem (3x3 stride-1 first conv, no max-pool) instead of the ImageNet 7x7/stride-2 + pool.
 
 ``width`` multiplies every channel count (rounded, at least 1): 1 is the papers' size; the CPU-sized
-stand-in defaults use a fraction (see ``pipeline.datasets.cifar``). ResNet-18 comes only at width 1.
+stand-in defaults use a fraction (see ``pipeline.datasets.shared.image_classification``). ResNet-18 comes only at width 1.
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.datasets.shared.cifar_pickle import cifar_batch, dump_pickle, read_pickled_cifar
-from pipeline.datasets.shared.image_classification import PIXELS, RawFormat, RawImages
+from pipeline.datasets.shared.image_classification import PIXELS, RawFormat
+from pipeline.datasets.shared.raw_images import RawImages
 
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.datasets.shared.cifar_pickle import cifar_batch, dump_pickle, read_pickled_cifar
-from pipeline.datasets.shared.image_classification import RawFormat, RawImages
+from pipeline.datasets.shared.image_classification import RawFormat
+from pipeline.datasets.shared.raw_images import RawImages
 
 LABEL_KEYS = {"fine": b"fine_labels", "coarse": b"coarse_labels"}
 NAME_KEYS = {"fine": b"fine_label_names", "coarse": b"coarse_label_names"}

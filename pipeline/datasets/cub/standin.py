@@ -30,15 +30,22 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.datasets.cub.sources import write_cub_text_files
 
-if TYPE_CHECKING:
-    from pipeline.datasets.cub.config import Config
+
+
+class StandinSettings(Protocol):
+    """What the generator reads of ``datasets.cub.prepare`` (``config.Config``)."""
+
+    standin_seed: int
+    standin_num_classes: int
+    standin_images_per_class: int
+    standin_attribute_noise: float
 
 STANDIN_DIR = "raw_standin"  # where ``prepare`` writes the stand-in's raw layout, inside the prepared folder
 STANDIN_SHAPES = ("circle", "square", "triangle", "cross", "diamond")
@@ -154,7 +161,7 @@ def _standin_image(rng: np.random.Generator, shape: str, colour: str, pattern: s
     return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
 
 
-def write_standin(root: Path, cfg: Config) -> None:
+def write_standin(root: Path, cfg: StandinSettings) -> None:
     """Write the stand-in in CUB's layout: JPEGs under images/<class>/ and CUB's text files.
 
     Deterministic from ``cfg.standin_seed``: one generator draws everything in a fixed order, and

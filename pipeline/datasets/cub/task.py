@@ -51,10 +51,6 @@ class Cub(Dataset):
     # 1.637 vs 1.701 at 1e-2, where the nonlinear network's weights grew to ~10³ and training diverged).
     default_methods = {"bilevel": {"lr": 1e-3}}
 
-    def __init__(self, model_cfg: ModelConfig | None = None) -> None:
-        # Held for symmetry with datasets whose batch transform reads it; nothing here depends on it.
-        self.model_cfg = model_cfg if model_cfg is not None else ModelConfig()
-
     # -- files ---------------------------------------------------------------------------------
 
     def prepare(self, cfg: Config, out_dir: Path) -> None:

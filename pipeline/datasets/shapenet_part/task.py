@@ -73,9 +73,6 @@ class ShapeNetPart(Dataset):
     # App. C.9: one learned auxiliary segmentation task per category with 6 classes.
     default_methods = {"labels": {"psi": 6}}
 
-    def __init__(self, model_cfg: ShapeNetModelConfig | None = None) -> None:
-        self.model_cfg = model_cfg if model_cfg is not None else ShapeNetModelConfig()
-
     # -- files ---------------------------------------------------------------------------------
 
     def prepare(self, cfg: ShapeNetPartConfig, out_dir: Path) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.datasets.base import DataError
-from pipeline.datasets.shared.image_classification import IMAGE_SIZE, PIXELS, RawImages, check_labels
+from pipeline.datasets.shared.image_classification import IMAGE_SIZE, PIXELS, check_labels
+from pipeline.datasets.shared.raw_images import RawImages
 from pipeline.datasets.shared.image_prepared import text
 
 try:  # numpy >= 2 names it numpy._core; numpy 1.x (and Python 2's CIFAR pickles) numpy.core

@@ -34,6 +34,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from pipeline.datasets.base import DataError, Dataset, TaskData
+from pipeline.datasets.shared.raw_images import RawImages
 from pipeline.datasets.shared.image_prepared import H5_NAME, read_prepared, write_prepared
 from pipeline.datasets.shared.images import random_crops
 from pipeline.datasets.shared.sources import STANDIN, source_root
@@ -127,17 +128,6 @@ class ImageSplitConfig(StrictModel):
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RawImages:
-    """A source read into memory: official train rows first or mixed, as the files order them."""
-
-    images: np.ndarray  # uint8 [N, 3, 32, 32], RGB planes
-    is_train: np.ndarray  # bool [N]
-    labels: dict[str, np.ndarray]  # labelling -> int64 [N] ("class"; CIFAR-100: "fine" and "coarse")
-    names: dict[str, list[str]]  # labelling -> class names
-    subclass_labels: np.ndarray | None = None  # int64 [N], the stand-in's hidden sub-class within its class
-
-
 @dataclass(frozen=True)
 class RawFormat:
     """A dataset's official on-disk format: its reader, the writer of the stand-in, and its labellings."""
@@ -216,9 +206,6 @@ class ImageClassification(Dataset):
     # whose small conv weights the normalized optimiser's lr 1e-2 steps move by ~20% each: lr 1e-3, chosen on
     # the CIFAR-10 stand-in's validation loss (1.118 vs 1.161 at 1e-2, 3 seeds).
     default_methods = {"bilevel": {"hyper_every": 5, "lr": 1e-3}}
-
-    def __init__(self, model_cfg: ImageModelConfig | None = None) -> None:
-        self.model_cfg = model_cfg if model_cfg is not None else self.ModelConfig()
 
     def main_labelling(self, cfg: ImageConfig) -> str:
         return self.raw_format.labellings[0]

@@ -10,17 +10,16 @@ networks standardise their input).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
 import torch
 
 from pipeline.datasets.base import DataError, TaskData
+from pipeline.datasets.shared.raw_images import RawImages
 from pipeline.datasets.shared.standin_shapes import IMAGE_SIZE
 
-if TYPE_CHECKING:
-    from pipeline.datasets.shared.image_classification import RawImages
 
 H5_NAME = "images.h5"
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipeline.datasets.base import DataError, Dataset, NoModelConfig, TaskData
+from pipeline.datasets.base import DataError, Dataset, TaskData
 from pipeline.io import load_npz, save_npz, write_json
 from pipeline.models.base import MultiTaskNet
 from pipeline.registry import MODELS
@@ -29,9 +29,6 @@ ROOT_DESCRIPTION = ("unused: {name} is generated from these parameters (no raw f
 
 class SyntheticRegression(Dataset):
     """Shared machinery: files, squared-error losses, the shared linear model, and MSE metrics."""
-
-    def __init__(self, model_cfg: NoModelConfig | None = None) -> None:
-        self.model_cfg = model_cfg if model_cfg is not None else self.ModelConfig()
 
     @abstractmethod
     def generate(self, cfg: Any, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

@@ -11,7 +11,8 @@ import numpy as np
 import scipy.io
 
 from pipeline.datasets.base import DataError
-from pipeline.datasets.shared.image_classification import IMAGE_SIZE, RawFormat, RawImages, check_labels
+from pipeline.datasets.shared.image_classification import IMAGE_SIZE, RawFormat, check_labels
+from pipeline.datasets.shared.raw_images import RawImages
 
 SVHN_FILES = {True: "train_32x32.mat", False: "test_32x32.mat"}
 EXPECTED = "train_32x32.mat and test_32x32.mat"

@@ -46,7 +46,7 @@ MAXL's defaults follow its authors' reference code (github.com/lorenmt/maxl, ``m
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F

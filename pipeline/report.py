@@ -16,6 +16,7 @@ from torch.func import functional_call  # noqa: E402
 
 from pipeline.experiment import Experiment, TrainedRun  # noqa: E402
 from pipeline.io import atomic_path  # noqa: E402
+from pipeline.methods.base import scale_losses  # noqa: E402
 from pipeline.training import task_scale  # noqa: E402
 
 
@@ -84,7 +85,7 @@ def loss_landscapes(exp: Experiment, run: TrainedRun, params: Any, path: Path, g
         for i, a in enumerate(span):
             for j, b in enumerate(span):
                 w = torch.tensor([a, b], dtype=weight.dtype)
-                losses = exp.dataset.per_task_losses(functional_call(model, {name: w}, (x,)), y) * scale
+                losses = scale_losses(exp.dataset.per_task_losses(functional_call(model, {name: w}, (x,)), y), scale)
                 surfaces["main"][j, i] = float(losses[:, 0].mean())
                 surfaces["first"][j, i] = float(run.method_initial.training_loss(losses))
                 surfaces["last"][j, i] = float(run.method_final.training_loss(losses))
@@ -199,7 +200,7 @@ def loss_image_figure(exp: Experiment, run: TrainedRun, params: Any, path: Path,
     scale = task_scale(exp.data.num_tasks, params.train.aux_loss_scale)
     with torch.no_grad():
         x, y = exp.dataset.batch_transform(exp.data.inputs[rows], exp.data.targets[rows], train=False)
-        losses = exp.dataset.per_task_losses(run.model(x), y) * scale.view(1, -1, 1, 1)
+        losses = scale_losses(exp.dataset.per_task_losses(run.model(x), y), scale)
     weights = pixel_weights(run.method_final, losses)
     titles = ["(a) image", "(b) ground truth", "(c) auxiliary loss", "(d) main loss", "(e) pixel weight"]
     fig, axes = plt.subplots(len(rows), 5, figsize=(15, 2.6 * len(rows)), squeeze=False)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from pipeline.datasets.base import Dataset, TaskData
 from pipeline.datasets.base import reduce_pixels
-from pipeline.methods.base import Batch, Method, SharedTrunk, StepContext, build_method
+from pipeline.methods.base import Batch, Method, SharedTrunk, StepContext, build_method, scale_losses
 from pipeline.metrics.summary import higher_is_better
 
 
@@ -99,12 +99,7 @@ def batch_objective(method: Method, model: nn.Module, dataset: Dataset, batch: B
     losses, z = method.batch_losses(model, dataset, batch, track_hparams)
     if not method.needs_loss_images:
         losses = reduce_pixels(losses)
-    losses = losses * scale.view(1, -1, *([1] * (losses.dim() - 2)))
-    labelled = batch.labelled
-    if not labelled.all():  # hidden main labels: no main loss there, batch mean over the labelled ones
-        keep = labelled.to(losses.dtype) * (len(labelled) / labelled.sum().clamp_min(1))
-        keep = keep.view(-1, *([1] * (losses.dim() - 2)))
-        losses = torch.cat([(losses[:, 0] * keep)[:, None], losses[:, 1:]], dim=1)
+    losses = scale_losses(losses, scale, batch.labelled)
     return losses, z
 
 

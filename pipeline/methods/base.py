@@ -156,6 +156,20 @@ class NoOuterUpdate(OuterUpdate):
     """W's step is all there is."""
 
 
+def scale_losses(losses: Tensor, scale: Tensor | None, labelled: Tensor | None = None) -> Tensor:
+    """The objective's one rule for a batch's per-task losses [B, T] (or loss images [B, T, *pixels]): every
+    auxiliary multiplied by τ (``scale``, App. B.1), and the main loss only where the main label is known
+    (batch mean over the labelled samples). Used by W's step, the outer updates (MAXL's look-ahead too) and
+    the report alike."""
+    if scale is not None:
+        losses = losses * scale.view(1, -1, *([1] * (losses.dim() - 2)))
+    if labelled is not None and not labelled.all():
+        keep = labelled.to(losses.dtype) * (len(labelled) / labelled.sum().clamp_min(1))
+        keep = keep.view(-1, *([1] * (losses.dim() - 2)))
+        losses = torch.cat([(losses[:, 0] * keep)[:, None], losses[:, 1:]], dim=1)
+    return losses
+
+
 def default_batch_losses(model: nn.Module, dataset: Any, batch: Batch) -> tuple[Tensor, Tensor]:
     """The dataset's given tasks only: its per-task losses of the network's outputs, and z."""
     z = model.encode(batch.x)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from pipeline.methods.base import Batch, OuterUpdate, StepContext
+from pipeline.methods.base import Batch, OuterUpdate, StepContext, scale_losses
 from pipeline.methods.generators.labels import GeneratedLabels, LabelsConfig, WithGeneratedHead, negative_entropy
 
 
@@ -81,9 +81,9 @@ class LookAheadUpdate(OuterUpdate):
         return self.labels.losses_from_outputs(functional_call(full, {**weights, **buffers}, (batch.x,)), batch, soft)
 
     @staticmethod
-    def _inner(losses: Tensor, loss_scale: Tensor | None) -> Tensor:
+    def _inner(losses: Tensor, loss_scale: Tensor | None, labelled: Tensor | None = None) -> Tensor:
         """W's objective on the batch: ℓ_main + τ·ℓ_aux, as the trainer scales it."""
-        return (losses if loss_scale is None else losses * loss_scale).mean(0).sum()
+        return scale_losses(losses, loss_scale, labelled).mean(0).sum()
 
     def theta2_terms(self, soft: Tensor) -> Tensor:
         """The terms of the meta objective that depend on θ2 directly: λ·Σ ȳ log ȳ, and the L1 penalty
@@ -98,7 +98,7 @@ class LookAheadUpdate(OuterUpdate):
         ``theta2_terms``; differentiable w.r.t. θ2 (second order through θ1⁺)."""
         full, params, buffers = self._functional(model)
         soft = self.labels.soft_labels(batch, track_hparams=True)
-        inner = self._inner(self._losses_at(full, params, buffers, batch, soft), loss_scale)
+        inner = self._inner(self._losses_at(full, params, buffers, batch, soft), loss_scale, batch.labelled)
         grads = torch.autograd.grad(inner, list(params.values()), create_graph=True, allow_unused=True)
         ahead = self.lookahead(params, grads, self.lookahead_rule(params, optimizer))
         main_after = self._losses_at(full, ahead, buffers, batch, soft.detach())[:, 0].mean()
@@ -133,7 +133,7 @@ class FirstOrderLookAhead(LookAheadUpdate):
         full, params, buffers = self._functional(model)
         soft = self.labels.soft_labels(batch, track_hparams=True)
         current = {k: p.detach() for k, p in params.items()}
-        inner = self._inner(self._losses_at(full, params, buffers, batch, soft.detach()), loss_scale)
+        inner = self._inner(self._losses_at(full, params, buffers, batch, soft.detach()), loss_scale, batch.labelled)
         grads = torch.autograd.grad(inner, list(params.values()), allow_unused=True)
         rule = self.lookahead_rule(params, optimizer)
         ahead = {k: v.detach().requires_grad_(True) for k, v in self.lookahead(current, grads, rule).items()}
@@ -151,7 +151,7 @@ class FirstOrderLookAhead(LookAheadUpdate):
             sides = []
             for sign in (1.0, -1.0):
                 shifted = {k: p + sign * eps * d[k] for k, p in current.items()}
-                inner_s = self._inner(self._losses_at(full, shifted, buffers, batch, soft), loss_scale)
+                inner_s = self._inner(self._losses_at(full, shifted, buffers, batch, soft), loss_scale, batch.labelled)
                 sides.append(torch.autograd.grad(inner_s, theta2, retain_graph=True, allow_unused=True))
             for i, (up, down) in enumerate(zip(*sides)):
                 if up is not None and down is not None:

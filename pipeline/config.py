@@ -111,6 +111,16 @@ def _build_params_model() -> type[BaseModel]:
             return v
 
         @model_validator(mode="after")
+        def _method_fits_dataset(self) -> "Params":
+            spec, dataset = METHODS.get(self.method), DATASETS.get(self.dataset)
+            missing = spec.missing(dataset)
+            if missing:
+                fits = [name for name, cls in DATASETS.items() if not spec.missing(cls)]
+                raise ValueError(f"method {self.method} needs a dataset with {', '.join(sorted(missing))}, which "
+                                 f"dataset {self.dataset} does not have; datasets that fit: {', '.join(fits)}")
+            return self
+
+        @model_validator(mode="after")
         def _split_fits(self) -> "Params":
             for name in DATASETS:
                 profile = getattr(self.datasets, name)
@@ -161,11 +171,11 @@ def params_model() -> type[BaseModel]:
 def _format(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in e["loc"])  # empty for whole-file checks, whose message names the keys
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{key}: {msg}")
+        lines.append(f"{key}: {msg}" if key else msg)
     return f"{source}: invalid parameters\n  " + "\n  ".join(lines)
 
 

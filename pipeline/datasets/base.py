@@ -54,6 +54,10 @@ class Dataset(ABC):
     default_train: ClassVar[dict[str, Any]] = {}
     # Per-dataset overrides of method hyperparameters, {section: {key: value}} (e.g. φ's learning rate).
     default_methods: ClassVar[dict[str, dict[str, Any]]] = {}
+    # What the dataset offers methods (``MethodSpec.requires`` names what a method needs): "auxiliaries" (given
+    # auxiliary tasks), "loss_images" (dense tasks with per-pixel losses), "generated_labels" (label groups and a
+    # label network for generated tasks), "point_clouds" (inputs [N, 3, points]).
+    provides: ClassVar[frozenset[str]] = frozenset()
     # Set when the auxiliaries' index means something (the report then correlates weights with it).
     auxiliary_order: ClassVar[str | None] = None
 

@@ -12,7 +12,8 @@ from pipeline.methods.generators.labels import GeneratedLabels, LabelsConfig
 from pipeline.methods.outer.implicit import ImplicitOuterUpdate
 
 
-def combining_method(name: str, kind: str, order: int, description: str, hyper_set: str = "aux") -> MethodSpec:
+def combining_method(name: str, kind: str, order: int, description: str, hyper_set: str = "aux",
+                     requires: frozenset[str] = frozenset({"auxiliaries"})) -> MethodSpec:
     """L_T = ℓ_main + g(ℓ; φ) with the auxiliary network ``kind``, φ by the IFT outer update on ``hyper_set``."""
 
     def build(num_tasks: int, cfg: AuxiLearnConfig, bilevel: Any, dataset: Any, data: Any, params: Any) -> Roles:
@@ -23,13 +24,14 @@ def combining_method(name: str, kind: str, order: int, description: str, hyper_s
 
     return MethodSpec(name, build, group="auxilearn", order=order, Config=AuxiLearnConfig,
                       config_section="auxilearn", uses_bilevel=True, uses_aux_set=hyper_set == "aux",
-                      description=description)
+                      requires=requires, description=description)
 
 
 for _order, _kind in enumerate(("linear", "deep_linear", "nonlinear")):
     register(combining_method(f"auxilearn_{_kind}", _kind, _order, f"AuxiLearn, {_kind} auxiliary network"))
 # §5.3: a CNN over loss images, for datasets with dense (per-pixel) tasks.
-register(combining_method("auxilearn_convnet", "convnet", 3, "AuxiLearn, ConvNet over per-pixel loss images"))
+register(combining_method("auxilearn_convnet", "convnet", 3, "AuxiLearn, ConvNet over per-pixel loss images",
+                          requires=frozenset({"auxiliaries", "loss_images"})))
 # App. C.1's ablation: φ learned on the training set collapses toward STL.
 register(combining_method("auxilearn_train_set", "linear", 4, "AuxiLearn linear with φ learned on the training set",
                           hyper_set="train"))
@@ -52,4 +54,5 @@ def build_labels(num_tasks: int, cfg: LabelsConfig, bilevel: Any, dataset: Any, 
 
 register(MethodSpec("auxilearn_labels", build_labels, group="generated", order=4, Config=LabelsConfig,
                     config_section="labels", uses_bilevel=True, uses_aux_set=True, needs_data=True,
+                    requires=frozenset({"generated_labels"}),
                     description="AuxiLearn's label generator, θ2 by the IFT outer update"))

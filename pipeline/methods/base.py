@@ -201,6 +201,7 @@ class MethodSpec:
     ``uses_aux_set``: methods that do not learn from the auxiliary set train on train ∪ aux instead (AuxiLearn
     §5: the comparison stays fair). ``group``/``order``: its place in comparisons (``GROUP_ORDER``).
     ``needs_data``: its roles are built from the dataset (generators), so it cannot be built without one.
+    ``requires``: what the dataset must provide (``Dataset.provides``); ``fits`` says whether a dataset does.
     """
 
     name: str
@@ -212,6 +213,7 @@ class MethodSpec:
     uses_bilevel: bool = False
     uses_aux_set: bool = False
     needs_data: bool = False
+    requires: frozenset[str] = frozenset()
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -221,6 +223,10 @@ class MethodSpec:
     def __call__(self, num_tasks: int, cfg: Any = None, bilevel: Any = None) -> "Method":
         """The method for ``num_tasks`` given tasks without a dataset (methods that need data refuse)."""
         return Method(self, num_tasks, cfg, bilevel)
+
+    def missing(self, dataset: Any) -> frozenset[str]:
+        """What ``dataset`` (a ``Dataset`` class or instance) lacks of this method's ``requires``."""
+        return self.requires - dataset.provides
 
     @property
     def sort_key(self) -> tuple[int, int, str]:

@@ -24,7 +24,7 @@ def labels_method(name: str, order: int, description: str, label_source: str = "
         return Roles(combiner, update, labels)
 
     return MethodSpec(name, build, group="generated", order=order, Config=LabelsConfig, config_section="labels",
-                      needs_data=True, description=description)
+                      needs_data=True, requires=frozenset({"generated_labels"}), description=description)
 
 
 register(labels_method("random", 0, "a fixed random auxiliary class per sample", label_source="random"))

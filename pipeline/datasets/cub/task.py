@@ -37,6 +37,8 @@ CROP_FRACTION = 224 / 256  # App. B.1: 256-px images, 224-px crops
 class Cub(Dataset):
     """CUB-200-2011 (or its procedural stand-in): species classification with attribute auxiliaries."""
 
+    provides = frozenset({"auxiliaries"})
+
     name = "cub"
     Config = Config
     SplitConfig = SplitConfig

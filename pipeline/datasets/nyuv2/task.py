@@ -59,6 +59,8 @@ def pixel_losses(outputs: tuple[Tensor, Tensor, Tensor], targets: Tensor) -> Ten
 class Nyuv2(Dataset):
     """NYUv2 (or its procedural stand-in): segmentation with depth and normal auxiliaries, per-pixel losses."""
 
+    provides = frozenset({"auxiliaries", "loss_images"})
+
     name = NAME
     Config = Config
     SplitConfig = SplitConfig

@@ -59,6 +59,8 @@ class ShapeNetPart(Dataset):
     and augmentation ``batch_transform`` reads; ``build_model`` must get a config with the same sampling.
     """
 
+    provides = frozenset({"generated_labels", "point_clouds"})
+
     name = NAME
     Config = ShapeNetPartConfig
     SplitConfig = ShapeNetSplitConfig

@@ -190,6 +190,8 @@ class ImageClassification(Dataset):
     """32 x 32 classification with a generated auxiliary task, parametrised by ``raw_format`` (and ``flip``,
     ``Config``, ``ModelConfig``) for CIFAR-10, CIFAR-100 and SVHN. Holds no state but its ``model_cfg``."""
 
+    provides = frozenset({"generated_labels"})
+
     raw_format: ClassVar[RawFormat]
     flip: ClassVar[bool] = True  # horizontal flips in training augmentation (off for digits)
     Config: ClassVar[type[ImageConfig]] = ImageConfig

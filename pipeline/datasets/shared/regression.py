@@ -30,6 +30,8 @@ ROOT_DESCRIPTION = ("unused: {name} is generated from these parameters (no raw f
 class SyntheticRegression(Dataset):
     """Shared machinery: files, squared-error losses, the shared linear model, and MSE metrics."""
 
+    provides = frozenset({"auxiliaries"})
+
     @abstractmethod
     def generate(self, cfg: Any, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """Return inputs [N, d], targets [N, 1+K] and metadata (must hold ``task_names`` and ``w_main``)."""

@@ -32,4 +32,5 @@ def fixed_weights(aux_weight: float) -> Any:
 
 
 register(MethodSpec("stl", fixed_weights(0.0), group="single_task", description="main task only"))
-register(MethodSpec("equal", fixed_weights(1.0), group="fixed", description="every task weight 1"))
+register(MethodSpec("equal", fixed_weights(1.0), group="fixed", requires=frozenset({"auxiliaries"}),
+                    description="every task weight 1"))

@@ -127,4 +127,4 @@ def weighting_method(name: str, combiner: type[WeightedSum], Config: Any, order:
         return Roles(combiner(num_tasks, cfg), NoOuterUpdate(), None)
 
     return MethodSpec(name, build, group="weighting", order=order, Config=Config, config_section=name,
-                      description=description)
+                      requires=frozenset({"auxiliaries"}), description=description)

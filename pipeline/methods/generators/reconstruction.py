@@ -88,7 +88,8 @@ def reconstruction_method(corruption: Literal["dae", "rs"], order: int, descript
         return Roles(FixedWeights(1 + len(generator.generated_tasks), cfg.aux_weight), NoOuterUpdate(), generator)
 
     return MethodSpec(corruption, build, group="self_supervised", order=order, Config=ReconstructionConfig,
-                      config_section="reconstruction", needs_data=True, description=description)
+                      config_section="reconstruction", needs_data=True, requires=frozenset({"point_clouds"}),
+                      description=description)
 
 
 register(reconstruction_method("dae", 0, "denoising auto-encoding of jittered points"))

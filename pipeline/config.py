@@ -91,6 +91,8 @@ def _build_params_model() -> type[BaseModel]:
         dataset: str = "toy2d"
         seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
         device: Literal["auto", "cpu", "cuda"] = "auto"
+        threads: int = Field(1, ge=1, description="CPU intra-op threads of every stage (torch.set_num_threads): "
+                                                 "fixed, so results do not depend on the machine's core count")
         datasets: datasets_section = Field(default_factory=datasets_section)  # type: ignore[valid-type]
         methods: methods_section = Field(default_factory=methods_section)  # type: ignore[valid-type]
         usefulness: UsefulnessConfig = Field(default_factory=UsefulnessConfig)

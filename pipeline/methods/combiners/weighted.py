@@ -49,12 +49,8 @@ def task_terms(losses: Tensor, group_auxiliaries: bool = False) -> Tensor:
     return means
 
 
-_warned_fallback = False
-
-
 def _gradients_for_rows(terms: Tensor, inputs: Sequence[Tensor], rows: Tensor) -> Tensor:
     """∇_inputs (rows @ terms) for every row of ``rows`` [k, K]: flattened and concatenated, [k, P]."""
-    global _warned_fallback
     inputs = list(inputs)
     try:
         grads = torch.autograd.grad(terms, inputs, grad_outputs=rows, retain_graph=True, allow_unused=True,
@@ -62,9 +58,8 @@ def _gradients_for_rows(terms: Tensor, inputs: Sequence[Tensor], rows: Tensor) -
     except RuntimeError as err:
         # vmap has no batching rule for a few backward ops; a loop gives the same numbers (a genuine
         # autograd error, e.g. a freed graph, is raised again by the loop).
-        if not _warned_fallback:
-            warnings.warn(f"batched per-term gradients unavailable ({err}); falling back to one pass per term")
-            _warned_fallback = True
+        # Python shows a warning once per place by default: no flag of our own needed.
+        warnings.warn(f"batched per-term gradients unavailable ({err}); falling back to one pass per term")
         per_row = [torch.autograd.grad(terms, inputs, grad_outputs=row, retain_graph=True, allow_unused=True)
                    for row in rows]
         grads = tuple(

@@ -9,6 +9,7 @@ METRICS = REPORTS / "metrics.json"
 REPORT_MD = REPORTS / "report.md"
 FIGURES = REPORTS / "figures"
 PLOTS = REPORTS / "plots"
+TIMINGS = REPORTS / "timings.json"  # wall-clock epoch times of the last train: beside, not in, the DVC outputs
 
 
 def prepared_dir(dataset: str) -> Path:
@@ -17,3 +18,18 @@ def prepared_dir(dataset: str) -> Path:
 
 def seed_dir(seed: int) -> Path:
     return MODELS / f"seed_{seed}"
+
+
+def swapped_outputs() -> list[Path]:
+    """What the stages write atomically (folders replaced whole by ``pipeline.io.atomic_dir``, files by
+    ``atomic_path``), every prepared dataset's folder included (found from what is in data/prepared/, its
+    ``.<name>.old`` and ``.<name>.<pid>-<random>.tmp`` entries too, so this module needs no registry)."""
+    prepared: set[Path] = set()
+    if PREPARED.is_dir():
+        for entry in PREPARED.iterdir():
+            name = entry.name
+            if not name.startswith(".") and entry.is_dir():
+                prepared.add(entry)
+            elif name.startswith(".") and name.endswith((".old", ".tmp")) and "." in name[1:]:
+                prepared.add(PREPARED / name[1:].split(".")[0])
+    return [MODELS, SPLITS, FIGURES, PLOTS, METRICS, REPORT_MD, TIMINGS, *sorted(prepared)]

@@ -49,13 +49,52 @@ def save_splits(folder: Path, splits: dict[str, np.ndarray]) -> None:
                 np.save(fh, splits[name], allow_pickle=False)
 
 
-def load_splits(folder: Path) -> dict[str, np.ndarray]:
+def _load_index_file(path: Path, num_samples: int | None) -> np.ndarray:
+    """One split file: a 1-D array of integer sample indices in ``[0, num_samples)``; else ``ValueError``
+    naming the file."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable .npy file ({err}): run `dvc repro split`") from None
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{path} has dtype {arr.dtype}; split indices must be integers "
+                         "(hand-edited? run `dvc repro split`)")
+    if arr.ndim != 1:
+        raise ValueError(f"{path} has shape {arr.shape}; a split is a 1-D array of sample indices")
+    if arr.size:
+        low, high = int(arr.min()), int(arr.max())
+        if low < 0 or (num_samples is not None and high >= num_samples):
+            bad = low if low < 0 else high
+            bound = f"[0, {num_samples})" if num_samples is not None else "non-negative"
+            raise ValueError(f"{path}: index {bad} is out of range (sample indices must be {bound}, the "
+                             "prepared data's size): run `dvc repro split`")
+    return arr.astype(np.int64, copy=False)
+
+
+def check_files_disjoint(folder: Path, splits: dict[str, np.ndarray]) -> None:
+    """Like :func:`check_disjoint`, but the message names both files (what a reader of hand-edited files needs)."""
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            shared = np.intersect1d(splits[a], splits[b])
+            if shared.size:
+                raise ValueError(f"{folder / f'{a}.npy'} and {folder / f'{b}.npy'} share {shared.size} sample(s) "
+                                 f"(e.g. {int(shared[0])}); the splits must be disjoint: run `dvc repro split`")
+    hidden = splits.get(UNLABELLED)
+    if hidden is not None and not np.isin(hidden, splits["train"]).all():
+        raise ValueError(f"{folder / f'{UNLABELLED}.npy'} lists samples outside {folder / 'train.npy'}; the "
+                         "unlabelled split must be a subset of the train split")
+
+
+def load_splits(folder: Path, num_samples: int | None = None) -> dict[str, np.ndarray]:
+    """Read and check the split files: integer 1-D indices, in range of ``num_samples`` (when given), disjoint.
+    A violation raises ``ValueError`` naming the file(s)."""
     out = {}
     for name in SPLITS:
         path = folder / f"{name}.npy"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run `dvc repro split`")
-        out[name] = np.load(path, allow_pickle=False)
+        out[name] = _load_index_file(path, num_samples)
     if (folder / f"{UNLABELLED}.npy").is_file():
-        out[UNLABELLED] = np.load(folder / f"{UNLABELLED}.npy", allow_pickle=False)
+        out[UNLABELLED] = _load_index_file(folder / f"{UNLABELLED}.npy", num_samples)
+    check_files_disjoint(folder, out)
     return out

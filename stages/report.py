@@ -8,7 +8,7 @@ from pipeline.cli import stage
 from pipeline.experiment import load_experiment, load_run
 from pipeline.io import atomic_dir, write_text
 from pipeline.metrics.summary import format_mean_sem
-from pipeline.paths import FIGURES, METRICS, PLOTS, REPORT_MD
+from pipeline.paths import FIGURES, METRICS, PLOTS, REPORT_MD, TIMINGS
 from pipeline.datasets.base import Dataset
 from pipeline.report import (generated_labels, loss_image_figure, loss_landscapes, mean_history, method_log_series,
                              outer_update_summary, phi_movement, plot_final_weights, plot_series, plot_soft_labels,
@@ -45,7 +45,7 @@ def main(params) -> None:
         lines += [f"| {k.split('/')[0]} | {k.split('/', 1)[1]} | {format_mean_sem(v['mean'], v['sem'])} |"
                   for k, v in per_group.items()]
         lines += [""]
-    epochs = [np.mean(r.history["epoch_seconds"]) for r in runs if r.history.get("epoch_seconds")]
+    epochs = epoch_seconds(params, runs)
     if epochs:
         lines += [f"Mean wall time of a training epoch: {np.mean(epochs):.2f} s (device: {params.device}).", ""]
     with atomic_dir(FIGURES) as fig_dir, atomic_dir(PLOTS) as plot_dir:
@@ -67,6 +67,22 @@ def main(params) -> None:
                       "uniform weight w shows as w).", "", "![loss images](figures/loss_images.png)", ""]
     write_text(REPORT_MD, "\n".join(lines))
     click.echo(f"wrote {REPORT_MD}")
+
+
+def epoch_seconds(params, runs) -> list[float]:
+    """Mean wall time of an epoch per seed, from reports/timings.json (written by train beside models/, which
+    holds no wall-clock times so that identical retrains are byte-identical) when it describes these runs;
+    models trained before that move carry them in their history."""
+    try:
+        timings = json.loads(TIMINGS.read_text())
+    except (OSError, ValueError):
+        timings = None
+    if (isinstance(timings, dict) and timings.get("method") == params.method
+            and timings.get("dataset") == params.dataset and timings.get("seeds") == list(params.seeds)):
+        per_seed = timings.get("per_seed") or {}
+        return [float(np.mean(t["epoch_seconds"])) for t in per_seed.values()
+                if isinstance(t, dict) and t.get("epoch_seconds")]
+    return [float(np.mean(r.history["epoch_seconds"])) for r in runs if r.history.get("epoch_seconds")]
 
 
 def weights_section(exp, steps, weights, final, names, fig_dir, plot_dir) -> list[str]:

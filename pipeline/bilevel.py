@@ -30,6 +30,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from pipeline.faults import overflow_named
 from pipeline.schema import StrictModel
 
 
@@ -211,6 +212,7 @@ class HyperOptimizer:
         self.hyper_steps = 0
         self._eigenvector: list[Tensor] | None = None
         self._warned = False
+        self.last_lambda: float | None = None  # the latest λ̂_max, for messages
 
     @property
     def every(self) -> int:
@@ -232,8 +234,10 @@ class HyperOptimizer:
         iterations = self.cfg.curvature_iterations * (2 if self._eigenvector is None else 1)
         lam, self._eigenvector = curvature.top_eigenvalue(start, iterations)
         if not math.isfinite(lam):
-            raise FloatingPointError(f"the curvature estimate λ̂_max of ∇²_W L_T is {lam}: W has diverged "
-                                     f"(lower train.lr) or the data holds NaN/inf")
+            raise FloatingPointError(f"{self.key}'s hyper step {self.hyper_steps + 1}: the curvature estimate "
+                                     f"λ̂_max of ∇²_W L_T is {lam}: W has diverged (lower the dataset's train.lr) "
+                                     f"or the data holds NaN/inf")
+        self.last_lambda = lam
         in_force = self.neumann_lr
         if self.auto:
             self.neumann_lr = self.cfg.curvature_safety / max(lam, 1e-12)
@@ -257,10 +261,7 @@ class HyperOptimizer:
         grads = _series_hypergradient(direct, series, curvature, self.hparams, alpha)
         norm = float(_norm(grads))
         if not math.isfinite(norm):
-            raise FloatingPointError(
-                f"the hypergradient of φ is {norm} at hyper step {self.hyper_steps + 1} (α = {alpha:.3g}): "
-                f"lower {self.key}.lr or {self.key}.neumann_lr (or use neumann_lr: auto), "
-                f"or set {self.key}.max_hypergrad_norm")
+            raise FloatingPointError(self._non_finite(norm, aux_loss, direct, v, series, alpha))
         reference_norm = norm / alpha
         clipped = self.cfg.max_hypergrad_norm is not None and reference_norm > self.cfg.max_hypergrad_norm
         if clipped:
@@ -268,14 +269,47 @@ class HyperOptimizer:
         self.optimizer.zero_grad(set_to_none=True)
         for h, g in zip(self.hparams, grads):
             h.grad = g
-        self.optimizer.step()
+        with overflow_named(f"φ's step in {self.key}'s hyper step {self.hyper_steps + 1}",
+                            f"lower {self.key}.lr (now {self.cfg.lr:g})"):
+            self.optimizer.step()
         if self.after_update is not None:
             self.after_update()
-        if not all(torch.isfinite(h).all() for h in self.hparams):
-            raise FloatingPointError(f"φ became non-finite at hyper step {self.hyper_steps + 1}: lower {self.key}.lr")
+        if not bool(torch.stack([torch.isfinite(h).all() for h in self.hparams]).all()):
+            raise FloatingPointError(
+                f"φ became non-finite in {self.key}'s hyper step {self.hyper_steps + 1} (hypergradient norm "
+                f"{norm:.3g}): lower {self.key}.lr (now {self.cfg.lr:g})")
         self.hyper_steps += 1
         return HyperStepStats(hypergrad_norm=norm, reference_norm=reference_norm, clipped=clipped,
                               aux_loss=float(aux_loss.detach()), neumann_lr=alpha, alpha_lambda=alpha_lambda)
+
+    def _non_finite(self, norm: float, aux_loss: Tensor, direct: list[Tensor], v: list[Tensor],
+                    series: list[Tensor], alpha: float) -> str:
+        """Which part of the hypergradient broke, and the key that governs it (called only on failure)."""
+        def finite(tensors: Sequence[Tensor]) -> bool:
+            return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+        where = f"{self.key}'s hyper step {self.hyper_steps + 1}: the hypergradient of φ is {norm}"
+        phi = max((float(h.detach().abs().max()) for h in self.hparams if h.numel()), default=0.0)
+        if not (math.isfinite(float(aux_loss.detach())) and finite(v)):
+            return (f"{where}, because the outer loss L_A or its gradient in W is non-finite (L_A = "
+                    f"{float(aux_loss.detach()):.3g}): W has diverged (lower the dataset's train.lr) or the "
+                    f"auxiliary set's data holds NaN/inf")
+        if not finite(series) or finite(direct):
+            lam = f", λ̂_max = {self.last_lambda:.3g}, α·λ̂_max = {alpha * self.last_lambda:.3g}" \
+                if self.last_lambda is not None else ""
+            if not finite(series):
+                what = f"the Neumann series diverged (α = {alpha:.3g}{lam})"
+            else:
+                what = (f"the mixed term α·∇φ∇W L_T·series overflowed (α = {alpha:.3g}{lam}, "
+                        f"max |φ| = {phi:.3g})")
+            if self.auto:
+                return (f"{where}: {what}: lower {self.key}.curvature_safety (now {self.cfg.curvature_safety:g}) "
+                        f"(λ̂_max was underestimated) or raise {self.key}.curvature_iterations")
+            bound = f" (below 2/λ̂_max = {2 / self.last_lambda:.3g})" if self.last_lambda else ""
+            return (f"{where}: {what}: lower {self.key}.neumann_lr (now {alpha:g}){bound} or set "
+                    f"{self.key}.neumann_lr: auto")
+        return (f"{where}: its direct term ∂L_A/∂φ is non-finite (max |φ| = {phi:.3g}): lower {self.key}.lr "
+                f"(now {self.cfg.lr:g})")
 
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from pipeline.datasets.base import Dataset, TaskData
 from pipeline.datasets.base import reduce_pixels
+from pipeline.faults import TrainingGuard
 from pipeline.methods.base import Batch, Method, SharedTrunk, StepContext, build_method, scale_losses
 from pipeline.metrics.summary import higher_is_better
 
@@ -176,6 +177,15 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     ctx_common = dict(model=model, dataset=dataset, train_batch=lambda: next_batch(outer_train_stream),
                       loss_scale=scale, optimizer=optimizer, diagnostic_batch=lambda: next_batch(diagnostic_stream))
     epoch_start, epoch_len = time.perf_counter(), train_stream.steps_per_epoch
+    # Non-finite losses stop the run at the step they appear, with their cause named (pipeline/faults.py).
+    guard = TrainingGuard(dataset, data, method, model, params, seed)
+    val_rows = torch.as_tensor(splits["val"])
+
+    def outer_losses(stream: BatchStream, step: int, what: str) -> Tensor:
+        batch = next_batch(stream)
+        losses = scaled_losses(batch, True)[0]
+        guard.check_losses(step, batch, losses, what)  # one sync per outer batch
+        return losses
 
     for step in tqdm(range(1, cfg.steps + 1), desc=f"{params.method} seed {seed}", disable=None if progress else True):
         model.train()
@@ -184,18 +194,30 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         if step == 1:  # a method may calibrate φ at the losses this run sees; φ's initial state is after that
             method.start(losses.detach())
             initial_method_state = _state(method)
+            guard.start()
         optimizer.zero_grad(set_to_none=True)
-        train_loss = method.backward(losses, SharedTrunk(shared, last_shared, z))
-        optimizer.step()
+        try:
+            train_loss = method.backward(losses, SharedTrunk(shared, last_shared, z))
+        except FloatingPointError as err:  # a combiner's own update (GradNorm's weights) names its key
+            raise guard.role_failed(step, err, "the loss combiner") from None
+        # L_T and Σ per-task losses in one transfer (the history's float(L_T) took one anyway)
+        train_value, _ = values = guard.step_values(train_loss, losses)
+        guard.finite_step(step, values, batch, losses)  # before W's update: fail fast, at this step
+        guard.optimiser_step(step, optimizer)
         schedule.step()
         history["step"].append(step)
-        history["train_loss"].append(float(train_loss))
+        history["train_loss"].append(train_value)
         history["main_loss"].append(float(reduce_pixels(losses)[:, 0].detach().mean()))
         history["weights"].append(method.task_weights(losses).cpu().tolist())
 
-        ctx = StepContext(step, w_params, lambda: scaled_losses(next_batch(outer_train_stream), True)[0],
-                          lambda: scaled_losses(next_batch(aux_stream), True)[0], batch=batch, **ctx_common)
-        logs = method.after_step(ctx)
+        ctx = StepContext(step, w_params, lambda: outer_losses(outer_train_stream, step, "outer training batch"),
+                          lambda: outer_losses(aux_stream, step, "auxiliary-set batch"), batch=batch, **ctx_common)
+        try:
+            logs = method.after_step(ctx)
+        except FloatingPointError as err:  # φ, its hypergradient, θ2: the outer update names its keys
+            raise guard.role_failed(step, err, "the outer update") from None
+        if logs and any(k in logs for k in ("hypergrad_norm", "meta_loss")):
+            guard.last_outer_step = step
         if "hypergrad_norm" in logs:
             history["hyper_step"].append(step)
             history["hypergrad_norm"].append(logs["hypergrad_norm"])
@@ -212,8 +234,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
             val = dataset.main_loss(model, val_data, all_val)
             history["val_step"].append(step)
             history["val_main_loss"].append(val)
-            if not math.isfinite(val):
-                raise FloatingPointError(f"validation loss became {val} at step {step}: lower train.lr")
+            guard.validation(step, val, val_rows)  # names train.lr only when W is the cause
             score = val
             if cfg.select_by == "val_metric":  # the reference's choice: the best validation mIoU / accuracy
                 name, value = next(iter(dataset.metrics(model, val_data, all_val).items()))

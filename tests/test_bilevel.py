@@ -255,3 +255,33 @@ def test_non_finite_hypergradient_names_the_key():
     opt = HyperOptimizer([phi], BilevelConfig(hyper_every=1, neumann_lr=0.1))
     with pytest.raises(FloatingPointError, match="methods.bilevel"):
         opt.step(train, aux, [w])
+
+
+def test_diverging_neumann_series_names_neumann_lr_not_phi_lr():
+    """A fixed α far beyond 2/λ_max: the series, not φ's rate, is named, with the bound to stay below."""
+    train, aux, w, phi = _quadratic([4.0, 1.0])
+    opt = HyperOptimizer([phi], BilevelConfig(hyper_every=1, neumann_lr=1e30, neumann_steps=12))  # > 1e308
+    with pytest.warns(UserWarning), pytest.raises(FloatingPointError) as info:
+        opt.step(train, aux, [w])
+    message = str(info.value)
+    assert "hyper step 1" in message and "Neumann series diverged" in message
+    assert "lower methods.bilevel.neumann_lr (now 1e+30) (below 2/λ̂_max = 0.5" in message
+    assert "methods.bilevel.lr " not in message and opt.hyper_steps == 0
+
+
+def test_phi_rate_that_overflows_names_phi_lr():
+    """float32 φ (as in training): a rate of 1e39 does not fit its type."""
+    torch.set_default_dtype(torch.float32)  # the autouse fixture restores its own default afterwards
+    train, aux, w, phi = _quadratic([4.0, 1.0])
+    opt = HyperOptimizer([phi], BilevelConfig(hyper_every=1, neumann_lr=0.1, lr=1e39))
+    with pytest.raises(FloatingPointError, match=r"lower methods\.bilevel\.lr \(now 1e\+39\)"):
+        opt.step(train, aux, [w])
+
+
+def test_non_finite_outer_loss_is_not_blamed_on_phi_settings():
+    """L_A non-finite (the test above): the message says W or the data, not φ's rate or α."""
+    train, aux, w, phi = _quadratic([4.0, 1.0])
+    opt = HyperOptimizer([phi], BilevelConfig(hyper_every=1, neumann_lr=0.1))
+    with pytest.raises(FloatingPointError) as info:
+        opt.step(train, aux * float("nan"), [w])
+    assert "outer loss L_A" in str(info.value) and ".neumann_lr" not in str(info.value)

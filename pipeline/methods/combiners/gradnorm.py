@@ -20,6 +20,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from pipeline.faults import FaultKeys, Suspect, overflow_named
 from pipeline.schema import StrictModel
 from pipeline.methods.base import SharedTrunk, register
 from pipeline.methods.combiners.weighted import weighting_method, WeightedSum, per_term_gradient_norms
@@ -68,7 +69,8 @@ class GradNorm(WeightedSum):
         opt.zero_grad(set_to_none=True)
         grad_loss = self.grad_norm_loss(task_losses.detach(), grad_norms)
         grad_loss.backward()
-        opt.step()
+        with overflow_named("GradNorm's step of its task weights", f"lower methods.gradnorm.lr (now {self.cfg.lr:g})"):
+            opt.step()
         with torch.no_grad():
             w = self.weights.clamp_min(self.cfg.min_weight)
             self.weights.copy_(w * (self.num_tasks / w.sum()))
@@ -77,6 +79,11 @@ class GradNorm(WeightedSum):
 
     def step_log(self) -> dict[str, float]:
         return {"gradnorm_loss": self.last_grad_loss}
+
+    def fault_suspects(self, keys: FaultKeys, step: int) -> list[Suspect]:
+        """w is moved only by its own optimiser (W's step at step t uses the w of step t − 1's update)."""
+        return [Suspect("GradNorm's task weights w", [self.weights.detach()],
+                        f"lower {keys.method('gradnorm', 'lr')} (now {self.cfg.lr:g})")]
 
 
 register(weighting_method("gradnorm", GradNorm, GradNormConfig, order=2, description=__doc__.splitlines()[0]))

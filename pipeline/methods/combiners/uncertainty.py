@@ -16,6 +16,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from pipeline.faults import FaultKeys, Suspect
 from pipeline.schema import StrictModel
 from pipeline.methods.base import SharedTrunk, register
 from pipeline.methods.combiners.weighted import weighting_method, WeightedSum
@@ -32,6 +33,17 @@ class Uncertainty(WeightedSum):
 
     def joint_parameters(self) -> list[nn.Parameter]:
         return [self.log_vars]
+
+    def fault_suspects(self, keys: FaultKeys, step: int) -> list[Suspect]:
+        """s and exp(−s): at step 1 they are as ``init_log_variance`` set them; later W's optimiser moved s."""
+        init = keys.method("uncertainty", "init_log_variance")
+        if step <= 1:
+            hint = f"set {init} to a moderate value (now {self.cfg.init_log_variance:g}; |s| ≲ 80 in float32)"
+        else:
+            hint = f"{keys.optimiser()} (s is trained with W), or start s nearer 0 ({init})"
+        s = self.log_vars.detach()
+        return [Suspect("Uncertainty's log-variances s (or the term Σ_j s_j of L_T)", [s, s.sum()], hint),
+                Suspect("Uncertainty's task weights exp(−s)", [torch.exp(-s)], hint)]
 
     def training_loss(self, losses: Tensor) -> Tensor:
         """Σ_j exp(−s_j) · mean_b ℓ_j + s_j."""

@@ -9,6 +9,7 @@ from torch import nn
 
 from pipeline.bilevel import BilevelConfig, HyperOptimizer
 from pipeline.datasets.base import reduce_pixels
+from pipeline.faults import FaultKeys, Suspect
 from pipeline.methods.base import OuterUpdate, StepContext
 
 if TYPE_CHECKING:
@@ -24,6 +25,11 @@ class ImplicitOuterUpdate(OuterUpdate):
         self.cfg = cfg
         self.hyper_set = hyper_set
         self.hyper = HyperOptimizer(hparams, cfg, after_update=after_update)
+
+    def fault_suspects(self, keys: FaultKeys, step: int) -> list[Suspect]:
+        """φ (the combiner's network and the generator's): moved only by its hyper steps."""
+        return [Suspect(f"φ (trained by {self.hyper.key})", [h.detach() for h in self.hyper.hparams],
+                        f"lower {keys.method('bilevel', 'lr')} (now {self.cfg.lr:g})")]
 
     def batch_sizes(self, train_batch_size: int) -> tuple[int, int]:
         return self.cfg.hyper_train_batch or train_batch_size, self.cfg.hyper_aux_batch

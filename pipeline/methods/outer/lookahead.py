@@ -5,12 +5,14 @@
 ``generators/labels.py``, which also documents how each default follows the authors' code)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from pipeline.faults import FaultKeys, Suspect, all_finite, max_abs, overflow_named
 from pipeline.methods.base import Batch, OuterUpdate, StepContext, scale_losses
 from pipeline.methods.generators.labels import GeneratedLabels, LabelsConfig, WithGeneratedHead, negative_entropy
 
@@ -115,10 +117,26 @@ class LookAheadUpdate(OuterUpdate):
             return {}
         batch = ctx.batch if self.cfg.maxl_meta_batch == "step" else ctx.train_batch()
         loss, grads = self.meta_gradients(ctx.model, batch, ctx.loss_scale, ctx.optimizer)
-        for p, g in zip(self.labels.label_net.parameters(), grads):
+        theta2 = list(self.labels.label_net.parameters())
+        # checked where they happen (two syncs per θ2 step): the meta objective and its gradient, then θ2
+        if not (math.isfinite(float(loss)) and all_finite(grads)):
+            raise FloatingPointError(
+                f"MAXL's meta objective or its gradient w.r.t. θ2 is non-finite (meta loss {float(loss):.3g}, "
+                f"max |θ2| = {max_abs(theta2):.3g}): lower methods.labels.lr (now {self.cfg.lr:g}), or the "
+                f"look-ahead's rate (methods.labels.lookahead_lr, else the dataset's train.lr)")
+        for p, g in zip(theta2, grads):
             p.grad = g
-        self.optimizer.step()
+        with overflow_named("θ2's step", f"lower methods.labels.lr (now {self.cfg.lr:g})"):
+            self.optimizer.step()
+        if not all_finite(theta2):
+            raise FloatingPointError(f"θ2 (MAXL's label network) became non-finite in its update: lower "
+                                     f"methods.labels.lr (now {self.cfg.lr:g})")
         return {"meta_loss": float(loss)}
+
+    def fault_suspects(self, keys: FaultKeys, step: int) -> list[Suspect]:
+        """θ2: moved only by this update."""
+        return [Suspect("θ2 (MAXL's label network)", [p.detach() for p in self.labels.label_net.parameters()],
+                        f"lower {keys.method('labels', 'lr')} (now {self.cfg.lr:g})")]
 
 
 class FirstOrderLookAhead(LookAheadUpdate):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.config import parse_params
+from pipeline.config import ParamsError, parse_params
 from pipeline.schema import TrainConfig
 from pipeline.datasets.base import Dataset, TaskData
 from pipeline.methods.base import build_method
@@ -395,7 +395,11 @@ def test_psi_must_match_the_groups_and_datasets_must_support_generation():
         bound("maxl", data, psi=[2, 2])
     with pytest.raises(Exception, match="psi"):
         parse_params({"methods": {"labels": {"psi": 0}}})
-    toy = parse_params({"method": "maxl", "dataset": "toy2d"})
+    # params validation refuses the pair before any work, naming the datasets that fit
+    with pytest.raises(ParamsError, match="method maxl needs a dataset with generated_labels.*fit: cifar10"):
+        parse_params({"method": "maxl", "dataset": "toy2d"})
+    # and the method itself refuses a dataset without label groups, if built around the validation
+    toy = parse_params({"method": "maxl", "dataset": "cifar10"})
     from tests.conftest import _prepared
     ds, toy_data, _ = _prepared("toy2d")
     with pytest.raises(ValueError, match="toy2d does not support generated auxiliary tasks"):

@@ -161,7 +161,8 @@ def check_writable(target: Path | str) -> None:
         except FileNotFoundError:
             continue  # created on demand
         except OSError as err:
-            raise PermissionError(f"{folder} is not writable ({err.strerror}): {target} cannot be written; "
+            shown = folder if str(folder) != "." else f"the current folder {Path.cwd()}"
+            raise PermissionError(f"{shown} is not writable ({err.strerror}): {target} cannot be written; "
                                   "fix its permissions (or mount) and run again") from None
         os.close(fd)
         os.unlink(probe)

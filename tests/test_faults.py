@@ -236,7 +236,7 @@ def test_read_only_output_fails_before_any_training_naming_the_folder(ws, monkey
     with read_only(ws / folder):
         result = invoke(train.main)
     assert result.exit_code == 1, result.output
-    named = "." if folder == "." else folder
+    named = f"the current folder {ws}" if folder == "." else folder
     assert f"Error: {named} is not writable" in result.output and not calls
     assert debris(ws) == [] and snapshot(ws) == before
 

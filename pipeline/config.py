@@ -9,6 +9,7 @@ adding a dataset or a method never means editing this file.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,7 +61,8 @@ def _dataset_profile(name: str, dataset: Any, method_sections: dict[str, type[Ba
                 method_sections[section](**keys)
             except ValidationError as err:
                 first = err.errors()[0]
-                raise ValueError(f"{section}.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+                loc = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
+                raise ValueError(f"{section}.{loc}: {first['msg']}") from None
         return v
 
     return create_model(
@@ -78,7 +80,9 @@ def _dataset_profile(name: str, dataset: Any, method_sections: dict[str, type[Ba
 
 def _build_params_model() -> type[BaseModel]:
     from pipeline.registry import DATASETS
-    from pipeline.methods.base import method_config_sections
+    import torch
+
+    from pipeline.methods.base import build_method, method_config_sections
     from pipeline.registry import METHODS
     from pipeline.usefulness import UsefulnessConfig
 
@@ -120,6 +124,36 @@ def _build_params_model() -> type[BaseModel]:
                 fits = [name for name, cls in DATASETS.items() if not spec.missing(cls)]
                 raise ValueError(f"method {self.method} needs a dataset with {', '.join(sorted(missing))}, which "
                                  f"dataset {self.dataset} does not have; datasets that fit: {', '.join(fits)}")
+            return self
+
+        @model_validator(mode="after")
+        def _method_params_fit(self) -> "Params":
+            """The selected method's own settings, as training will read them (its sections with the selected
+            dataset's overrides on top), checked against what the dataset's params tell before any data exist."""
+            spec = METHODS.get(self.method)
+            sections = [s for s in (spec.config_section, "bilevel" if spec.uses_bilevel else None) if s]
+            for section in sections:
+                where = (f"methods.{section} with datasets.{self.dataset}.methods.{section}"
+                         if section in self.profile.methods else f"methods.{section}")
+                try:
+                    cfg = self.method_config(section)
+                except ValidationError as err:
+                    first = err.errors()[0]
+                    raise ValueError(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+                psi = getattr(cfg, "psi", None)
+                known = getattr(self.dataset_config, "known_label_groups", None)
+                groups = known() if callable(known) else None
+                if isinstance(psi, list) and groups is not None and len(psi) != groups:
+                    raise ValueError(
+                        f"{where}.psi: {len(psi)} entries, but dataset {self.dataset} has {groups} label groups "
+                        f"(known from datasets.{self.dataset}.prepare): give {groups} entries or one int")
+            if not spec.needs_data:  # built without data: a setting its roles refuse is caught here, not in train
+                try:
+                    with torch.random.fork_rng(devices=[]):  # the caller's random draws stay as they were
+                        build_method(self.method, 3, self)
+                except Exception as err:  # noqa: BLE001 (whatever the roles refuse, reported with the keys)
+                    raise ValueError(f"method {self.method} ({', '.join(f'methods.{s}' for s in sections)}): "
+                                     f"{err}") from None
             return self
 
         @model_validator(mode="after")
@@ -170,15 +204,24 @@ def params_model() -> type[BaseModel]:
     return _PARAMS_MODEL
 
 
+# The tags pydantic adds to an error's location for the branch of a union (``int``, ``list[int]``,
+# ``literal['auto']``, ``function-after[...]``): not keys of params.yaml.
+_UNION_TAG = re.compile(r"^(int|float|str|bool|none|[a-z-]+\[.*\])$")
+
+
 def _format(err: ValidationError, source: str) -> str:
-    lines = []
+    """One line per bad key (the union branches a value failed merged into that key's line)."""
+    lines: dict[str, list[str]] = {}
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])  # empty for whole-file checks, whose message names the keys
+        # empty for whole-file checks, whose message names the keys
+        key = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{key}: {msg}" if key else msg)
-    return f"{source}: invalid parameters\n  " + "\n  ".join(lines)
+        if msg not in lines.setdefault(key, []):
+            lines[key].append(msg)
+    text = [f"{key}: {'; or '.join(msgs)}" if key else "; ".join(msgs) for key, msgs in lines.items()]
+    return f"{source}: invalid parameters\n  " + "\n  ".join(text)
 
 
 def parse_params(raw: Any, source: str = "params") -> Any:
@@ -193,14 +236,40 @@ def parse_params(raw: Any, source: str = "params") -> Any:
         raise ParamsError(_format(err, source)) from None
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats, as DVC (ruamel) reads the file: ``1e-3`` is a number, not
+    the string PyYAML's YAML 1.1 makes of it (which strict types would then refuse)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                         for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """Parse params.yaml text (YAML 1.2 floats); raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_params(path: Path | str = PARAMS_FILE) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: file not found (run from the repository root)")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+        raw = read_yaml(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if raw is None:
+        raise ParamsError(f"{path}: the file is empty; dvc.yaml reads its keys (dataset, datasets.<name>...): "
+                          "write them out, e.g. regenerate the defaults with `python -m pipeline.config > params.yaml`")
     return parse_params(raw, str(path))
 
 

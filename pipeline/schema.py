@@ -2,15 +2,51 @@
 so a method or dataset never imports the assembler (``pipeline.config``) that imports the registries."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+# Every integer of params.yaml fits a signed 64-bit integer (torch and numpy read them as such); a seed (a key
+# named ``seed``, ``seeds`` or ``*_seed``) lies in [0, 2**32): numpy's default_rng refuses negative seeds and
+# the legacy RandomState wider ones.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+SEED_MAX = 2**32 - 1
+
+
+def _is_seed(name: str) -> bool:
+    return name in ("seed", "seeds") or name.endswith("_seed")
+
+
+def _ints(value: Any) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [i for v in value for i in _ints(v)]
+    return []
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors, so a typo never silently falls back to a default."""
+    """Unknown keys are errors, so a typo never silently falls back to a default.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict types: no coercion (``steps: true``, ``steps: 2.0`` and ``lr: "0.1"`` are errors; an integer is a
+    valid float), every float finite (no key of params.yaml accepts NaN or ±inf: a key that would must say
+    so and override ``allow_inf_nan``), every integer within int64, every seed within [0, 2**32). A tuple-typed
+    field (YAML has only lists) sets ``Field(strict=False)``: its items stay strict.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _integers_in_range(cls, v: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or ""
+        low, high = (0, SEED_MAX) if _is_seed(name) else (INT_MIN, INT_MAX)
+        for i in _ints(v):
+            if not low <= i <= high:
+                raise ValueError(f"{i} is out of range: must lie in [{low}, {high}]")
+        return v
 
 
 class ParamsError(ValueError):
@@ -20,7 +56,7 @@ class ParamsError(ValueError):
 class SplitConfig(StrictModel):
     """The default ``datasets.<name>.split``: a seeded random partition; the rest of the data is train."""
 
-    seed: int = 0
+    seed: int = Field(0, description="seed of the partition")
     aux: int = Field(20, ge=1, description="samples pre-allocated from the training data for the auxiliary set")
     val: int = Field(200, ge=1)
     test: int = Field(1000, ge=1)

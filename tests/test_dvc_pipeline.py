@@ -70,19 +70,19 @@ def test_second_repro_is_a_no_op(pipeline_repo: Path):
 def test_training_param_reruns_only_training_and_after(pipeline_repo: Path):
     edit_params(pipeline_repo, lambda p: p["datasets"]["toy2d"]["train"].update(lr=0.02))
     # the usefulness analysis trains the main task alone with the dataset's train settings, so it reads them too
-    assert stale_stages(pipeline_repo) == {"train", "usefulness"}
+    assert stale_stages(pipeline_repo) == {"validate", "train", "usefulness"}
     # report rebuilds the trained method from its section (e.g. ψ of a label generator), so it reads methods too
     edit_params(pipeline_repo, lambda p: p["methods"]["bilevel"].update(lr=0.02))
-    assert stale_stages(pipeline_repo) == {"train", "usefulness", "report"}
+    assert stale_stages(pipeline_repo) == {"validate", "train", "usefulness", "report"}
     edit_params(pipeline_repo, lambda p: p["datasets"]["toy2d"]["methods"].update(bilevel={"lr": 0.03}))
-    assert stale_stages(pipeline_repo) == {"train", "usefulness", "report"}
+    assert stale_stages(pipeline_repo) == {"validate", "train", "usefulness", "report"}
     edit_params(pipeline_repo, lambda p: p.update(method="stl"))
-    assert stale_stages(pipeline_repo) == {"train", "usefulness", "evaluate", "report"}
+    assert stale_stages(pipeline_repo) == {"validate", "train", "usefulness", "evaluate", "report"}
     edit_params(pipeline_repo, lambda p: p["datasets"]["noisy_aux"]["train"].update(lr=0.5))
     assert "train" in stale_stages(pipeline_repo)  # unchanged set: noisy_aux settings are not read for toy2d
-    assert stale_stages(pipeline_repo) == {"train", "usefulness", "evaluate", "report"}
+    assert stale_stages(pipeline_repo) == {"validate", "train", "usefulness", "evaluate", "report"}
     edit_params(pipeline_repo, lambda p: p["usefulness"].update(batches=4))
-    assert stale_stages(pipeline_repo) == {"train", "usefulness", "evaluate", "report"}
+    assert stale_stages(pipeline_repo) == {"validate", "train", "usefulness", "evaluate", "report"}
     out = dvc(pipeline_repo, "repro").stdout
     assert "Running stage 'train'" in out
     assert "Running stage 'split'" not in out and "Running stage 'prepare" not in out
@@ -91,7 +91,7 @@ def test_training_param_reruns_only_training_and_after(pipeline_repo: Path):
 
 def test_prepare_param_reruns_only_that_dataset(pipeline_repo: Path):
     edit_params(pipeline_repo, lambda p: p["datasets"]["noisy_aux"]["prepare"].update(seed=7))
-    assert stale_stages(pipeline_repo) == {"prepare@noisy_aux"}
+    assert stale_stages(pipeline_repo) == {"validate", "prepare@noisy_aux"}
     dvc(pipeline_repo, "repro")
 
 
@@ -166,3 +166,76 @@ def test_a_users_raw_folder_is_a_dependency(pipeline_repo: Path):
     labels.write_text("\n".join(lines) + "\n")
     status = json.loads(dvc(pipeline_repo, "status", "--json", "prepare@cub").stdout or "{}")
     assert any("data/raw/cub" in json.dumps(change) for change in status.get("prepare@cub", [])), status
+
+
+# -- the whole params.yaml validated on every repro (issue 15) ------------------------------------------------------
+
+def _set(path: str, value):
+    def edit(p):
+        *parents, last = path.split(".")
+        node = p
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, named", [
+    (_set("foo", 1), "foo: unknown key"),
+    (_set("methdo", "stl"), "methdo: unknown key"),
+    (_set("datasets.toy2d.trian", {"steps": 10}), "datasets.toy2d.trian: unknown key"),
+    (_set("datasets.cub.split.k_shot", -1), "datasets.cub.split.k_shot"),
+    (_set("datasets.noisy_aux.prepare.input_mean", float("nan")), "datasets.noisy_aux.prepare.input_mean"),
+    (_set("datasets.toy2d.prepare.sigma_main", float("inf")), "datasets.toy2d.prepare.sigma_main"),
+    (_set("datasets.toy2d.train.steps", True), "datasets.toy2d.train.steps"),
+    (_set("seeds", [1e23]), "seeds.0"),
+    (_set("dataset", "mnist"), "dataset: unknown dataset 'mnist'"),
+    (lambda p: p.update(method="maxl", dataset="cifar10") or p["methods"]["labels"].update(psi=[2, 3, 4]),
+     "methods.labels.psi: 3 entries"),
+])
+def test_a_bad_value_anywhere_stops_repro_before_any_stage(pipeline_repo: Path, edit, named):
+    """Even when no stage reads the key (a typo, an unselected dataset), `dvc repro` stops in `validate` with the
+    key named, and data/, models/ and reports/ are byte-identical."""
+    original = (pipeline_repo / "params.yaml").read_text()
+    stale = stale_stages(pipeline_repo)
+    before = {d: tree_hash(pipeline_repo / d) for d in ("data", "models", "reports")}
+    edit_params(pipeline_repo, edit)
+    try:
+        proc = dvc(pipeline_repo, "repro", check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, out
+        assert named in out, out
+        assert [line for line in out.splitlines() if line.startswith("Running stage")] == ["Running stage 'validate':"]
+        assert {d: tree_hash(pipeline_repo / d) for d in before} == before
+    finally:
+        (pipeline_repo / "params.yaml").write_text(original)
+    assert stale_stages(pipeline_repo) == stale  # the failed validation recorded nothing
+
+
+def test_a_valid_edit_no_stage_reads_runs_only_validate(pipeline_repo: Path):
+    """The marker's bytes do not change, so nothing downstream re-runs."""
+    dvc(pipeline_repo, "repro")  # whatever earlier tests left stale
+    before = {d: tree_hash(pipeline_repo / d) for d in ("data", "models", "reports")}
+    edit_params(pipeline_repo, _set("datasets.cub.split.k_shot", 3))
+    assert stale_stages(pipeline_repo) == {"validate"}
+    out = dvc(pipeline_repo, "repro").stdout
+    assert [line for line in out.splitlines() if line.startswith("Running stage")] == ["Running stage 'validate':"]
+    assert {d: tree_hash(pipeline_repo / d) for d in before} == before
+    assert stale_stages(pipeline_repo) == set()
+
+
+def test_an_empty_params_file_fails_in_dvc_parse_and_validate_says_why(pipeline_repo: Path):
+    """DVC interpolates params.yaml into dvc.yaml (foreach: ${datasets}) before any stage can run, so an empty file
+    is DVC's parse error; nothing is written, and `python -m stages.validate` says what is wrong."""
+    original = (pipeline_repo / "params.yaml").read_text()
+    before = {d: tree_hash(pipeline_repo / d) for d in ("data", "models", "reports")}
+    (pipeline_repo / "params.yaml").write_text("")
+    try:
+        proc = dvc(pipeline_repo, "repro", check=False)
+        assert proc.returncode != 0 and "datasets" in proc.stdout + proc.stderr
+        assert {d: tree_hash(pipeline_repo / d) for d in before} == before
+        direct = subprocess.run(["python", "-m", "stages.validate"], cwd=pipeline_repo, env=ENV, capture_output=True,
+                                text=True)
+        assert direct.returncode == 1 and "params.yaml: the file is empty" in direct.stderr, direct.stderr
+    finally:
+        (pipeline_repo / "params.yaml").write_text(original)

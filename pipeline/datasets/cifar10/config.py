@@ -18,3 +18,8 @@ class Config(ImageConfig):
         default_root("cifar10"), description="source=path: the folder holding data_batch_1..5, test_batch and "
         "batches.meta (the contents of cifar-10-batches-py; see data/raw/cifar10/README.md); must be set "
         "explicitly for source=path; unused by the stand-in")
+
+    def known_label_groups(self) -> int | None:
+        """The main classes (ψ's groups for generated labels), known before any data: the stand-in's shape
+        classes, or CIFAR-10's 10."""
+        return self.standin_num_classes if self.source == "standin" else 10

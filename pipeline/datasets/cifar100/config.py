@@ -22,3 +22,11 @@ class Config(ImageConfig):
         "the stand-in")
     main_label: Literal["fine", "coarse"] = Field(
         "fine", description="main task: the 100 fine classes or the 20 superclasses (the other is kept in meta)")
+
+    def known_label_groups(self) -> int | None:
+        """The main classes (ψ's groups for generated labels), known before any data: the stand-in's shapes
+        (fine) or its shape groups (coarse: shape k is in group k // 2), or CIFAR-100's 100 fine / 20 coarse."""
+        if self.source == "standin":
+            k = self.standin_num_classes
+            return k if self.main_label == "fine" else (k + 1) // 2
+        return 100 if self.main_label == "fine" else 20

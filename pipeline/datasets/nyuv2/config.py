@@ -24,7 +24,7 @@ class Config(StrictModel):
         default_root(NAME), description="folder of the raw data (see its README.md); must be set explicitly "
         "unless source is standin")
     image_size: tuple[int, int] | None = Field(
-        None, description="(H, W) of the prepared images; default 288 x 384 for real data (App. B.2), "
+        None, strict=False, description="(H, W) of the prepared images; default 288 x 384 for real data (App. B.2), "
         "48 x 64 for the stand-in")
     mat_file: str = Field("nyu_depth_v2_labeled.mat", description="official only: the labelled .mat (relative to root)")
     class_mapping_file: str = Field(

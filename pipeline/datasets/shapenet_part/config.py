@@ -43,6 +43,11 @@ class ShapeNetPartConfig(StrictModel):
                              f"{STANDIN_CATEGORY_COUNT} stand-in categories")
         return self
 
+    def known_label_groups(self) -> int | None:
+        """The object categories (ψ's groups for generated labels) when known before any data: the stand-in's;
+        a real release's come from its folder (checked when training starts)."""
+        return self.standin_categories if self.source == STANDIN else None
+
 
 # The ModelConfig fields ``batch_transform`` reads: the dataset must be built with the config the model is.
 SAMPLING_FIELDS = ("train_points", "augment_scale", "augment_jitter")

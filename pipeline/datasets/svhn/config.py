@@ -19,6 +19,11 @@ class Config(ImageConfig):
         default_root("svhn"), description="source=path: the folder holding train_32x32.mat and test_32x32.mat "
         "(see data/raw/svhn/README.md); must be set explicitly for source=path; unused by the stand-in")
 
+    def known_label_groups(self) -> int | None:
+        """The main classes (ψ's groups for generated labels), known before any data: the stand-in's shape
+        classes, or SVHN's 10 digits."""
+        return self.standin_num_classes if self.source == "standin" else 10
+
 
 class ModelConfig(ImageModelConfig):
     """``datasets.svhn.model``: AuxiLearn's SVHN experiment uses a 4-layer ConvNet."""

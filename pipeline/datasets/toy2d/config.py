@@ -11,8 +11,9 @@ from pipeline.schema import StrictModel
 class Config(StrictModel):
     seed: int = 0
     num_samples: int = Field(1300, ge=4)
-    w_main: tuple[float, float] = (1.0, 1.0)
-    w_harmful: tuple[float, float] = (2.0, -4.0)
+    # strict=False lets YAML's list in; the two items stay strict, finite floats
+    w_main: tuple[float, float] = Field((1.0, 1.0), strict=False, description="w* of the main and helpful tasks")
+    w_harmful: tuple[float, float] = Field((2.0, -4.0), strict=False, description="w of the harmful task")
     sigma_main: float = Field(3.0, gt=0, description="must exceed sigma_aux (paper §5.1)")
     sigma_aux: float = Field(1.0, gt=0)
     root: str = Field(default_root("toy2d"), description=ROOT_DESCRIPTION.format(name="toy2d"))

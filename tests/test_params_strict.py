@@ -1,0 +1,222 @@
+"""Strict, finite params (issue 15): no coercion, no NaN/inf, integers in range, each method's own settings checked
+against the dataset before any stage writes, and the `validate` stage that checks the whole file on every repro."""
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.config import ParamsError, default_params_yaml, load_params, parse_params, read_yaml
+from pipeline.schema import StrictModel
+from stages import validate
+
+DEFAULTS = yaml.safe_load(default_params_yaml())
+
+
+def nested(path: str, value):
+    """{"a": {"b": value}} from "a.b"."""
+    out = value
+    for key in reversed(path.split(".")):
+        out = {key: out}
+    return out
+
+
+# (raw params, the key the message must name, a phrase of the message)
+BAD = [
+    # typos at every level, anywhere (unselected datasets included)
+    ({"foo": 1}, "foo", "unknown key"),
+    ({"methdo": "stl"}, "methdo", "unknown key"),
+    (nested("datasets.toy2d.trian", {"steps": 10}), "datasets.toy2d.trian", "unknown key"),
+    (nested("datasets.cub.prepare.standin_sed", 1), "datasets.cub.prepare.standin_sed", "unknown key"),
+    (nested("methods.bilevel.lrr", 0.1), "methods.bilevel.lrr", "unknown key"),
+    (nested("usefulness.damp", 0.1), "usefulness.damp", "unknown key"),
+    # bad values in a dataset that is not selected
+    (nested("datasets.cub.split.k_shot", -1), "datasets.cub.split.k_shot", "greater than or equal to 0"),
+    (nested("datasets.nyuv2.model.stages", 0), "datasets.nyuv2.model.stages", "greater than or equal to 1"),
+    # NaN and inf, in every float family
+    (nested("datasets.noisy_aux.prepare.input_mean", math.nan), "datasets.noisy_aux.prepare.input_mean", "finite"),
+    (nested("datasets.toy2d.prepare.sigma_main", math.inf), "datasets.toy2d.prepare.sigma_main", "finite"),
+    (nested("datasets.toy2d.prepare.w_main", [math.nan, 1.0]), "datasets.toy2d.prepare.w_main.0", "finite"),
+    (nested("datasets.toy2d.train.lr", math.inf), "datasets.toy2d.train.lr", "finite"),
+    (nested("datasets.toy2d.train.weight_decay", math.nan), "datasets.toy2d.train.weight_decay", "finite"),
+    (nested("datasets.cifar10.model.width", math.inf), "datasets.cifar10.model.width", "finite"),
+    (nested("methods.bilevel.neumann_lr", math.inf), "methods.bilevel.neumann_lr", "finite"),
+    (nested("methods.bilevel.max_hypergrad_norm", math.inf), "methods.bilevel.max_hypergrad_norm", "finite"),
+    (nested("methods.uncertainty.init_log_variance", -math.inf), "methods.uncertainty.init_log_variance", "finite"),
+    (nested("methods.labels.lookahead_lr", math.nan), "methods.labels.lookahead_lr", "finite"),
+    (nested("usefulness.damping", math.nan), "usefulness.damping", "finite"),
+    (nested("datasets.toy2d.methods.bilevel.lr", math.inf), "datasets.toy2d.methods: bilevel.lr", "finite"),
+    # no coercion: bool -> int, float -> int, str -> number, int -> bool
+    (nested("datasets.toy2d.train.steps", True), "datasets.toy2d.train.steps", "valid integer"),
+    (nested("datasets.toy2d.train.steps", 10.0), "datasets.toy2d.train.steps", "valid integer"),
+    (nested("datasets.toy2d.train.lr", "0.1"), "datasets.toy2d.train.lr", "valid number"),
+    (nested("datasets.toy2d.train.lr", True), "datasets.toy2d.train.lr", "valid number"),
+    (nested("datasets.shapenet_part.prepare.normalize", 1), "datasets.shapenet_part.prepare.normalize", "boolean"),
+    (nested("methods.labels.psi", True), "methods.labels.psi", "valid integer"),
+    (nested("datasets.toy2d.prepare.w_main", [True, 1.0]), "datasets.toy2d.prepare.w_main.0", "valid number"),
+    (nested("datasets.nyuv2.prepare.image_size", [30.0, 40]), "datasets.nyuv2.prepare.image_size.0", "valid integer"),
+    ({"threads": True}, "threads", "valid integer"),
+    # integers in range
+    ({"seeds": [1e23]}, "seeds.0", "valid integer"),
+    ({"seeds": [10**23]}, "seeds", "out of range"),
+    ({"seeds": [-1]}, "seeds", "out of range"),
+    (nested("datasets.toy2d.split.seed", -3), "datasets.toy2d.split.seed", "out of range"),
+    (nested("datasets.toy2d.train.steps", 2**64), "datasets.toy2d.train.steps", "out of range"),
+    # selection and compatibility
+    ({"dataset": "mnist"}, "dataset", "unknown dataset 'mnist'"),
+    ({"method": "maxl", "dataset": "cifar10", **nested("methods.labels.psi", [2, 3, 4])},
+     "methods.labels.psi", "3 entries, but dataset cifar10 has 10 label groups"),
+    ({"method": "auxilearn_labels", "dataset": "cifar10", **nested("datasets.cifar10.methods.labels.psi", [2, 3])},
+     "datasets.cifar10.methods.labels.psi", "2 entries"),
+    ({"method": "random", "dataset": "cifar100", **nested("datasets.cifar100.prepare.main_label", "coarse"),
+      **nested("methods.labels.psi", [2] * 10)}, "methods.labels.psi", "has 5 label groups"),
+    ({"method": "maxl", "dataset": "shapenet_part", **nested("datasets.shapenet_part.methods.labels.psi", [6] * 5)},
+     "datasets.shapenet_part.methods.labels.psi", "has 6 label groups"),
+    ({"method": "maxl", "dataset": "toy2d"}, "method maxl", "datasets that fit"),
+]
+
+
+@pytest.mark.parametrize("raw, key, text", BAD, ids=[f"{i}-{case[1]}" for i, case in enumerate(BAD)])
+def test_bad_values_are_refused_naming_the_key(raw, key, text):
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw, "params.yaml")
+    msg = str(err.value)
+    assert msg.startswith("params.yaml: invalid parameters"), msg
+    assert key in msg and text in msg, msg
+
+
+@pytest.mark.parametrize("raw", [
+    nested("datasets.toy2d.train.lr", 1),  # an integer is a valid float
+    nested("datasets.toy2d.prepare.w_main", [2, 1]),  # YAML's list for a tuple
+    nested("datasets.nyuv2.prepare.image_size", [30, 40]),
+    nested("methods.labels.psi", [3, 4]),  # toy2d does not run the label methods: ψ's length is not its business
+    {"method": "maxl", "dataset": "cifar10", **nested("methods.labels.psi", list(range(1, 11)))},
+    {"method": "maxl", "dataset": "cifar10", **nested("datasets.cifar10.prepare.standin_num_classes", 3),
+     **nested("methods.labels.psi", [2, 2, 2])},
+    {"method": "maxl", "dataset": "cifar100", **nested("datasets.cifar100.prepare.main_label", "coarse"),
+     **nested("methods.labels.psi", [2] * 5)},
+    # a real ShapeNet release's categories come from its folder: checked when training starts, not here
+    {"method": "maxl", "dataset": "shapenet_part",
+     "datasets": {"shapenet_part": {"prepare": {"source": "hdf5", "root": "x"}, "methods": {"labels": {"psi": [2, 2]}}}}},
+    {"seeds": [0, 2**32 - 1]},
+])
+def test_valid_values_still_parse(raw):
+    parse_params(raw)
+
+
+def test_errors_of_a_union_make_one_line_for_the_key():
+    with pytest.raises(ParamsError) as err:
+        parse_params(nested("methods.bilevel.neumann_lr", math.nan))
+    lines = str(err.value).splitlines()[1:]
+    assert lines == ["  methods.bilevel.neumann_lr: Input should be a finite number; or Input should be 'auto'"]
+
+
+def test_every_section_is_strict_and_finite():
+    """Every schema class of params.yaml inherits the strict, finite settings."""
+    from pipeline.config import params_model
+
+    seen, todo = set(), [params_model()]
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        assert issubclass(cls, StrictModel), cls
+        assert cls.model_config["strict"] and cls.model_config["allow_inf_nan"] is False, cls
+        for field in cls.model_fields.values():
+            sub = field.annotation
+            if isinstance(sub, type) and issubclass(sub, StrictModel):
+                todo.append(sub)
+    assert len(seen) > 20
+
+
+def test_yaml_reads_floats_as_dvc_does():
+    """`lr: 1e-3` is a number (YAML 1.2, as DVC reads it), not the string PyYAML's YAML 1.1 makes of it."""
+    raw = read_yaml("a: 1e-3\nb: 1.5e+2\nc: .nan\nd: -.inf\ne: 10\nf: '1e-3'\ng: 1_000\n")
+    assert raw["a"] == 1e-3 and raw["b"] == 150.0 and math.isnan(raw["c"]) and raw["d"] == -math.inf
+    assert raw["e"] == 10 and isinstance(raw["e"], int) and raw["f"] == "1e-3" and raw["g"] == 1000
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_given_values(tmp_path):
+    ok = load_params(write(tmp_path, "datasets:\n  toy2d:\n    train: {lr: 1e-3, steps: 10}\n"))
+    assert ok.datasets.toy2d.train.lr == 1e-3
+    for text, key in [("seeds: [1e23]\n", "seeds.0"), ("datasets: {toy2d: {train: {steps: true}}}\n",
+                                                      "datasets.toy2d.train.steps"),
+                      ("datasets: {noisy_aux: {prepare: {input_mean: .nan}}}\n",
+                       "datasets.noisy_aux.prepare.input_mean")]:
+        with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+            load_params(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
+def test_an_empty_file_is_named_with_the_way_out(tmp_path, text):
+    with pytest.raises(ParamsError) as err:
+        load_params(write(tmp_path, text))
+    assert "params.yaml: the file is empty" in str(err.value) and "python -m pipeline.config" in str(err.value)
+
+
+# -- the validate stage -------------------------------------------------------------------------------------------
+
+def run_validate(tmp_path: Path, text: str):
+    (tmp_path / "params.yaml").write_text(text)
+    marker = tmp_path / "data/params_valid.txt"
+    return CliRunner().invoke(validate.main, ["--params", str(tmp_path / "params.yaml"), "--marker", str(marker)]), marker
+
+
+def test_validate_writes_a_constant_marker(tmp_path):
+    result, marker = run_validate(tmp_path, default_params_yaml())
+    assert result.exit_code == 0, result.output
+    assert marker.read_text() == "valid\n"
+    before = marker.stat().st_mtime_ns
+    edited = yaml.safe_load(default_params_yaml())
+    edited["datasets"]["toy2d"]["train"]["lr"] = 0.5
+    result, marker = run_validate(tmp_path, yaml.safe_dump(edited))
+    assert result.exit_code == 0 and marker.read_text() == "valid\n"
+    assert marker.stat().st_mtime_ns == before  # untouched: same bytes, so DVC re-runs nothing downstream
+    assert [p.name for p in marker.parent.iterdir()] == ["params_valid.txt"]  # no temporary left
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda p: p.update(foo=1), "foo: unknown key"),
+    (lambda p: p["datasets"]["cub"]["split"].update(k_shot=-1), "datasets.cub.split.k_shot"),
+    (lambda p: p["datasets"]["noisy_aux"]["prepare"].update(input_mean=math.nan),
+     "datasets.noisy_aux.prepare.input_mean"),
+    (lambda p: p.update(dataset="mnist"), "dataset: unknown dataset 'mnist'"),
+    (lambda p: p.update(method="maxl", dataset="cifar10") or p["methods"]["labels"].update(psi=[2, 3, 4]),
+     "methods.labels.psi: 3 entries"),
+])
+def test_validate_refuses_and_leaves_the_marker_as_it_was(tmp_path, edit, key):
+    marker = tmp_path / "data/params_valid.txt"
+    marker.parent.mkdir()
+    marker.write_bytes(b"valid\n")
+    params = yaml.safe_load(default_params_yaml())
+    edit(params)
+    result, _ = run_validate(tmp_path, yaml.safe_dump(params))
+    assert result.exit_code == 1
+    assert key in result.output and "Traceback" not in result.output, result.output
+    assert marker.read_bytes() == b"valid\n" and sorted(p.name for p in marker.parent.iterdir()) == ["params_valid.txt"]
+
+
+def test_validate_on_an_empty_file_writes_nothing(tmp_path):
+    result, marker = run_validate(tmp_path, "")
+    assert result.exit_code == 1 and "the file is empty" in result.output
+    assert not marker.exists()
+
+
+def test_every_stage_of_dvc_yaml_depends_on_the_validation():
+    """dvc.yaml: `validate` reads the whole params.yaml; every other stage waits for its marker."""
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    assert stages["validate"]["cmd"] == "python -m stages.validate"
+    assert "params.yaml" in stages["validate"]["deps"]
+    assert "params" not in stages["validate"]  # the whole file as a file: any change re-runs it
+    for name, stage in stages.items():
+        if name != "validate":
+            body = stage.get("do", stage)
+            assert "data/params_valid.txt" in body["deps"], name

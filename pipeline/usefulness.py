@@ -496,7 +496,6 @@ def summarise(result: UsefulnessResult, roles: dict[str, str] | None, ordered: b
     out: dict[str, Any] = {
         "num_aux": len(result.task_names),
         "draws": int(len(result.usefulness)),
-        "seconds": round(result.seconds, 2),
         "stl_aux_loss": float(np.mean(result.stl_aux_loss)),
         "whole_training_set_batches": result.whole_training_set,
         "solver": {
@@ -569,7 +568,7 @@ def markdown_report(result: UsefulnessResult, summary: dict[str, Any], roles: di
         f"damping λ = {cfg.damping:g}; mean {s['mean_iterations']:.1f} iterations, "
         f"largest relative residual {s['max_relative_residual']:.2g}"
         + (f", negative curvature met in {s['negative_curvature']} solves" if s["negative_curvature"] else "")
-        + f". {base_loss[0].upper() + base_loss[1:]}: {summary['stl_aux_loss']:.4g}. {summary['seconds']:.1f} s.",
+        + f". {base_loss[0].upper() + base_loss[1:]}: {summary['stl_aux_loss']:.4g}.",
         "",
     ]
     if result.whole_training_set:

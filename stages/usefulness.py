@@ -49,7 +49,8 @@ def main(params) -> None:
     write_json(USEFULNESS_JSON, summary)
     click.echo(f"usefulness of {len(result.task_names)} auxiliaries on {params.dataset} at φ = {cfg.base_weight:g}·1: "
                "top (Prop. 1) "
-               f"{summary['prop1']['top']}, top (cosine) {summary['cosine']['top']}; wrote {USEFULNESS_MD}")
+               f"{summary['prop1']['top']}, top (cosine) {summary['cosine']['top']}; {result.seconds:.1f} s "
+               f"(the wall time is printed, not stored: the outputs stay byte-stable); wrote {USEFULNESS_MD}")
 
 
 if __name__ == "__main__":

@@ -500,3 +500,13 @@ def test_standin_scene_geometry():
     jj, ii = np.meshgrid(np.arange(32), np.arange(24))
     rays = np.stack([(jj - 15.5) / fx, -(ii - 11.5) / fx, np.ones_like(jj, dtype=float)], -1)
     assert ((normal * rays).sum(-1)[valid] < 1e-6).all()
+
+
+def test_complex_arrays_in_the_preprocessed_layout_are_refused(tmp_path):
+    """A complex .npy would lose its imaginary part silently: refused, naming the file."""
+    from pipeline.datasets.nyuv2.sources import load_npy
+
+    path = tmp_path / "0.npy"
+    np.save(path, np.ones((4, 4), dtype=np.complex64))
+    with pytest.raises(DataError, match=r"0\.npy.*complex"):
+        load_npy(path)

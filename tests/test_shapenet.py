@@ -523,3 +523,12 @@ def test_params_profile():
     with pytest.raises(ParamsError, match="root is required when source is 'hdf5'"):
         parse_params({"datasets": {"shapenet_part": {"prepare": {"source": "hdf5"}}}})
     assert "shapenet_part" in DATASETS
+
+
+def test_complex_face_labels_are_refused(tmp_path):
+    from pipeline.datasets.shapenet_part.sources import read_face_labels
+
+    path = tmp_path / "shape.faces.npy"
+    np.save(path, np.ones(6, dtype=np.complex128))
+    with pytest.raises(DataError, match=r"shape\.faces\.npy.*complex"):
+        read_face_labels(path)

@@ -36,6 +36,7 @@ import scipy.io
 import torch
 import torch.nn.functional as F
 
+from pipeline import io
 from pipeline.datasets.base import DataError
 
 NUM_CLASSES = 13
@@ -123,7 +124,7 @@ def make_sample(image: np.ndarray, label: np.ndarray, depth: np.ndarray, normal:
 
 def load_npy(path: Path) -> np.ndarray:
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = io.load_npy(path)  # refuses pickles and non-real dtypes (complex, strings)
     except (OSError, ValueError, EOFError) as err:
         raise DataError(f"{path} is not a readable .npy array: {err}") from None
     if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
@@ -233,8 +234,8 @@ def mat_arrays(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Numeric arrays from a .mat (v5 via scipy, v7.3 via h5py) or .npz file."""
     try:
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in names if k in npz.files}
+            arrays = io.load_npz(path)
+            return {k: arrays[k] for k in names if k in arrays}
         try:
             mat = scipy.io.loadmat(path)
             return {k: np.asarray(mat[k]) for k in names if k in mat}
@@ -281,7 +282,7 @@ def open_normals(path: Path) -> Iterator[Any]:
             yield f["normals"]
     elif path.suffix == ".npy":
         try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            arr = io.load_npy(path, mmap_mode="r")
         except (OSError, ValueError) as err:
             raise DataError(f"{path} is not a readable .npy array: {err}") from None
         yield arr

@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 import trimesh
 
+from pipeline import io
 from pipeline.datasets.base import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -392,7 +393,7 @@ def read_face_labels(path: Path) -> np.ndarray:
     """One global part id per face: a 1-d integer .npy (no pickles) or whitespace-separated integers."""
     try:
         if path.suffix == ".npy":
-            values = np.load(path, allow_pickle=False)
+            values = io.load_npy(path)  # refuses pickles and non-real dtypes
         else:
             values = np.loadtxt(path, dtype=np.float64, ndmin=1)
     except (ValueError, OSError) as err:

@@ -326,7 +326,7 @@ def main(processes: int, dvc_cases: int, verbose: bool) -> None:
         process_sample = {c.name for c in cases[::step][:processes]} if processes else set()
         issue = ["typo foo", "typo methdo", "typo datasets.toy2d.trian", "unselected datasets.cub.split.k_shot=-1",
                  "steps: true", "seeds: [1e23]", "maxl psi [2,3,4] on cifar10", "dataset: mnist"]
-        dvc_sample = [c for c in cases if c.name in issue[:dvc_cases]]
+        dvc_sample = [c for c in cases if c.name in issue[:dvc_cases] and c.dvc_ok]
         for case in cases:
             runs = [("validate", run_in_process)]
             if case.name in process_sample:

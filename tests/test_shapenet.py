@@ -517,7 +517,7 @@ def test_standin_is_deterministic_and_written_in_the_hdf5_layout(tmp_path):
 
 
 def test_params_profile():
-    params = parse_params({"dataset": "shapenet_part", "datasets": {"shapenet_part": {"split": {"seed": 4}}}})
+    params = parse_params({"dataset": "shapenet_part", "method": "stl", "datasets": {"shapenet_part": {"split": {"seed": 4}}}})
     assert params.split.train_per_category == 30 and params.split.seed == 4
     assert params.profile.model.train_points == 1024 and params.train.optimizer == "adam"
     with pytest.raises(ParamsError, match="root is required when source is 'hdf5'"):

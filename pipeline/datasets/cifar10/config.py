@@ -14,6 +14,8 @@ SplitConfig = ImageSplitConfig
 class Config(ImageConfig):
     """``datasets.cifar10.prepare``: where the images come from (and the stand-in's settings)."""
 
+    dataset = "cifar10"
+
     root: str | None = Field(
         default_root("cifar10"), description="source=path: the folder holding data_batch_1..5, test_batch and "
         "batches.meta (the contents of cifar-10-batches-py; see data/raw/cifar10/README.md); must be set "

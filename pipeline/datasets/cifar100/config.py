@@ -16,6 +16,8 @@ SplitConfig = ImageSplitConfig
 class Config(ImageConfig):
     """``datasets.cifar100.prepare``: as the others, plus which CIFAR-100 label is the main task."""
 
+    dataset = "cifar100"
+
     root: str | None = Field(
         default_root("cifar100"), description="source=path: the folder holding train, test and meta (the contents "
         "of cifar-100-python; see data/raw/cifar100/README.md); must be set explicitly for source=path; unused by "

@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.datasets.cub.standin import STANDIN_SPECIES
-from pipeline.datasets.shared.sources import default_root
+from pipeline.datasets.shared.sources import default_root, require_root
 from pipeline.schema import StrictModel
 
 
@@ -32,12 +32,7 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
-        # ``root`` has a default (data/raw/cub, which the generated params.yaml spells out), but a hand-written
-        # ``source: path`` that leaves ``root`` out is refused here, as before the default existed; whether the
-        # folder holds the data is checked at prepare time (``source_root``), not when params are parsed.
-        if self.source == "path" and (not self.root or "root" not in self.model_fields_set):
-            raise ValueError("root is required when source is 'path': set datasets.cub.prepare.root "
-                             "to your CUB_200_2011 folder")
+        require_root(self.source, self.root, self.model_fields_set, "cub", "your CUB_200_2011 folder")
         if self.source == "standin" and self.standin_num_classes > len(STANDIN_SPECIES):
             raise ValueError(f"standin_num_classes = {self.standin_num_classes} exceeds the "
                              f"{len(STANDIN_SPECIES)} distinct stand-in species")

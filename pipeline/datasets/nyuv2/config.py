@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.datasets.shared.sources import STANDIN, default_root
+from pipeline.datasets.shared.sources import STANDIN, default_root, require_root
 from pipeline.schema import StrictModel
 
 NAME = "nyuv2"
@@ -40,12 +40,7 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
-        # A real source names its folder explicitly (the default is only the placeholder that dvc.yaml tracks),
-        # so a forgotten root is a parse error, not a prepare-time surprise; the folder itself is checked when
-        # preparing (``source_root``).
-        if self.source != STANDIN and (not self.root or "root" not in self.model_fields_set):
-            raise ValueError(f"root is required when source is {self.source!r}: set datasets.{NAME}.prepare.root "
-                             f"(e.g. {default_root(NAME)}, once the files described in its README.md are there)")
+        require_root(self.source, self.root, self.model_fields_set, NAME, "the NYUv2 files of that source")
         if self.image_size is not None and min(self.image_size) < 2:
             raise ValueError(f"image_size {self.image_size}: both sides must be at least 2 pixels")
         return self

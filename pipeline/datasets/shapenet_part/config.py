@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.datasets.shared.sources import STANDIN, default_root
+from pipeline.datasets.shared.sources import STANDIN, default_root, require_root
 from pipeline.schema import StrictModel
 
 NAME = "shapenet_part"
@@ -32,12 +32,7 @@ class ShapeNetPartConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "ShapeNetPartConfig":
-        # A real source needs root written out (params.yaml always has it; a section that names a real source
-        # but no root is a mistake, not a wish for the placeholder folder). Whether it holds data is checked
-        # at prepare time (``source_root``), never while parsing.
-        if self.source != STANDIN and (not self.root or "root" not in self.model_fields_set):
-            raise ValueError(f"root is required when source is {self.source!r}: set "
-                             f"datasets.{NAME}.prepare.root (e.g. {default_root(NAME)})")
+        require_root(self.source, self.root, self.model_fields_set, NAME, "the ShapeNet Part release folder")
         if self.standin_categories > STANDIN_CATEGORY_COUNT:
             raise ValueError(f"standin_categories = {self.standin_categories} exceeds the "
                              f"{STANDIN_CATEGORY_COUNT} stand-in categories")

@@ -37,7 +37,7 @@ from pipeline.datasets.base import DataError, Dataset, TaskData
 from pipeline.datasets.shared.raw_images import RawImages
 from pipeline.datasets.shared.image_prepared import H5_NAME, read_prepared, write_prepared
 from pipeline.datasets.shared.images import random_crops
-from pipeline.datasets.shared.sources import STANDIN, source_root
+from pipeline.datasets.shared.sources import STANDIN, require_root, source_root
 from pipeline.datasets.shared.standin_shapes import (IMAGE_SIZE, STANDIN_COARSE, STANDIN_SHAPES, STANDIN_TEXTURES,
                                                      render_standin, standin_styles)
 from pipeline.metrics.classification import TopKAccuracy
@@ -59,6 +59,7 @@ EVAL_CHUNK = 500  # images per forward pass in evaluation
 class ImageConfig(StrictModel):
     """``datasets.<cifar10|cifar100|svhn>.prepare``: where the images come from (and the stand-in's settings)."""
 
+    dataset: ClassVar[str]  # the registered name, for messages
     source: Literal["standin", "path"] = Field(
         "standin", description="standin: generate the small procedural stand-in; path: ingest the files at root")
     root: str | None = Field(None, description="folder of the official files; required for source=path")
@@ -72,12 +73,7 @@ class ImageConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "ImageConfig":
-        # ``root`` has a default (data/raw/<name>), but a hand-written ``source: path`` that leaves ``root`` out
-        # is refused here, as before the default existed; whether the folder holds the data is checked at
-        # prepare time (``source_root``), not when params are parsed.
-        if self.source == "path" and (not self.root or "root" not in self.model_fields_set):
-            raise ValueError("root is required when source is 'path': set prepare.root to the folder of the "
-                             "official files")
+        require_root(self.source, self.root, self.model_fields_set, self.dataset, "the folder of the official files")
         return self
 
 

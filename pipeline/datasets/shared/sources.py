@@ -33,3 +33,14 @@ def source_root(name: str, source: str, root: str | None, expected: str) -> Path
     if {p.name for p in path.iterdir()} <= {"README.md", ".gitkeep"}:
         raise DataError(f"{key} = {root}: holds no data yet; put {expected} there, or set {key} to your copy")
     return path
+
+
+def require_root(source: str, root: str | None, given: set[str], name: str, expected: str) -> None:
+    """Params check of a real ``source``: ``root`` must be written out. Its default (``data/raw/<name>``) only
+    names the placeholder folder dvc.yaml tracks; a section that picks a real format without a root is a
+    mistake, caught at parse time. Whether the folder holds the data is checked when preparing
+    (``source_root``). ``given``: the keys the user wrote (``model_fields_set``)."""
+    if source != STANDIN and (not root or "root" not in given):
+        raise ValueError(f"root is required when source is {source!r}: set datasets.{name}.prepare.root to "
+                         f"{expected} (e.g. {default_root(name)}, once the files its README.md describes are there)")
+

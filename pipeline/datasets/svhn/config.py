@@ -15,6 +15,8 @@ SplitConfig = ImageSplitConfig
 class Config(ImageConfig):
     """``datasets.svhn.prepare``: where the images come from (and the stand-in's settings)."""
 
+    dataset = "svhn"
+
     root: str | None = Field(
         default_root("svhn"), description="source=path: the folder holding train_32x32.mat and test_32x32.mat "
         "(see data/raw/svhn/README.md); must be set explicitly for source=path; unused by the stand-in")

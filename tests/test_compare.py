@@ -267,9 +267,9 @@ def test_best_val_over_a_real_dvc_grid(tmp_path):
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
             (repo / rel).write_bytes((src / rel).read_bytes())
     (repo / "dvc.lock").unlink(missing_ok=True)
-    from pipeline.config import default_params_yaml
+    from tests.conftest import small_default_params
 
-    params = yaml.safe_load(default_params_yaml())  # the schema's defaults, whatever the workspace holds
+    params = small_default_params()  # the schema's defaults (small stand-ins), whatever the workspace holds
     params["seeds"] = [0]
     params["datasets"]["toy2d"]["train"]["steps"] = 20
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from pipeline.datasets.base import DataError
+from pipeline.datasets.shared.h5 import TEXT, file_attrs, open_prepared, put, put_attrs, text
 from pipeline.datasets.cub.sources import CubIndex, image_path, read_image
 
 H5_NAME = "cub.h5"
@@ -25,7 +26,6 @@ def write_prepared(index: CubIndex, out_file: Path | str, image_size: int, attrs
     """Read ``index``'s images (resized to ``image_size``) and write the prepared HDF5 file; ``attrs`` become
     file attributes. Images are read and written one at a time, so the real data never sits in memory."""
     n, s = len(index.image_ids), image_size
-    text = h5py.string_dtype("utf-8")
     # Per-channel sums over the official training images, for z-scoring (images only, no labels: using
     # the whole official train split does not leak K-shot labels or any test image).
     total = np.zeros(3)
@@ -33,7 +33,7 @@ def write_prepared(index: CubIndex, out_file: Path | str, image_size: int, attrs
     pixels = 0
     # track_times=False: no creation timestamps, so the same inputs give the same bytes (and hashes).
     with h5py.File(out_file, "w") as f:
-        images = f.create_dataset("images", shape=(n, 3, s, s), dtype=np.uint8, track_times=False)
+        images = f.create_dataset("images", shape=(n, 3, s, s), dtype=np.uint8, track_times=False)  # filled by rows
         for row, rel in enumerate(index.image_paths):
             arr = read_image(image_path(index.root, rel), s)
             images[row] = arr
@@ -47,21 +47,17 @@ def write_prepared(index: CubIndex, out_file: Path | str, image_size: int, attrs
         mean = total / pixels
         std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 1e-12))
 
-        def put(name: str, data: Any, dtype: Any = None) -> None:
-            f.create_dataset(name, data=data, dtype=dtype, track_times=False)
-
-        put("labels", index.labels, np.int64)
-        put("attributes", index.attributes, np.uint8)
-        put("is_train", index.is_train, np.uint8)
-        put("image_ids", index.image_ids, np.int64)
-        put("image_paths", index.image_paths, text)
-        put("class_names", index.class_names, text)
-        put("attribute_names", index.attribute_names, text)
+        put(f, "labels", index.labels, np.int64)
+        put(f, "attributes", index.attributes, np.uint8)
+        put(f, "is_train", index.is_train, np.uint8)
+        put(f, "image_ids", index.image_ids, np.int64)
+        put(f, "image_paths", index.image_paths, TEXT)
+        put(f, "class_names", index.class_names, TEXT)
+        put(f, "attribute_names", index.attribute_names, TEXT)
         f.attrs["image_size"] = s
         f.attrs["mean"] = mean
         f.attrs["std"] = std
-        for key, value in attrs.items():
-            f.attrs[key] = "" if value is None else value
+        put_attrs(f, attrs)
 
 
 @dataclass
@@ -80,9 +76,6 @@ class PreparedCub:
     attrs: dict[str, Any]  # every file attribute (source, image_size, ...)
 
 
-def _h5_text(values: Any) -> list[str]:
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
-
 
 def _stats_problem(mean: np.ndarray, std: np.ndarray) -> str | None:
     if mean.shape != (3,) or std.shape != (3,) or not (std > 0).all():
@@ -93,20 +86,15 @@ def _stats_problem(mean: np.ndarray, std: np.ndarray) -> str | None:
 def read_prepared(folder: Path | str) -> PreparedCub:
     """Read and validate ``<folder>/cub.h5``; any problem is a ``DataError`` naming the file."""
     path = Path(folder) / H5_NAME
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `dvc repro prepare@cub`")
-    try:
-        with h5py.File(path, "r") as f:
-            absent = [k for k in _ARRAYS if k not in f] + [k for k in ("mean", "std") if k not in f.attrs]
-            if absent:
-                raise DataError(f"{path}: missing {', '.join(absent)}")
-            images, labels, attributes = f["images"][...], f["labels"][...], f["attributes"][...]
-            is_train, image_ids = f["is_train"][...], f["image_ids"][...]
-            class_names, attribute_names = _h5_text(f["class_names"][...]), _h5_text(f["attribute_names"][...])
-            mean, std = np.asarray(f.attrs["mean"], dtype=np.float64), np.asarray(f.attrs["std"], dtype=np.float64)
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    except OSError as err:
-        raise DataError(f"{path} is not a readable HDF5 file: {err}") from None
+    with open_prepared(path, "prepare@cub") as f:
+        absent = [k for k in _ARRAYS if k not in f] + [k for k in ("mean", "std") if k not in f.attrs]
+        if absent:
+            raise DataError(f"{path}: missing {', '.join(absent)}")
+        images, labels, attributes = f["images"][...], f["labels"][...], f["attributes"][...]
+        is_train, image_ids = f["is_train"][...], f["image_ids"][...]
+        class_names, attribute_names = text(f["class_names"][...]), text(f["attribute_names"][...])
+        mean, std = np.asarray(f.attrs["mean"], dtype=np.float64), np.asarray(f.attrs["std"], dtype=np.float64)
+        attrs = file_attrs(f)
     n = len(images)
     c, a = len(class_names), len(attribute_names)
     problems = []

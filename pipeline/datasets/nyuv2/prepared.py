@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from pipeline.datasets.base import DataError
+from pipeline.datasets.shared.h5 import file_attrs, open_prepared, put, put_attrs
 from pipeline.datasets.nyuv2.sources import IGNORE, NUM_CLASSES, Row
 
 H5_NAME = "nyuv2.h5"
@@ -57,49 +58,39 @@ def write_prepared(out_file: Path, samples: Iterator[Row], count: int, size: tup
             is_train[row], ids[row] = train, sample_id
         if row + 1 != count:
             raise RuntimeError(f"write_prepared: expected {count} samples, got {row + 1}")
-        f.create_dataset("is_train", data=is_train, track_times=False)
-        f.create_dataset("sample_ids", data=ids, track_times=False)
+        put(f, "is_train", is_train)
+        put(f, "sample_ids", ids)
         f.attrs["image_size"] = np.asarray(size, np.int64)
-        for key, value in attrs.items():
-            f.attrs[key] = "" if value is None else value
-
-
-def _h5_text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        put_attrs(f, attrs)
 
 
 def read_prepared(folder: Path, stage: str = "prepare@nyuv2") -> Prepared:
     """``folder/nyuv2.h5``, checked for its datasets, shapes, dtypes and label range; ``DataError`` naming the
     file (and the ``stage`` that makes it, when it is missing)."""
     path = Path(folder) / H5_NAME
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `dvc repro {stage}`")
-    try:
-        with h5py.File(path, "r") as f:
-            absent = [k for k in NEED if k not in f]
-            if absent:
-                raise DataError(f"{path}: missing {', '.join(absent)}")
-            images, is_train, sample_ids = f["images"][...], f["is_train"][...], f["sample_ids"][...]
-            source = _h5_text(f.attrs.get("source", ""))
-            n = len(images)
-            if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
-                raise DataError(f"{path}: images should be uint8 [N, 3, H, W], got {images.dtype} {images.shape}")
-            hw = images.shape[2:]
-            labels, depth, normals = f["labels"], f["depth"], f["normals"]
-            if labels.shape != (n, *hw) or depth.shape != (n, *hw) or normals.shape != (n, 3, *hw) \
-                    or is_train.shape != (n,) or sample_ids.shape != (n,):
-                raise DataError(f"{path}: labels {labels.shape}, depth {depth.shape}, normals {normals.shape}, "
-                                f"is_train {is_train.shape}, sample_ids {sample_ids.shape} do not match images "
-                                f"{images.shape}")
-            # Filled in slices straight from the file: real NYUv2 targets are 3.2 GB as float32, and
-            # whole-array copies would double that.
-            targets = np.empty((n, 5, *hw), np.float32)
-            for start in range(0, n, LOAD_CHUNK):
-                rows = slice(start, start + LOAD_CHUNK)
-                lab = labels[rows]
-                if lab.min() < IGNORE or lab.max() >= NUM_CLASSES:
-                    raise DataError(f"{path}: labels must lie in -1..{NUM_CLASSES - 1}")
-                targets[rows, 0], targets[rows, 1], targets[rows, 2:5] = lab, depth[rows], normals[rows]
-    except OSError as err:
-        raise DataError(f"{path} is not a readable HDF5 file: {err}") from None
+    with open_prepared(path, stage) as f:
+        absent = [k for k in NEED if k not in f]
+        if absent:
+            raise DataError(f"{path}: missing {', '.join(absent)}")
+        images, is_train, sample_ids = f["images"][...], f["is_train"][...], f["sample_ids"][...]
+        source = file_attrs(f).get("source", "")
+        n = len(images)
+        if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
+            raise DataError(f"{path}: images should be uint8 [N, 3, H, W], got {images.dtype} {images.shape}")
+        hw = images.shape[2:]
+        labels, depth, normals = f["labels"], f["depth"], f["normals"]
+        if labels.shape != (n, *hw) or depth.shape != (n, *hw) or normals.shape != (n, 3, *hw) \
+                or is_train.shape != (n,) or sample_ids.shape != (n,):
+            raise DataError(f"{path}: labels {labels.shape}, depth {depth.shape}, normals {normals.shape}, "
+                            f"is_train {is_train.shape}, sample_ids {sample_ids.shape} do not match images "
+                            f"{images.shape}")
+        # Filled in slices straight from the file: real NYUv2 targets are 3.2 GB as float32, and
+        # whole-array copies would double that.
+        targets = np.empty((n, 5, *hw), np.float32)
+        for start in range(0, n, LOAD_CHUNK):
+            rows = slice(start, start + LOAD_CHUNK)
+            lab = labels[rows]
+            if lab.min() < IGNORE or lab.max() >= NUM_CLASSES:
+                raise DataError(f"{path}: labels must lie in -1..{NUM_CLASSES - 1}")
+            targets[rows, 0], targets[rows, 1], targets[rows, 2:5] = lab, depth[rows], normals[rows]
     return Prepared(images, targets, is_train.astype(bool), sample_ids, source)

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from pipeline.datasets.base import DataError
+from pipeline.datasets.shared.h5 import TEXT, file_attrs, open_prepared, put, put_attrs, text
 from pipeline.datasets.shapenet_part.sources import SPLIT_NAMES, PartShapes, check_labels
 
 H5_NAME = "shapenet_part.h5"
@@ -21,49 +22,36 @@ H5_NAME = "shapenet_part.h5"
 
 def write_prepared(shapes: PartShapes, path: Path, attrs: dict[str, Any]) -> None:
     """The one prepared layout every source lands in (no timestamps: same input, same bytes)."""
-    text = h5py.string_dtype("utf-8")
     with h5py.File(path, "w") as f:
-        def put(name: str, data: Any, dtype: Any = None) -> None:
-            f.create_dataset(name, data=data, dtype=dtype, track_times=False)
-
-        put("points", shapes.points, np.float32)
+        put(f, "points", shapes.points, np.float32)
         if shapes.normals is not None:
-            put("normals", shapes.normals, np.float32)
-        put("part_labels", shapes.labels, np.int16)
-        put("category", shapes.category, np.int64)
-        put("split", shapes.split, np.uint8)
-        put("shape_ids", shapes.shape_ids, text)
-        put("category_names", shapes.category_names, text)
-        put("category_ids", shapes.category_ids, text)
-        put("part_category", shapes.part_category, np.int64)
+            put(f, "normals", shapes.normals, np.float32)
+        put(f, "part_labels", shapes.labels, np.int16)
+        put(f, "category", shapes.category, np.int64)
+        put(f, "split", shapes.split, np.uint8)
+        put(f, "shape_ids", shapes.shape_ids, TEXT)
+        put(f, "category_names", shapes.category_names, TEXT)
+        put(f, "category_ids", shapes.category_ids, TEXT)
+        put(f, "part_category", shapes.part_category, np.int64)
         f.attrs["split_names"] = list(SPLIT_NAMES)
-        for key, value in attrs.items():
-            f.attrs[key] = value
+        put_attrs(f, attrs)
 
-
-def _h5_text(values: Any) -> list[str]:
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
 def read_prepared(path: Path) -> tuple[PartShapes, dict[str, Any]]:
     """Read and check ``shapenet_part.h5``; any inconsistency is a DataError naming the file."""
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `dvc repro prepare@shapenet_part`")
     need = ("points", "part_labels", "category", "split", "shape_ids", "category_names", "category_ids",
             "part_category")
-    try:
-        with h5py.File(path, "r") as f:
-            absent = [k for k in need if k not in f]
-            if absent:
-                raise DataError(f"{path}: missing {', '.join(absent)}")
-            points, labels = f["points"][...], f["part_labels"][...].astype(np.int64)
-            category, split = f["category"][...].astype(np.int64), f["split"][...]
-            normals = f["normals"][...] if "normals" in f else None
-            shape_ids, names = _h5_text(f["shape_ids"][...]), _h5_text(f["category_names"][...])
-            ids, part_category = _h5_text(f["category_ids"][...]), f["part_category"][...].astype(np.int64)
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    except OSError as err:
-        raise DataError(f"{path} is not a readable HDF5 file: {err}") from None
+    with open_prepared(path, "prepare@shapenet_part") as f:
+        absent = [k for k in need if k not in f]
+        if absent:
+            raise DataError(f"{path}: missing {', '.join(absent)}")
+        points, labels = f["points"][...], f["part_labels"][...].astype(np.int64)
+        category, split = f["category"][...].astype(np.int64), f["split"][...]
+        normals = f["normals"][...] if "normals" in f else None
+        shape_ids, names = text(f["shape_ids"][...]), text(f["category_names"][...])
+        ids, part_category = text(f["category_ids"][...]), f["part_category"][...].astype(np.int64)
+        attrs = file_attrs(f)
     n = len(points)
     if points.ndim != 3 or points.shape[2] != 3 or points.dtype != np.float32:
         raise DataError(f"{path}: points should be float32 [N, P, 3], got {points.dtype} {points.shape}")

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.datasets.base import DataError
 from pipeline.datasets.shared.image_classification import IMAGE_SIZE, PIXELS, check_labels
 from pipeline.datasets.shared.raw_images import RawImages
-from pipeline.datasets.shared.image_prepared import text
+from pipeline.datasets.shared.h5 import text
 
 try:  # numpy >= 2 names it numpy._core; numpy 1.x (and Python 2's CIFAR pickles) numpy.core
     from numpy._core.multiarray import _reconstruct as _np_reconstruct

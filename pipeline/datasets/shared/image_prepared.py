@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.datasets.base import DataError, TaskData
+from pipeline.datasets.shared.h5 import TEXT, file_attrs, open_prepared, put, text
 from pipeline.datasets.shared.raw_images import RawImages
 from pipeline.datasets.shared.standin_shapes import IMAGE_SIZE
 
@@ -24,32 +25,22 @@ from pipeline.datasets.shared.standin_shapes import IMAGE_SIZE
 H5_NAME = "images.h5"
 
 
-def text(values: Any) -> list[str]:
-    """Names as str, whether stored as bytes (pickles, HDF5) or str."""
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
-
-
 def write_prepared(raw: RawImages, main: str, out_file: Path, source: str) -> None:
     """The prepared HDF5 file; ``main`` is the labelling that becomes the main task."""
     train_px = raw.images[raw.is_train].astype(np.float64) / 255.0
     mean = train_px.mean(axis=(0, 2, 3))
     std = np.sqrt(np.maximum(train_px.var(axis=(0, 2, 3)), 1e-12))
-    string = h5py.string_dtype("utf-8")
     with h5py.File(out_file, "w") as f:
-        def put(name: str, data: Any, dtype: Any = None) -> None:
-            # track_times=False: the same inputs give the same bytes (and manifest hashes)
-            f.create_dataset(name, data=data, dtype=dtype, track_times=False)
-
-        put("images", raw.images, np.uint8)
-        put("labels", raw.labels[main], np.int64)
-        put("class_names", raw.names[main], string)
-        put("is_train", raw.is_train.astype(np.uint8), np.uint8)
+        put(f, "images", raw.images, np.uint8)
+        put(f, "labels", raw.labels[main], np.int64)
+        put(f, "class_names", raw.names[main], TEXT)
+        put(f, "is_train", raw.is_train.astype(np.uint8), np.uint8)
         if len(raw.labels) > 1:  # every labelling of the source (CIFAR-100: fine and coarse)
             for key in raw.labels:
-                put(f"{key}_labels", raw.labels[key], np.int64)
-                put(f"{key}_names", raw.names[key], string)
+                put(f, f"{key}_labels", raw.labels[key], np.int64)
+                put(f, f"{key}_names", raw.names[key], TEXT)
         if raw.subclass_labels is not None:
-            put("subclass_labels", raw.subclass_labels, np.int64)
+            put(f, "subclass_labels", raw.subclass_labels, np.int64)
         f.attrs["mean"] = mean
         f.attrs["std"] = std
         f.attrs["source"] = source
@@ -60,20 +51,15 @@ def write_prepared(raw: RawImages, main: str, out_file: Path, source: str) -> No
 def read_prepared(path: Path, name: str) -> TaskData:
     """``images.h5`` of dataset ``name`` as TaskData (uint8 images, the main label as the one target column, and
     ``meta``); a missing or malformed file is a DataError naming it."""
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `dvc repro prepare@{name}`")
-    try:
-        with h5py.File(path, "r") as f:
-            absent = [k for k in ("images", "labels", "is_train", "class_names") if k not in f]
-            absent += [k for k in ("mean", "std") if k not in f.attrs]
-            if absent:
-                raise DataError(f"{path}: missing {', '.join(absent)}")
-            images, labels, is_train = f["images"][...], f["labels"][...], f["is_train"][...].astype(bool)
-            class_names = text(f["class_names"][...])
-            extra = {k: f[k][...] for k in f if k.endswith("_labels") or k.endswith("_names")}
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    except OSError as err:
-        raise DataError(f"{path} is not a readable HDF5 file: {err}") from None
+    with open_prepared(path, f"prepare@{name}") as f:
+        absent = [k for k in ("images", "labels", "is_train", "class_names") if k not in f]
+        absent += [k for k in ("mean", "std") if k not in f.attrs]
+        if absent:
+            raise DataError(f"{path}: missing {', '.join(absent)}")
+        images, labels, is_train = f["images"][...], f["labels"][...], f["is_train"][...].astype(bool)
+        class_names = text(f["class_names"][...])
+        extra = {k: f[k][...] for k in f if k.endswith("_labels") or k.endswith("_names")}
+        attrs = file_attrs(f)
     mean, std = np.asarray(attrs["mean"], dtype=np.float64), np.asarray(attrs["std"], dtype=np.float64)
     n, c = len(images), len(class_names)
     problems = []

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import yaml
@@ -327,26 +327,19 @@ def main(processes: int, dvc_cases: int, verbose: bool) -> None:
         issue = ["typo foo", "typo methdo", "typo datasets.toy2d.trian", "unselected datasets.cub.split.k_shot=-1",
                  "steps: true", "seeds: [1e23]", "maxl psi [2,3,4] on cifar10", "dataset: mnist"]
         dvc_sample = [c for c in cases if c.name in issue[:dvc_cases] and c.dvc_ok]
-        for case in cases:
-            runs = [("validate", run_in_process)]
-            if case.name in process_sample:
-                runs.append(("process", run_process))
-            for how, runner in runs:
-                code, output, same = runner(case, root)
-                why = judge(case, code, output, same)
-                tried += 1
-                well += why is None
-                if why or verbose:
-                    print(f"[{how}] {case.name}: {why or 'ok'}\n    " + output.strip().replace("\n", "\n    "))
-        if dvc_sample:
-            repo = dvc_copy(root)
-            for case in dvc_sample:
-                code, output, same = run_dvc(case, repo)
-                why = judge(case, code, output, same)
-                tried += 1
-                well += why is None
-                if why or verbose:
-                    print(f"[dvc repro] {case.name}: {why or 'ok'}\n    " + output.strip().replace("\n", "\n    "))
+        repo = dvc_copy(root) if dvc_sample else None
+        # (case, how, runner, where): every case in-process, a sample also as a process and through dvc repro
+        plan = [(case, "validate", run_in_process, root) for case in cases]
+        plan += [(case, "process", run_process, root) for case in cases if case.name in process_sample]
+        plan += [(case, "dvc repro", run_dvc, repo) for case in dvc_sample]
+        for case, how, runner, where in plan:
+            code, output, same = runner(case, where)
+            why = judge(case, code, output, same)
+            tried += 1
+            well += why is None
+            if why or verbose:
+                print(f"[{how}] {case.name}: {why or 'ok'}\n    " + output.strip().replace("\n", "\n    "))
+        if repo is not None:
             empty = Case("empty file", "datasets", "", dvc_ok=False)
             code, output, same = run_dvc(empty, repo)
             print(f"[dvc repro, not counted] empty params.yaml: exit {code}, outputs "

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import click
 import yaml
 from pydantic import (BaseModel, Field, ValidationError, ValidationInfo, create_model, field_validator,
                       model_validator)
@@ -270,28 +271,117 @@ def load_params(path: Path | str = PARAMS_FILE) -> Any:
     if raw is None:
         raise ParamsError(f"{path}: the file is empty; dvc.yaml reads its keys (dataset, datasets.<name>...): "
                           "write them out, e.g. regenerate the defaults with `python -m pipeline.config > params.yaml`")
-    return parse_params(raw, str(path))
+    params = parse_params(raw, str(path))
+    check_raw_folders(params, str(path))
+    return params
+
+
+def check_raw_folders(params: Any, source: str = "params.yaml") -> None:
+    """A params file drives dvc.yaml, which reads and tracks ``data/raw/<name>`` as a dataset's raw folder: a
+    ``root`` elsewhere would be read without DVC noticing when its files change. (Code that calls a dataset
+    directly, e.g. a test on fixture files, may pass any ``root``.)"""
+    from pipeline.datasets.shared.sources import default_root
+    from pipeline.registry import DATASETS
+
+    for name in DATASETS:
+        prepare = getattr(params.datasets, name).prepare
+        root = getattr(prepare, "root", None)
+        if "root" in prepare.model_fields_set and root is not None and \
+                Path(root).expanduser() != Path(default_root(name)):
+            raise ParamsError(
+                f"{source}: invalid parameters\n  datasets.{name}.prepare.root = {root}: dvc.yaml reads and tracks "
+                f"{default_root(name)}; remove the key and put your files there, or link them: "
+                f"git rm -r {default_root(name)} && ln -s {root} {default_root(name)}")
 
 
 PARAMS_HEADER = """\
-# Parameters of the whole pipeline, validated by pipeline/config.py before any stage does work.
-# `method` and `dataset` pick the run; datasets.<name>.prepare / split / model / train are read by the
-# prepare, split and train stages only; datasets.<name>.methods overrides methods.<section> keys for that
-# dataset (the papers tune φ per dataset); methods.<section> holds each method family's hyperparameters.
-# Every dataset is a procedural stand-in unless its prepare.source names a real format and root points at it.
-# Regenerate the defaults with: python -m pipeline.config > params.yaml
+# What this run changes; every other setting is its default, defined in code next to what reads it.
+# `method` and `dataset` pick the run. Below them, write only the keys you change (a key you write is shown by
+# `dvc exp show`): datasets.<name>.prepare / split / model / train are read by the prepare, split and train
+# stages of that dataset only; datasets.<name>.methods overrides methods.<section> keys for that dataset;
+# methods.<section> holds a method family's hyperparameters; usefulness the usefulness stage's settings.
+# Every default, with what it means: `python -m pipeline.config defaults [--dataset NAME] [--method NAME]`.
+# From the command line a key that is not written here yet needs DVC's `++`:
+#   dvc exp run -S ++datasets.toy2d.train.steps=500
+# Regenerate this file (no overrides) with: python -m pipeline.config skeleton > params.yaml
 """
+
+# The empty sections dvc.yaml's params dependencies name (DVC refuses a stage whose params key is missing).
+STAGE_SECTIONS = ("prepare", "split", "model", "train", "methods")
 
 
 def default_params_yaml() -> str:
-    """params.yaml with every default, and the registered methods and datasets listed in the header."""
+    """params.yaml with no overrides: the run's selectors at their defaults and an empty section for everything
+    dvc.yaml's stages read, with the registered methods and datasets listed in the header."""
     from pipeline.registry import DATASETS
     from pipeline.registry import METHODS
 
-    body = yaml.safe_dump(parse_params({}).model_dump(mode="json"), sort_keys=False)
+    defaults = parse_params({})
+    body = {key: getattr(defaults, key) for key in ("method", "dataset", "seeds", "device", "threads")}
+    body["datasets"] = {name: {section: {} for section in STAGE_SECTIONS} for name in DATASETS.names()}
+    body["methods"] = {section: {} for section in type(defaults.methods).model_fields}
+    body["usefulness"] = {}
+    text = yaml.safe_dump(body, sort_keys=False, default_flow_style=None)
     return (PARAMS_HEADER + f"# Methods: {', '.join(METHODS.names())}.\n"
-            f"# Datasets: {', '.join(DATASETS.names())}.\n" + body)
+            f"# Datasets: {', '.join(DATASETS.names())}.\n" + text)
+
+
+def defaults_yaml(dataset: str | None = None, method: str | None = None) -> str:
+    """Every setting at its default (one dataset's and one method's sections when named), each with its
+    description as a comment: the reference for the keys params.yaml may override."""
+    from pipeline.registry import METHODS
+
+    params = parse_params({} if dataset is None else {"dataset": dataset})
+    keep_methods = None
+    if method is not None:
+        spec = METHODS.get(method)
+        keep_methods = {s for s in (spec.config_section, "bilevel" if spec.uses_bilevel else None) if s}
+    lines: list[str] = []
+
+    def scalar(value: Any) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
+
+    def emit(model: BaseModel, indent: int, path: tuple[str, ...]) -> None:
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            if path == ("datasets",) and dataset is not None and name != dataset:
+                continue
+            if path == ("methods",) and keep_methods is not None and name not in keep_methods:
+                continue
+            pad = "  " * indent
+            if isinstance(value, BaseModel):
+                lines.append(f"{pad}{name}:")
+                emit(value, indent + 1, (*path, name))
+                continue
+            shown = method if (name == "method" and method is not None and not path) else value
+            note = " ".join(field.description.split()) if field.description else ""
+            lines.append(f"{pad}{name}: {scalar(shown)}" + (f"  # {note}" if note else ""))
+
+    emit(params, 0, ())
+    return "\n".join(lines) + "\n"
+
+
+@click.group()
+def cli() -> None:
+    """params.yaml helpers."""
+
+
+@cli.command()
+def skeleton() -> None:
+    """Print params.yaml without overrides."""
+    click.echo(default_params_yaml(), nl=False)
+
+
+@cli.command()
+@click.option("--dataset", default=None, help="only this dataset's sections")
+@click.option("--method", default=None, help="only this method's sections")
+def defaults(dataset: str | None, method: str | None) -> None:
+    """Print every setting at its default, with descriptions."""
+    try:
+        click.echo(defaults_yaml(dataset, method), nl=False)
+    except ParamsError as err:
+        raise click.ClickException(str(err)) from None
 
 
 if __name__ == "__main__":
-    print(default_params_yaml(), end="")
+    cli()

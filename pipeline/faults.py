@@ -250,7 +250,7 @@ class TrainingGuard:
         if parts:
             return (f"the prepared data {self.keys.prepared}/ holds NaN/inf: {'; '.join(parts)} (row numbers of "
                     f"the prepared arrays): fix the data or its datasets.{name}.prepare settings and run "
-                    f"`dvc repro prepare@{name}`")
+                    f"`dvc repro prepare`")
         transformed = [(n, v) for n, v in (("inputs", x), ("targets", y)) if v is not None and v.is_floating_point()
                        and not bool(torch.isfinite(v.detach()).all())]
         if transformed:

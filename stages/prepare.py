@@ -1,4 +1,7 @@
-"""DVC stage `prepare@<dataset>`: generate or ingest one dataset into data/prepared/<dataset>/ with a manifest."""
+"""DVC stage `prepare`: generate or ingest the selected dataset into data/prepared/<dataset>/ with a manifest.
+
+``--dataset`` prepares another registered dataset outside DVC (e.g. to look at it), with its params.yaml settings.
+"""
 import click
 
 from pipeline.cli import stage
@@ -8,9 +11,10 @@ from pipeline.paths import prepared_dir
 
 
 @click.command()
-@click.option("--dataset", "name", required=True, help="a dataset registered in pipeline.datasets")
+@click.option("--dataset", "name", default=None, help="a registered dataset (default: params.yaml's dataset)")
 @stage
-def main(params, name: str) -> None:
+def main(params, name: str | None) -> None:
+    name = name or params.dataset
     dataset = DATASETS.get(name)()
     with atomic_dir(prepared_dir(name)) as tmp:
         dataset.prepare(getattr(params.datasets, name).prepare, tmp)

@@ -4,10 +4,16 @@ Every other stage depends on its marker ``data/params_valid.txt``, so ``dvc repr
 it first whenever params.yaml (or the schema's code) changed, even when no other stage would run: a typo or a
 bad value anywhere (an unselected dataset included) stops the pipeline here, with the key named. The marker's
 content is constant, so a valid edit re-runs only the stages whose own params changed (DVC compares its hash).
+
+Under `dvc exp run` (DVC sets ``DVC_EXP_NAME``), DVC has already written the run's ``-S`` values into params.yaml
+and would leave them there when the run fails. A refused file is therefore moved to ``params.rejected.yaml``
+(nothing is lost) and params.yaml is put back as it was: the last file this stage accepted, or the experiment's
+baseline commit's when it never accepted one here. A plain `dvc repro` never touches the user's params.yaml.
 """
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import click
@@ -16,19 +22,36 @@ from pipeline.config import ParamsError, load_params
 
 MARKER = Path("data/params_valid.txt")
 CONTENT = "valid\n"
+LAST_VALID = Path(".dvc/tmp/params.last_valid.yaml")  # untracked: DVC's own temporary folder
+REJECTED = Path("params.rejected.yaml")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def params_before_experiment(params_path: Path, last_valid: Path = LAST_VALID) -> str | None:
+    """params.yaml as it was before this `dvc exp run` applied its -S values: the last accepted file, else the
+    baseline commit's (``DVC_EXP_BASELINE_REV``); None when neither is known."""
+    if last_valid.is_file():
+        return last_valid.read_text()
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV")
+    if not baseline:
+        return None
+    proc = subprocess.run(["git", "show", f"{baseline}:{params_path.as_posix()}"], capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
 
 
 def write_marker(path: Path = MARKER) -> None:
     """Write the constant marker (atomically; untouched when it already holds the content)."""
-    if path.is_file() and path.read_text() == CONTENT:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(CONTENT)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if not (path.is_file() and path.read_text() == CONTENT):
+        _write_atomic(path, CONTENT)
 
 
 @click.command()
@@ -40,7 +63,15 @@ def main(params_path: Path, marker: Path) -> None:
     try:
         load_params(params_path)
     except ParamsError as err:
-        raise click.ClickException(str(err)) from None
+        message = str(err)
+        before = params_before_experiment(params_path) if os.environ.get("DVC_EXP_NAME") else None
+        if before is not None and before != params_path.read_text():
+            _write_atomic(REJECTED, params_path.read_text())
+            _write_atomic(params_path, before)
+            message += (f"\n{params_path} is back as it was before this `dvc exp run`; the refused file is "
+                        f"{REJECTED}")
+        raise click.ClickException(message) from None
+    _write_atomic(LAST_VALID, params_path.read_text())
     write_marker(marker)
     click.echo(f"{params_path}: valid")
 

@@ -57,8 +57,8 @@ def run_method(dataset: str, method: str, seeds: tuple[int, ...] = (0, 1, 2), ov
     return Outcome(metrics, np.asarray(weights), histories)
 
 
-# The image stand-ins at a tenth of their size: `dvc repro` prepares every dataset, and the DVC tests only need
-# the pipeline's behaviour, not the stand-ins' numbers (measured: 45 s of preparation become 6 s).
+# The image stand-ins at a tenth of their size, for DVC tests that switch to one: they test the pipeline's
+# behaviour, not the stand-ins' numbers.
 SMALL_STANDINS = {
     "cifar10": {"standin_train_per_class": 100, "standin_test_per_class": 30},
     "cifar100": {"standin_train_per_class": 100, "standin_test_per_class": 30},
@@ -76,10 +76,9 @@ def small_default_params() -> dict:
     return params
 
 
-@pytest.fixture(scope="session")
-def repo_copy(tmp_path_factory) -> Path:
-    """A git + DVC copy of this repository's tracked files, for tests that drive `dvc` itself."""
-    dest = tmp_path_factory.mktemp("repo")
+def copy_repository(dest: Path, params: dict | None = None) -> Path:
+    """A git + DVC copy of this repository's tracked (and untracked, not ignored) files in ``dest``, committed,
+    without dvc.lock; ``params`` (a mapping) replaces params.yaml when given."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
                            capture_output=True, text=True).stdout.split()
     for rel in files:
@@ -88,8 +87,15 @@ def repo_copy(tmp_path_factory) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             (dest / rel).write_bytes(src.read_bytes())
     (dest / "dvc.lock").unlink(missing_ok=True)
-    (dest / "params.yaml").write_text(yaml.safe_dump(small_default_params(), sort_keys=False))
+    if params is not None:
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
+
+
+@pytest.fixture(scope="session")
+def repo_copy(tmp_path_factory) -> Path:
+    """A git + DVC copy of this repository, for tests that drive `dvc` itself (they edit its params)."""
+    return copy_repository(tmp_path_factory.mktemp("repo"), small_default_params())

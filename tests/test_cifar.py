@@ -298,7 +298,7 @@ def test_raw_folder_without_data_is_named(tmp_path, cls):
     placeholder.mkdir()
     (placeholder / "README.md").write_text("put the files here")
     key = re.escape(f"datasets.{cls.name}.prepare.root")
-    with pytest.raises(DataError, match=f"{key} = .*holds no data yet"):
+    with pytest.raises(DataError, match=f"{re.escape(str(placeholder))} holds no data yet .*source is 'path'"):
         prepare_load(cls(), tmp_path / "out", source="path", root=str(placeholder))
     with pytest.raises(DataError, match=f"{key} = .*not a folder"):
         prepare_load(cls(), tmp_path / "out", source="path", root=str(tmp_path / "absent"))

@@ -288,7 +288,7 @@ def test_best_val_over_a_real_dvc_grid(tmp_path):
     run("git", "add", "-A")
     run(*commit, "baseline")
     for lr in ("1e-3", "3e-2"):
-        run("dvc", "exp", "run", "-S", "method=auxilearn_linear", "-S", f"methods.{section}.lr={lr}")
+        run("dvc", "exp", "run", "-S", "method=auxilearn_linear", "-S", f"++methods.{section}.lr={lr}")
     proc = run("python", "-m", "pipeline.compare", "--dataset", "toy2d", "--select", "best-val")
 
     import dvc.api

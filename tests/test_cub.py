@@ -195,8 +195,8 @@ def test_malformed_prepared_file_is_named(tiny_loaded, tmp_path):
 
 
 def test_path_source_needs_root():
-    with pytest.raises(ParamsError, match=r"datasets\.cub\.prepare.*set datasets\.cub\.prepare\.root"):
-        parse_params({"datasets": {"cub": {"prepare": {"source": "path"}}}})
+    with pytest.raises(ParamsError, match=r"datasets\.cub\.prepare.*root is required .* data/raw/cub"):
+        parse_params({"datasets": {"cub": {"prepare": {"source": "path", "root": None}}}})
     with pytest.raises(ParamsError, match="pretrained_weights needs backbone: resnet18"):
         parse_params({"datasets": {"cub": {"model": {"pretrained_weights": "w.pth"}}}})
 
@@ -455,6 +455,6 @@ def test_end_to_end_on_the_tiny_layout(tiny, tmp_path, method):
 
 
 def test_real_data_is_resized_to_256_by_default():
-    real = parse_params({"datasets": {"cub": {"prepare": {"source": "path", "root": "/data/CUB_200_2011"}}}})
+    real = parse_params({"datasets": {"cub": {"prepare": {"source": "path"}}}})
     assert real.datasets.cub.prepare.resolved_image_size == 256  # App. B.1
     assert parse_params({}).datasets.cub.prepare.resolved_image_size == 40  # the small stand-in

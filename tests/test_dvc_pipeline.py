@@ -53,7 +53,8 @@ def test_repro_writes_every_output(pipeline_repo: Path):
     metrics = json.loads((pipeline_repo / "reports/metrics.json").read_text())
     assert set(metrics["test"]) == {"main_mse", "weight_error"}
     assert set(metrics["per_seed"]) == {"seed_0", "seed_1"}
-    for rel in ("data/prepared/toy2d/manifest.json", "data/prepared/noisy_aux/manifest.json",
+    assert [p.name for p in (pipeline_repo / "data/prepared").iterdir() if p.is_dir()] == ["toy2d"]  # the selected one
+    for rel in ("data/prepared/toy2d/manifest.json",
                 "data/splits/aux.npy", "models/seed_1/model.pt", "models/seed_1/history.json",
                 "reports/report.md", "reports/figures/task_weights.png", "reports/figures/loss_landscape.png",
                 "reports/plots/weights.csv"):
@@ -69,8 +70,9 @@ def test_second_repro_is_a_no_op(pipeline_repo: Path):
 
 def test_training_param_reruns_only_training_and_after(pipeline_repo: Path):
     edit_params(pipeline_repo, lambda p: p["datasets"]["toy2d"]["train"].update(lr=0.02))
-    # the usefulness analysis trains the main task alone with the dataset's train settings, so it reads them too
-    assert stale_stages(pipeline_repo) == {"validate", "train", "usefulness"}
+    # the usefulness analysis trains the main task alone with the dataset's train settings, so it reads them too;
+    # the report reads aux_loss_scale (τ) of that section
+    assert stale_stages(pipeline_repo) == {"validate", "train", "usefulness", "report"}
     # report rebuilds the trained method from its section (e.g. ψ of a label generator), so it reads methods too
     edit_params(pipeline_repo, lambda p: p["methods"]["bilevel"].update(lr=0.02))
     assert stale_stages(pipeline_repo) == {"validate", "train", "usefulness", "report"}
@@ -89,10 +91,28 @@ def test_training_param_reruns_only_training_and_after(pipeline_repo: Path):
     assert json.loads((pipeline_repo / "reports/metrics.json").read_text())["method"] == "stl"
 
 
-def test_prepare_param_reruns_only_that_dataset(pipeline_repo: Path):
+def test_prepare_reads_only_the_selected_dataset(pipeline_repo: Path):
     edit_params(pipeline_repo, lambda p: p["datasets"]["noisy_aux"]["prepare"].update(seed=7))
-    assert stale_stages(pipeline_repo) == {"validate", "prepare@noisy_aux"}
-    dvc(pipeline_repo, "repro")
+    assert stale_stages(pipeline_repo) == {"validate"}  # noisy_aux is not prepared while toy2d is selected
+    edit_params(pipeline_repo, lambda p: p["datasets"]["toy2d"]["prepare"].update(seed=7))
+    assert stale_stages(pipeline_repo) == {"validate", "prepare"}
+    edit_params(pipeline_repo, lambda p: [p["datasets"][n]["prepare"].clear() for n in ("toy2d", "noisy_aux")])
+    assert stale_stages(pipeline_repo) == set()
+
+
+def test_switching_dataset_prepares_it_and_switching_back_restores_from_cache(pipeline_repo: Path):
+    before = tree_hash(pipeline_repo / "data/prepared/toy2d")
+    train_before = yaml.safe_load((pipeline_repo / "params.yaml").read_text())["datasets"]["noisy_aux"]["train"]
+    edit_params(pipeline_repo, lambda p: (p.update(dataset="noisy_aux"),
+                                          p["datasets"]["noisy_aux"].update(train={"steps": 20})))
+    out = dvc(pipeline_repo, "repro").stdout
+    assert "Running stage 'prepare'" in out
+    assert (pipeline_repo / "data/prepared/noisy_aux/manifest.json").is_file()
+    edit_params(pipeline_repo, lambda p: (p.update(dataset="toy2d"), p["datasets"]["noisy_aux"].update(train=train_before)))
+    out = dvc(pipeline_repo, "repro").stdout
+    assert "Running stage 'prepare'" not in out and "Stage 'prepare' is cached" in out, out  # DVC's run cache
+    assert tree_hash(pipeline_repo / "data/prepared/toy2d") == before
+    assert stale_stages(pipeline_repo) == set()
 
 
 def test_bad_params_fail_clearly_and_keep_outputs(pipeline_repo: Path):
@@ -126,16 +146,18 @@ def test_compare_renders_one_row_per_method(pipeline_repo: Path):
     assert all("±" in r for r in rows[1:])
 
 
-def test_editing_one_dataset_package_stales_only_its_prepare(pipeline_repo: Path):
-    """Exact dependencies: prepare@X depends on X's package, not on every dataset's code."""
+def test_editing_one_dataset_package_stales_only_its_runs(pipeline_repo: Path):
+    """Exact dependencies: the stages depend on the selected dataset's package, not on every dataset's code."""
     assert stale_stages(pipeline_repo) == set()
-    task = pipeline_repo / "pipeline/datasets/noisy_aux/task.py"
-    original = task.read_text()
-    task.write_text(original + "\n# an edit\n")
-    try:
-        assert stale_stages(pipeline_repo) == {"prepare@noisy_aux"}
-    finally:
-        task.write_text(original)
+    for name, stale in (("noisy_aux", set()), ("toy2d", {"prepare", "split", "train", "evaluate", "report",
+                                                          "usefulness"})):
+        task = pipeline_repo / f"pipeline/datasets/{name}/task.py"
+        original = task.read_text()
+        task.write_text(original + "\n# an edit\n")
+        try:
+            assert stale_stages(pipeline_repo) == stale, name
+        finally:
+            task.write_text(original)
     assert stale_stages(pipeline_repo) == set()
     metric_code = pipeline_repo / "pipeline/metrics/classification.py"  # evaluate reads the metric code
     original = metric_code.read_text()
@@ -148,24 +170,26 @@ def test_editing_one_dataset_package_stales_only_its_prepare(pipeline_repo: Path
 
 
 def test_a_users_raw_folder_is_a_dependency(pipeline_repo: Path):
-    """source: path makes datasets.<name>.prepare.root (data/raw/<name> by default) a dependency: a changed
-    label in the user's folder re-runs that dataset's preparation."""
+    """data/raw/<dataset> is a dependency of prepare: a changed label in the user's files re-runs preparation."""
     from pipeline.datasets.cub.config import Config
     from pipeline.datasets.cub.standin import write_standin
 
     raw = pipeline_repo / "data/raw/cub"
     write_standin(raw, Config(standin_num_classes=3, standin_images_per_class=4, image_size=24))
-    edit_params(pipeline_repo, lambda p: p["datasets"]["cub"]["prepare"].update(source="path", image_size=24))
-    assert "prepare@cub" in stale_stages(pipeline_repo)
-    dvc(pipeline_repo, "repro", "prepare@cub")
-    assert "prepare@cub" not in stale_stages(pipeline_repo)
+    edit_params(pipeline_repo, lambda p: (p.update(dataset="cub"),
+                                          p["datasets"]["cub"]["prepare"].update(source="path", image_size=24)))
+    assert "prepare" in stale_stages(pipeline_repo)
+    dvc(pipeline_repo, "repro", "prepare")
+    assert "prepare" not in stale_stages(pipeline_repo)
     labels = raw / "image_class_labels.txt"
     lines = labels.read_text().splitlines()
     first_id, first_class = lines[0].split()
     lines[0] = f"{first_id} {1 if first_class != '1' else 2}"
     labels.write_text("\n".join(lines) + "\n")
-    status = json.loads(dvc(pipeline_repo, "status", "--json", "prepare@cub").stdout or "{}")
-    assert any("data/raw/cub" in json.dumps(change) for change in status.get("prepare@cub", [])), status
+    status = json.loads(dvc(pipeline_repo, "status", "--json", "prepare").stdout or "{}")
+    assert any("data/raw/cub" in json.dumps(change) for change in status.get("prepare", [])), status
+    edit_params(pipeline_repo, lambda p: (p.update(dataset="toy2d"), p["datasets"]["cub"]["prepare"].clear()))
+    dvc(pipeline_repo, "repro")
 
 
 # -- the whole params.yaml validated on every repro (issue 15) ------------------------------------------------------
@@ -225,14 +249,14 @@ def test_a_valid_edit_no_stage_reads_runs_only_validate(pipeline_repo: Path):
 
 
 def test_an_empty_params_file_fails_in_dvc_parse_and_validate_says_why(pipeline_repo: Path):
-    """DVC interpolates params.yaml into dvc.yaml (foreach: ${datasets}) before any stage can run, so an empty file
+    """DVC interpolates params.yaml into dvc.yaml (${dataset}) before any stage can run, so an empty file
     is DVC's parse error; nothing is written, and `python -m stages.validate` says what is wrong."""
     original = (pipeline_repo / "params.yaml").read_text()
     before = {d: tree_hash(pipeline_repo / d) for d in ("data", "models", "reports")}
     (pipeline_repo / "params.yaml").write_text("")
     try:
         proc = dvc(pipeline_repo, "repro", check=False)
-        assert proc.returncode != 0 and "datasets" in proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "Could not find 'dataset'" in proc.stdout + proc.stderr
         assert {d: tree_hash(pipeline_repo / d) for d in before} == before
         direct = subprocess.run(["python", "-m", "stages.validate"], cwd=pipeline_repo, env=ENV, capture_output=True,
                                 text=True)

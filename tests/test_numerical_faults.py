@@ -139,7 +139,7 @@ def test_non_finite_data_names_the_prepared_folder_the_task_and_the_rows(case, t
     ds, data, splits, row = _prepared_with(dataset, tmp_path, array, row_of, column)
     message = _fault(ds, data, splits, _params(dataset, method))
     assert f"data/prepared/{dataset}/" in message and named.format(row=row) in message, message
-    assert f"dvc repro prepare@{dataset}" in message
+    assert "dvc repro prepare`" in message
     assert _step(message) == step, message
     assert "train.lr" not in message and "methods." not in message
 
@@ -214,6 +214,6 @@ def test_train_stage_prints_one_line_naming_the_cause_and_leaves_outputs_untouch
     assert result.exit_code == 1 and "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and errors[0].startswith(expected), result.output
-    assert "dvc repro prepare@toy2d" in errors[0] if nan_data else "methods.bilevel.neumann_lr" in errors[0]
+    assert "dvc repro prepare`" in errors[0] if nan_data else "methods.bilevel.neumann_lr" in errors[0]
     assert _snapshot("data", "models", "reports") == before
     assert [p.name for p in Path(".").iterdir() if p.name.startswith((".models", ".data"))] == []  # no leftovers

@@ -98,7 +98,7 @@ def test_bad_values_are_refused_naming_the_key(raw, key, text):
      **nested("methods.labels.psi", [2] * 5)},
     # a real ShapeNet release's categories come from its folder: checked when training starts, not here
     {"method": "maxl", "dataset": "shapenet_part",
-     "datasets": {"shapenet_part": {"prepare": {"source": "hdf5", "root": "x"}, "methods": {"labels": {"psi": [2, 2]}}}}},
+     "datasets": {"shapenet_part": {"prepare": {"source": "hdf5", "root": "data/raw/shapenet_part"}, "methods": {"labels": {"psi": [2, 2]}}}}},
     {"seeds": [0, 2**32 - 1]},
 ])
 def test_valid_values_still_parse(raw):
@@ -220,3 +220,31 @@ def test_every_stage_of_dvc_yaml_depends_on_the_validation():
         if name != "validate":
             body = stage.get("do", stage)
             assert "data/params_valid.txt" in body["deps"], name
+
+
+def test_root_elsewhere_is_refused_in_params_yaml_with_the_tracked_folder_named(tmp_path):
+    """dvc.yaml tracks data/raw/<name>: a params file whose root is elsewhere would be read without DVC seeing
+    its files change. Code that calls parse_params (tests on fixture folders) may point anywhere."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"datasets": {"cub": {"prepare": {"source": "path", "root": "/data/CUB"}}}}))
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert "datasets.cub.prepare.root = /data/CUB" in message and "ln -s /data/CUB data/raw/cub" in message
+    path.write_text(yaml.safe_dump({"datasets": {"cub": {"prepare": {"source": "path", "root": "data/raw/cub"}}}}))
+    load_params(path)  # the tracked folder itself
+    parse_params({"datasets": {"cub": {"prepare": {"source": "path", "root": "/data/CUB"}}}})
+
+
+def test_skeleton_has_no_overrides_and_every_section_dvc_reads():
+    """params.yaml's skeleton parses to the defaults and holds an (empty) section for every params key dvc.yaml
+    names, so DVC finds them; nothing else, so `dvc exp show` lists only what a run changes."""
+    from pipeline.registry import DATASETS
+
+    skeleton = read_yaml(default_params_yaml())
+    assert parse_params(skeleton).model_dump() == parse_params({}).model_dump()
+    assert set(skeleton) == {"method", "dataset", "seeds", "device", "threads", "datasets", "methods", "usefulness"}
+    assert set(skeleton["datasets"]) == set(DATASETS.names())
+    assert all(v == {} for sections in skeleton["datasets"].values() for v in sections.values())
+    assert all(v == {} for v in skeleton["methods"].values()) and skeleton["usefulness"] == {}
+    assert read_yaml((Path(__file__).parents[1] / "params.yaml").read_text()) == skeleton  # the committed file is the skeleton

@@ -18,8 +18,7 @@ class Config(ImageConfig):
 
     root: str | None = Field(
         default_root("cifar10"), description="source=path: the folder holding data_batch_1..5, test_batch and "
-        "batches.meta (the contents of cifar-10-batches-py; see data/raw/cifar10/README.md); must be set "
-        "explicitly for source=path; unused by the stand-in")
+        "batches.meta (the contents of cifar-10-batches-py; see data/raw/cifar10/README.md); unused by the stand-in")
 
     def known_label_groups(self) -> int | None:
         """The main classes (ψ's groups for generated labels), known before any data: the stand-in's shape

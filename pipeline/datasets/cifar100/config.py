@@ -20,7 +20,7 @@ class Config(ImageConfig):
 
     root: str | None = Field(
         default_root("cifar100"), description="source=path: the folder holding train, test and meta (the contents "
-        "of cifar-100-python; see data/raw/cifar100/README.md); must be set explicitly for source=path; unused by "
+        "of cifar-100-python; see data/raw/cifar100/README.md); unused by "
         "the stand-in")
     main_label: Literal["fine", "coarse"] = Field(
         "fine", description="main task: the 100 fine classes or the 20 superclasses (the other is kept in meta)")

@@ -17,7 +17,7 @@ class Config(StrictModel):
         "standin", description="standin: generate the small procedural stand-in; path: ingest the folder at root")
     root: str | None = Field(
         default_root("cub"), description="source=path: the folder holding the contents of CUB_200_2011 (images.txt, "
-        "images/, attributes/, ...; see data/raw/cub/README.md); must be set explicitly for source=path; "
+        "images/, attributes/, ...; see data/raw/cub/README.md); "
         "unused by the stand-in")
     image_size: int | None = Field(
         None, ge=16, description="images are resized to image_size x image_size; "

@@ -86,7 +86,7 @@ def _stats_problem(mean: np.ndarray, std: np.ndarray) -> str | None:
 def read_prepared(folder: Path | str) -> PreparedCub:
     """Read and validate ``<folder>/cub.h5``; any problem is a ``DataError`` naming the file."""
     path = Path(folder) / H5_NAME
-    with open_prepared(path, "prepare@cub") as f:
+    with open_prepared(path, "prepare") as f:
         absent = [k for k in _ARRAYS if k not in f] + [k for k in ("mean", "std") if k not in f.attrs]
         if absent:
             raise DataError(f"{path}: missing {', '.join(absent)}")

@@ -21,8 +21,7 @@ class Config(StrictModel):
         STANDIN, description="standin: render the small procedural stand-in; preprocessed: the .npy folder "
         "layout at root (train/, val/); official: nyu_depth_v2_labeled.mat and companions at root")
     root: str | None = Field(
-        default_root(NAME), description="folder of the raw data (see its README.md); must be set explicitly "
-        "unless source is standin")
+        default_root(NAME), description="folder of the raw data: data/raw/nyuv2, the folder dvc.yaml tracks (see its README.md)")
     image_size: tuple[int, int] | None = Field(
         None, strict=False, description="(H, W) of the prepared images; default 288 x 384 for real data (App. B.2), "
         "48 x 64 for the stand-in")

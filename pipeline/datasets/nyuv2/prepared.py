@@ -64,7 +64,7 @@ def write_prepared(out_file: Path, samples: Iterator[Row], count: int, size: tup
         put_attrs(f, attrs)
 
 
-def read_prepared(folder: Path, stage: str = "prepare@nyuv2") -> Prepared:
+def read_prepared(folder: Path, stage: str = "prepare") -> Prepared:
     """``folder/nyuv2.h5``, checked for its datasets, shapes, dtypes and label range; ``DataError`` naming the
     file (and the ``stage`` that makes it, when it is missing)."""
     path = Path(folder) / H5_NAME

@@ -101,7 +101,7 @@ class Nyuv2(Dataset):
                 write_prepared(out_file, samples, count, size, attrs)
 
     def load(self, folder: Path) -> TaskData:
-        prepared = read_prepared(folder, f"prepare@{self.name}")
+        prepared = read_prepared(folder, "prepare")
         meta = {"source": prepared.source, "num_classes": NUM_CLASSES, "class_names": list(CLASS_NAMES),
                 "is_train": prepared.is_train, "sample_ids": prepared.sample_ids, "image_size": prepared.image_size}
         roles = read_aux_roles(Path(folder), TASK_NAMES[1:])

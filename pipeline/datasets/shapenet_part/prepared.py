@@ -42,7 +42,7 @@ def read_prepared(path: Path) -> tuple[PartShapes, dict[str, Any]]:
     """Read and check ``shapenet_part.h5``; any inconsistency is a DataError naming the file."""
     need = ("points", "part_labels", "category", "split", "shape_ids", "category_names", "category_ids",
             "part_category")
-    with open_prepared(path, "prepare@shapenet_part") as f:
+    with open_prepared(path, "prepare") as f:
         absent = [k for k in need if k not in f]
         if absent:
             raise DataError(f"{path}: missing {', '.join(absent)}")

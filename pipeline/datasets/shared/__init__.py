@@ -1,1 +1,1 @@
-"""Code shared by several datasets' preparation and tasks: every ``prepare@<name>`` stage depends on this folder."""
+"""Code shared by several datasets' preparation and tasks: the ``prepare`` stage depends on this folder."""

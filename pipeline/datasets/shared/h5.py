@@ -37,7 +37,7 @@ def file_attrs(f: h5py.File) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def open_prepared(path: Path, stage: str) -> Iterator[h5py.File]:
-    """``path`` open for reading; a missing file names ``stage`` (``prepare@<name>``), an unreadable one says so."""
+    """``path`` open for reading; a missing file names ``stage`` (``prepare``), an unreadable one says so."""
     if not path.is_file():
         raise DataError(f"{path} is missing: run `dvc repro {stage}`")
     try:

@@ -51,7 +51,7 @@ def write_prepared(raw: RawImages, main: str, out_file: Path, source: str) -> No
 def read_prepared(path: Path, name: str) -> TaskData:
     """``images.h5`` of dataset ``name`` as TaskData (uint8 images, the main label as the one target column, and
     ``meta``); a missing or malformed file is a DataError naming it."""
-    with open_prepared(path, f"prepare@{name}") as f:
+    with open_prepared(path, "prepare") as f:
         absent = [k for k in ("images", "labels", "is_train", "class_names") if k not in f]
         absent += [k for k in ("mean", "std") if k not in f.attrs]
         if absent:

@@ -45,7 +45,7 @@ class SyntheticRegression(Dataset):
         data_file, meta_file = folder / "data.npz", folder / "meta.json"
         for f in (data_file, meta_file):
             if not f.is_file():
-                raise DataError(f"{f} is missing: run `dvc repro prepare@{self.name}`")
+                raise DataError(f"{f} is missing: run `dvc repro prepare` (with dataset: {self.name})")
         try:
             arrays = load_npz(data_file)
             meta = json.loads(meta_file.read_text())

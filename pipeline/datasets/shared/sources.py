@@ -1,9 +1,10 @@
 """Where a dataset's raw files come from: its procedural stand-in, or the user's folder in a real format.
 
 Every dataset with a real format has ``datasets.<name>.prepare.source`` (``standin`` or a format) and
-``root``, the user's raw folder. ``root`` defaults to ``data/raw/<name>``, a folder kept in git with a README
-saying what goes there; dvc.yaml makes ``root`` a dependency of ``prepare@<name>``, so a changed label in a
-user's folder re-runs that dataset's preparation (a relative path keeps the experiment portable).
+``root``, the raw folder: ``data/raw/<name>``, a folder kept in git with a README saying what goes there.
+dvc.yaml makes ``data/raw/<dataset>`` a dependency of ``prepare``, so a changed label in a user's files re-runs
+the preparation; params.yaml may not point ``root`` elsewhere (DVC would not see changes there): users put their
+files in that folder, link it to their copy, or ``dvc add``/``dvc import`` it.
 """
 from __future__ import annotations
 
@@ -31,16 +32,14 @@ def source_root(name: str, source: str, root: str | None, expected: str) -> Path
     if not path.is_dir():
         raise DataError(f"{key} = {root}: not a folder (it should hold {expected})")
     if {p.name for p in path.iterdir()} <= {"README.md", ".gitkeep"}:
-        raise DataError(f"{key} = {root}: holds no data yet; put {expected} there, or set {key} to your copy")
+        raise DataError(f"{root} holds no data yet (datasets.{name}.prepare.source is {source!r}): put {expected} "
+                        f"there, or link the folder to your copy (see {root}/README.md)")
     return path
 
 
 def require_root(source: str, root: str | None, given: set[str], name: str, expected: str) -> None:
-    """Params check of a real ``source``: ``root`` must be written out. Its default (``data/raw/<name>``) only
-    names the placeholder folder dvc.yaml tracks; a section that picks a real format without a root is a
-    mistake, caught at parse time. Whether the folder holds the data is checked when preparing
-    (``source_root``). ``given``: the keys the user wrote (``model_fields_set``)."""
-    if source != STANDIN and (not root or "root" not in given):
-        raise ValueError(f"root is required when source is {source!r}: set datasets.{name}.prepare.root to "
-                         f"{expected} (e.g. {default_root(name)}, once the files its README.md describes are there)")
-
+    """Params check of a real ``source``: it needs a raw folder (``root``, by default ``data/raw/<name>``, the
+    folder dvc.yaml tracks). Whether the folder holds the data is checked when preparing (``source_root``).
+    ``given``: the keys the user wrote (``model_fields_set``)."""
+    if source != STANDIN and not root:
+        raise ValueError(f"root is required when source is {source!r}: put {expected} in {default_root(name)}")

@@ -19,7 +19,7 @@ class Config(ImageConfig):
 
     root: str | None = Field(
         default_root("svhn"), description="source=path: the folder holding train_32x32.mat and test_32x32.mat "
-        "(see data/raw/svhn/README.md); must be set explicitly for source=path; unused by the stand-in")
+        "(see data/raw/svhn/README.md); unused by the stand-in")
 
     def known_label_groups(self) -> int | None:
         """The main classes (ψ's groups for generated labels), known before any data: the stand-in's shape

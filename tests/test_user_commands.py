@@ -1,0 +1,65 @@
+"""The user's three commands from the defaults, on a fresh copy of the repository (slow: real `dvc` runs).
+
+`dvc exp run -S method=<m>` must work from the committed params.yaml for a method of every family (given
+auxiliaries, a ConvNet over loss images, generated auxiliary labels, point-cloud reconstruction); an impossible
+method/dataset pair stops in `validate` with the datasets that fit, leaving params.yaml as it was; and the
+default `dvc exp show` stays readable.
+"""
+import csv
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import copy_repository
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+# One method of each family; every registered method is measured from the defaults by bench/run_every_method.py.
+FAMILIES = ["equal", "auxilearn_convnet", "maxl", "dae"]
+
+
+def run(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=repo, env=ENV, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> Path:
+    """The repository as committed (params.yaml untouched), as a new user clones it."""
+    return copy_repository(tmp_path_factory.mktemp("fresh"))
+
+
+@pytest.mark.parametrize("method", FAMILIES)
+def test_every_family_runs_from_the_defaults(fresh: Path, method: str):
+    run(fresh, "dvc", "exp", "run", "-S", f"method={method}")
+    metrics = json.loads((fresh / "reports/metrics.json").read_text())
+    assert metrics["method"] == method
+    assert (fresh / "reports/report.md").is_file()
+
+
+def test_an_impossible_pair_stops_in_validate_and_leaves_params_as_they_were(fresh: Path):
+    before = (fresh / "params.yaml").read_text()
+    proc = run(fresh, "dvc", "exp", "run", "-S", "method=maxl", "-S", "dataset=toy2d", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "method maxl needs a dataset with generated_labels" in out and "datasets that fit:" in out, out
+    assert [line for line in out.splitlines() if line.startswith("Running stage")] == ["Running stage 'validate':"]
+    assert (fresh / "params.yaml").read_text() == before
+    assert "method: maxl" in (fresh / "params.rejected.yaml").read_text()  # the refused file, kept
+
+
+def test_exp_show_is_readable(fresh: Path):
+    """The default view: about 40 columns, the main metric's test mean among the first ten."""
+    shown = run(fresh, "dvc", "exp", "show", "--no-pager", "--csv").stdout
+    header = next(csv.reader(io.StringIO(shown)))
+    metrics = json.loads((fresh / "reports/metrics.json").read_text())
+    main = metrics["main_metric"]
+    assert len(header) <= 40, header
+    assert any(col.startswith(main) or col.endswith(f":{main}") or main in col for col in header[:10]), header

@@ -7,6 +7,8 @@ Per seed, with dvclive's standard layout under ``reports/live/seed_<s>/`` (``LIV
 - ``plots/metrics/train/weight/<task>.tsv``: each task's effective weight ∂L_T/∂ℓ_j at the logged step
   (what history.json records as ``weights``); methods without weights log none;
 - ``plots/metrics/val/main_loss.tsv`` (and ``val/main_metric.tsv`` with ``select_by: val_metric``);
+- ``plots/metrics/method/<key>.tsv``: the method's own diagnostics at the steps it logs them (the
+  hypergradient norm, MAXL's gradient cosine, the label entropy, ...);
 - ``metrics.json``: dvclive's latest values of that seed (not a DVC metric: it has a column per task).
 
 Across seeds, the long-format files ``reports/live/{task_loss,task_weight,val_loss}.tsv`` (``step``,
@@ -106,6 +108,16 @@ class LiveLogger:
             self.live.log_metric("val/main_metric", float(val_metric))
         self._latest.update(step=step, val_loss=_number(val_loss))
         self._flush({"val_loss": [self._row(step, val_loss, f"seed {self.seed}")]})
+
+    def method_log(self, step: int, logs: dict[str, Any]) -> None:
+        """The method's own diagnostics (``grad_cosine``, ``label_entropy``, ``hypergrad_norm``, ...) as
+        ``method/<key>`` series, at the steps the method logs them."""
+        scalars = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if not scalars:
+            return
+        self.live.step = step
+        for key, value in scalars.items():
+            self.live.log_metric(f"method/{key}", float(value))
 
     @staticmethod
     def _row(step: int, value: float, series: str) -> str:

@@ -241,6 +241,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
             history["hypergrad_norm"].append(logs["hypergrad_norm"])
         if logs:
             history["method_log"].append({"step": step, **logs})
+            if live is not None:
+                live.method_log(step, logs)
         if step % epoch_len == 0:  # wall time per pass over the training set, for method cost comparisons
             now = time.perf_counter()
             history["epoch_seconds"].append(now - epoch_start)

@@ -13,9 +13,10 @@ Per seed, with dvclive's standard layout under ``reports/live/seed_<s>/`` (``LIV
 
 Across seeds, the long-format files ``reports/live/{task_loss,task_weight,val_loss}.tsv`` (``step``,
 ``value``, ``series``: one curve per task and seed, or per seed) feed the `dvc plots` definitions in
-dvc.yaml, whose file names cannot depend on the seeds or the tasks. And ``reports/live.json``
-(``LIVE_METRICS``), the one DVC metric of live logging: ``live.seed``, ``live.step``, ``live.main_loss``,
-``live.val_loss`` of the latest logged step (four `dvc exp show` columns, whatever the seeds and tasks).
+dvc.yaml, whose file names cannot depend on the seeds or the tasks. And ``reports/live/metrics.json``
+(``LIVE_METRICS``, a top-level metric in dvc.yaml), the one DVC metric of live logging: ``live.seed``,
+``live.step``, ``live.main_loss``, ``live.val_loss`` of the latest logged step, in that order (four
+`dvc exp show` columns, whatever the seeds and tasks).
 
 Logged steps: the first, every ``train.eval_every`` (where validation runs) and the last. Everything is
 written as soon as its step is logged (appended and flushed), so the files grow during training. Only
@@ -31,10 +32,10 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from pipeline.io import write_json
+from pipeline.io import write_text
 
 LIVE = Path("reports/live")
-LIVE_METRICS = Path("reports/live.json")
+LIVE_METRICS = Path("reports/live/metrics.json")
 COMBINED = ("task_loss", "task_weight", "val_loss")
 
 
@@ -135,7 +136,8 @@ class LiveLogger:
                 fh.writelines(lines)
         self.live.make_summary()
         if self.metrics_path is not None:
-            write_json(self.metrics_path, {"live": self._latest})
+            # in this order (not write_json's sorted keys): DVC shows a file's columns in its key order
+            write_text(self.metrics_path, json.dumps({"live": self._latest}, indent=2) + "\n")
 
     def close(self) -> None:
         self.live.make_summary()

@@ -7,7 +7,7 @@ reads them from there).
 
 While it trains, each seed's losses, task weights and validation loss are logged live (``pipeline.live``):
 dvclive series under reports/live/seed_<s>/, the cross-seed curves reports/live/*.tsv for `dvc plots`, and
-reports/live.json (seed, step, main and validation loss of the latest logged step) for `dvc exp show`."""
+reports/live/metrics.json (seed, step, main and validation loss of the latest logged step) for `dvc exp show`."""
 import click
 
 from pipeline.cli import stage

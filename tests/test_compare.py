@@ -299,8 +299,8 @@ def test_evaluate_writes_the_summary_and_keeps_validation_and_seeds_apart(tmp_pa
     assert set(details["per_seed"]) == set(details["per_seed_val"]) == {"seed_0", "seed_1"}
     assert details["val"]["main_mse"]["mean"] != metrics["test"]["main_mse"]["mean"]
     assert details["val"]["weight_error"] == metrics["test"]["weight_error"]  # a property of w, not of the split
-    live = json.loads((tmp_path / "reports/live.json").read_text())
-    assert list(live) == ["live"] and set(live["live"]) == {"seed", "step", "main_loss", "val_loss"}
+    live = json.loads((tmp_path / "reports/live/metrics.json").read_text())
+    assert list(live) == ["live"] and list(live["live"]) == ["seed", "step", "main_loss", "val_loss"]
     assert live["live"]["seed"] == 1 and live["live"]["step"] == 20
 
 

@@ -58,7 +58,7 @@ def test_repro_writes_every_output(pipeline_repo: Path):
                 "data/splits/aux.npy", "models/seed_1/model.pt", "models/seed_1/history.json",
                 "reports/report.md", "reports/figures/task_weights.png", "reports/figures/loss_landscape.png",
                 "reports/live/task_weight.tsv", "reports/live/seed_1/plots/metrics/val/main_loss.tsv",
-                "reports/live.json"):
+                "reports/live/metrics.json"):
         assert (pipeline_repo / rel).is_file(), rel
     assert "Loss landscapes" in (pipeline_repo / "reports/report.md").read_text()
 

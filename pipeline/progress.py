@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO, TypeVar
+
+T = TypeVar("T")
 
 SECONDS_ENV = "AUXBENCH_PROGRESS_SECONDS"
 STEPS_ENV = "AUXBENCH_PROGRESS_STEPS"
@@ -51,8 +53,8 @@ class ProgressLines:
 
     def __init__(self, label: str, total: int, stream: TextIO | None = None, every_seconds: float | None = None,
                  every_steps: int | None = None, clock: Callable[[], float] = time.monotonic,
-                 force: bool = False) -> None:
-        self.label, self.total = label, total
+                 force: bool = False, unit: str = "step") -> None:
+        self.label, self.total, self.unit = label, total, unit
         self.stream = stream if stream is not None else sys.stderr
         self.every_seconds = _env_number(SECONDS_ENV, DEFAULT_SECONDS) if every_seconds is None else every_seconds
         self.every_steps = int(_env_number(STEPS_ENV, 0) if every_steps is None else every_steps)
@@ -70,10 +72,29 @@ class ProgressLines:
         return bool(self.every_seconds) and self.clock() - self._last_time >= self.every_seconds
 
     def update(self, step: int, **values: Any) -> bool:
-        """Print ``<label>: step s/total, k=v, ...`` if a line is due; returns whether one was printed."""
+        """Print ``<label>: step s/total, k v, ...`` (``<label>: n/total <unit>`` for another unit) if a line
+        is due; returns whether one was printed."""
         if not self.due(step):
             return False
-        parts = [f"step {step}/{self.total}"] + [f"{k} {_format(v)}" for k, v in values.items()]
+        count = f"{self.unit} {step}/{self.total}" if self.unit == "step" else f"{step}/{self.total} {self.unit}"
+        parts = [count] + [f"{k} {_format(v)}" for k, v in values.items()]
         print(f"{self.label}: " + ", ".join(parts), file=self.stream, flush=True)
         self._last_time = self.clock()
         return True
+
+
+def counted(items: Iterable[T], label: str, total: int, unit: str = "files") -> Iterator[T]:
+    """``items``, counted where a user waits (preparing a dataset): a tqdm bar on a terminal, plain lines
+    (``ProgressLines``) elsewhere. Only counts: the items are yielded unchanged."""
+    stream = sys.stderr
+    if is_terminal(stream):
+        from tqdm import tqdm
+
+        yield from tqdm(items, desc=label, total=total, unit=f" {unit}", leave=False)
+        return
+    lines = ProgressLines(label, total, stream=stream, unit=unit)
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        lines.update(done)

@@ -97,3 +97,14 @@ def test_progress_cadence_by_time_and_never_on_a_terminal():
             return True
 
     assert not ProgressLines("x", 3, stream=Tty(), every_steps=1).update(1)
+
+
+def test_prepare_counts_what_it_reads_off_a_terminal(monkeypatch, capsys):
+    from pipeline.progress import counted
+
+    monkeypatch.setenv("AUXBENCH_PROGRESS_SECONDS", "0")
+    monkeypatch.setenv("AUXBENCH_PROGRESS_STEPS", "4")
+    assert list(counted(iter(range(10)), "prepare x: images read", 10, "images")) == list(range(10))
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["prepare x: images read: 1/10 images", "prepare x: images read: 4/10 images",
+                   "prepare x: images read: 8/10 images", "prepare x: images read: 10/10 images"]

@@ -108,3 +108,13 @@ def test_prepare_counts_what_it_reads_off_a_terminal(monkeypatch, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == ["prepare x: images read: 1/10 images", "prepare x: images read: 4/10 images",
                    "prepare x: images read: 8/10 images", "prepare x: images read: 10/10 images"]
+
+
+def test_the_device_recorded_is_the_one_used(monkeypatch):
+    from pipeline import training
+
+    assert training.device_name(torch.device("cpu")) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert training.device_name(torch.device("cuda")) == "cuda:3"
+    assert training.device_name(torch.device("cuda:1")) == "cuda:1"

@@ -78,3 +78,25 @@ def test_a_run_too_short_for_a_curve_draws_no_empty_axes(tmp_path):
     assert not list(tmp_path.iterdir())
     assert plot_weights(np.array([1, 2]), np.ones((2, 3)), ["main", "a", "b"], tmp_path / "w.png")
     assert (tmp_path / "w.png").stat().st_size > 1000
+
+
+def test_the_main_metric_stays_first_where_it_is_not_first_alphabetically(tmp_path, monkeypatch):
+    """metrics.json keeps the dataset's order (DVC shows a file's keys in order; sorted keys would put
+    ``main_mse`` before ``weight_error`` whatever the main metric): pretend ``weight_error`` is toy2d's main one."""
+    from pipeline.datasets.toy2d.task import Toy2D
+
+    real = Toy2D.metrics
+    monkeypatch.setattr(Toy2D, "metrics", lambda self, *a: dict(reversed(list(real(self, *a).items()))))
+    monkeypatch.chdir(tmp_path)
+    params = {"dataset": "toy2d", "method": "stl", "seeds": [0, 1], "datasets": {"toy2d": {"train": {"steps": 10}}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    runner = CliRunner()
+    for cmd, args in ((prepare.main, ["--dataset", "toy2d"]), (split.main, []), (train.main, []),
+                      (evaluate.main, []), (report.main, [])):
+        result = runner.invoke(cmd, args)
+        assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert list(metrics["test"]) == ["weight_error", "main_mse"]
+    assert json.loads((tmp_path / "reports/per_seed.json").read_text())["main_metric"] == "weight_error"
+    text = (tmp_path / "reports/report.md").read_text()
+    assert "| method | weight_error | main_mse |" in text and "the main metric (`weight_error`) first" in text

@@ -83,18 +83,23 @@ class ProgressLines:
         return True
 
 
-def counted(items: Iterable[T], label: str, total: int, unit: str = "files") -> Iterator[T]:
+def counted(items: Iterable[T], label: str, total: int, unit: str = "files",
+            size: Callable[[T], int] | None = None) -> Iterator[T]:
     """``items``, counted where a user waits (preparing a dataset): a tqdm bar on a terminal, plain lines
-    (``ProgressLines``) elsewhere. Only counts: the items are yielded unchanged."""
+    (``ProgressLines``) elsewhere. ``size(item)``: how many ``unit`` an item stands for (a chunk of images;
+    default 1). Only counts: the items are yielded unchanged."""
     stream = sys.stderr
     if is_terminal(stream):
         from tqdm import tqdm
 
-        yield from tqdm(items, desc=label, total=total, unit=f" {unit}", leave=False)
+        with tqdm(desc=label, total=total, unit=f" {unit}", leave=False) as bar:
+            for item in items:
+                yield item
+                bar.update(size(item) if size else 1)
         return
-    lines = ProgressLines(label, total, stream=stream, unit=unit)
+    lines = ProgressLines(label, total, stream=stream, unit=unit, every_steps=0 if size else None)
     done = 0
     for item in items:
         yield item
-        done += 1
+        done += size(item) if size else 1
         lines.update(done)

@@ -31,9 +31,8 @@ def sh(cwd: Path, *cmd: str) -> subprocess.CompletedProcess:
 
 
 def main_metric(repo: Path) -> str:
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    name = metrics["main_metric"]
-    summary = metrics.get("test", metrics).get(name, {})
+    name = json.loads((repo / "reports/per_seed.json").read_text())["main_metric"]
+    summary = json.loads((repo / "reports/metrics.json").read_text())["test"][name]
     return f"{name} {summary.get('mean', float('nan')):.4f} ± {summary.get('sem', float('nan')):.4f}"
 
 

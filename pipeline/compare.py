@@ -6,15 +6,20 @@ dependency. Run it after a grid:  python -m pipeline.compare --dataset toy2d
 Which experiment stands for a method (``--select``):
 
 - ``latest`` (default): the most recent experiment of that method on the dataset;
-- ``best-val``: the experiment whose *validation* main metric (``val.<main_metric>.mean`` in
-  reports/metrics.json; the main metric is the first one the dataset's ``metrics`` returns, its direction
-  from ``pipeline.metrics.higher_is_better``) is best, with the experiment's name and the ``methods.*`` /
-  ``datasets.<X>.methods.*`` params that vary across that method's experiments, so a φ grid reads off in
-  one line. The test metrics of the chosen experiment are what the table shows.
+- ``best-val``: the experiment whose *validation* main metric (``val.<main_metric>.mean`` of
+  reports/per_seed.json, read at the experiment's revision: the validation summaries are not DVC metrics,
+  so that `dvc exp show` stays small; the main metric is the first one the dataset's ``metrics`` returns,
+  its direction from ``pipeline.metrics.higher_is_better``) is best, with the experiment's name and the
+  ``methods.*`` / ``datasets.<X>.methods.*`` params that vary across that method's experiments, so a φ grid
+  reads off in one line. The test metrics of the chosen experiment are what the table shows.
 
-Every row also shows the run's training steps (``datasets.<X>.train.steps``), its seeds and the commit its
-experiment is based on; a warning goes to stderr when the rows differ in steps or seeds. "± SEM" is printed
-only for runs with at least two seeds.
+reports/metrics.json (the DVC metric) holds ``test.<metric>.mean``/``.sem`` with the main metric first, then
+``steps``, ``seeds`` (their count) and ``device``; experiments from before that layout (``method``,
+``dataset``, ``main_metric``, ``val`` and ``per_seed`` in metrics.json) are read as well.
+
+Every row also shows the run's training steps (metric ``steps``, else the param
+``datasets.<X>.train.steps``), its seeds and the commit its experiment is based on; a warning goes to
+stderr when the rows differ in steps or seeds. "± SEM" is printed only for runs with at least two seeds.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from pipeline.metrics.summary import format_mean_sem, higher_is_better
 
 METRICS_PREFIX = "reports/metrics.json:"
 PARAMS_PREFIX = "params.yaml:"
+DETAILS_PATH = "reports/per_seed.json"  # validation summaries and per-seed values: an out, not a metric
 # exp show states of rows that have no finished results of their own
 UNFINISHED_STATES = {"Queued", "Running", "Failed"}
 
@@ -57,6 +63,34 @@ def param(row: dict[str, Any], name: str) -> Any:
 
 def metric(row: dict[str, Any], name: str) -> Any:
     return _lookup(row, name, METRICS_PREFIX)
+
+
+def run_field(row: dict[str, Any], name: str) -> Any:
+    """``method``/``dataset`` of a row: from metrics.json in the older layout, else from params.yaml."""
+    value = row.get(METRICS_PREFIX + name)
+    return value if value not in (None, "") else param(row, name)
+
+
+def read_details(row: dict[str, Any]) -> dict[str, Any] | None:
+    """reports/per_seed.json of the row's experiment (the workspace's file for the workspace row); None
+    where it cannot be read (an experiment from before the file existed, a cache without it)."""
+    import json
+
+    rev = row.get("rev")
+    try:
+        if rev == "workspace":
+            return json.loads(Path(DETAILS_PATH).read_text())
+        import dvc.api
+
+        return json.loads(dvc.api.read(DETAILS_PATH, rev=str(rev)))
+    except Exception:  # noqa: BLE001 - any failure means: no validation metrics for this row
+        return None
+
+
+def _details(row: dict[str, Any]) -> dict[str, Any] | None:
+    if "_details" not in row:
+        row["_details"] = read_details(row)
+    return row["_details"]
 
 
 def _number(value: Any) -> float | None:
@@ -94,13 +128,18 @@ def with_commits(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_steps(row: dict[str, Any], dataset: str) -> int | None:
-    steps = _number(param(row, f"datasets.{dataset}.train.steps"))
+    steps = _number(metric(row, "steps"))
+    if steps is None:
+        steps = _number(param(row, f"datasets.{dataset}.train.steps"))
     return None if steps is None else int(steps)
 
 
 def run_seeds(row: dict[str, Any]) -> list[int] | None:
     """The run's ``seeds`` param; without it, the seeds that have per-seed test metrics."""
     seeds = param(row, "seeds")
+    if not isinstance(seeds, (list, tuple)):
+        seeds = row.get(PARAMS_PREFIX + "seeds")  # "seeds" alone may be the metric (their count)
+        seeds = ast.literal_eval(seeds) if isinstance(seeds, str) and seeds.startswith("[") else seeds
     if isinstance(seeds, (list, tuple)):
         return [int(s) for s in seeds]
     found = sorted({int(k.split(".")[1][len("seed_"):]) for k, v in row.items()
@@ -118,9 +157,9 @@ def _candidates(rows: list[dict[str, Any]], dataset: str) -> dict[str, list[dict
     """Finished rows of ``dataset`` that have test metrics, by method, in exp show order."""
     by_method: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        if metric(row, "dataset") != dataset or row.get("State") in UNFINISHED_STATES:
+        if run_field(row, "dataset") != dataset or row.get("State") in UNFINISHED_STATES:
             continue
-        method = metric(row, "method")
+        method = run_field(row, "method")
         if not method or not any(k.startswith("test.") and _number(v) is not None for k, v in row.items()):
             continue
         by_method.setdefault(method, []).append(row)
@@ -140,13 +179,27 @@ def latest_per_method(rows: list[dict[str, Any]], dataset: str) -> dict[str, dic
 
 def main_metric(row: dict[str, Any]) -> str | None:
     name = metric(row, "main_metric")
+    if not (isinstance(name, str) and name not in ("", "None")):
+        details = _details(row) if row.get("rev") is not None else None
+        name = details.get("main_metric") if isinstance(details, dict) else None
     return name if isinstance(name, str) and name not in ("", "None") else None
+
+
+def validation_summary(row: dict[str, Any], name: str) -> tuple[float | None, float | None]:
+    """Mean and SEM of validation metric ``name``: in the row (older layout) or in reports/per_seed.json."""
+    if f"val.{name}.mean" in row:
+        return _number(row.get(f"val.{name}.mean")), _number(row.get(f"val.{name}.sem"))
+    details = _details(row)
+    value = (details or {}).get("val", {}).get(name) if isinstance(details, dict) else None
+    if not isinstance(value, dict):
+        return None, None
+    return _number(value.get("mean")), _number(value.get("sem"))
 
 
 def validation_score(row: dict[str, Any]) -> float | None:
     """The row's validation main metric (mean over seeds; may be NaN), None where the row has none."""
     name = main_metric(row)
-    return _number(row.get(f"val.{name}.mean")) if name else None
+    return validation_summary(row, name)[0] if name else None
 
 
 def varying_params(rows: list[dict[str, Any]], dataset: str) -> list[str]:
@@ -211,7 +264,10 @@ def metric_names(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _mean_sem_cell(row: dict[str, Any], split: str, name: str, seeds: list[int] | None) -> str:
-    mean, sem = _number(row.get(f"{split}.{name}.mean")), _number(row.get(f"{split}.{name}.sem"))
+    if split == "val":
+        mean, sem = validation_summary(row, name)
+    else:
+        mean, sem = _number(row.get(f"{split}.{name}.mean")), _number(row.get(f"{split}.{name}.sem"))
     if mean is None or math.isnan(mean):
         return "–"
     one_seed = seeds is not None and len(seeds) < 2

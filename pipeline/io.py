@@ -82,6 +82,20 @@ def critical_section() -> Iterator[None]:
             raise Interrupted(signum)
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back: there is no getter before Python 3.13's)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(folder: bool = False) -> int:
+    """The mode a plain ``open``/``mkdir`` would give: 0666 (files) or 0777 (folders) less the umask.
+    ``tempfile`` creates 0600 files and 0700 folders, so every temporary is given this mode before it
+    replaces its target (a figure written 0600 would be unreadable to the group and a web server)."""
+    return (0o777 if folder else 0o666) & ~current_umask()
+
+
 def _tmp_prefix(target: Path) -> str:
     return f".{target.name}.{os.getpid()}-"
 
@@ -175,7 +189,10 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     recover(target)
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=TMP_SUFFIX, dir=target.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, default_mode())  # not mkstemp's 0600: what open() would have made, umask respected
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -241,6 +258,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     check_writable(target)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=TMP_SUFFIX, dir=target.parent))
     try:
+        tmp.chmod(default_mode(folder=True))  # not mkdtemp's 0700
         yield tmp
         swap_into_place(tmp, target)
     finally:

@@ -5,7 +5,8 @@ PREPARED = Path("data/prepared")
 SPLITS = Path("data/splits")
 MODELS = Path("models")
 REPORTS = Path("reports")
-METRICS = REPORTS / "metrics.json"
+METRICS = REPORTS / "metrics.json"  # the summary: test mean and SEM per metric (main first), steps, seeds, device
+PER_SEED = REPORTS / "per_seed.json"  # validation summaries and per-seed values: an out, not a DVC metric
 REPORT_MD = REPORTS / "report.md"
 FIGURES = REPORTS / "figures"
 PLOTS = REPORTS / "plots"
@@ -32,4 +33,4 @@ def swapped_outputs() -> list[Path]:
                 prepared.add(entry)
             elif name.startswith(".") and name.endswith((".old", ".tmp")) and "." in name[1:]:
                 prepared.add(PREPARED / name[1:].split(".")[0])
-    return [MODELS, SPLITS, FIGURES, PLOTS, METRICS, REPORT_MD, TIMINGS, *sorted(prepared)]
+    return [MODELS, SPLITS, FIGURES, PLOTS, METRICS, PER_SEED, REPORT_MD, TIMINGS, *sorted(prepared)]

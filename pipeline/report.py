@@ -1,7 +1,6 @@
 """Figures and the markdown report: learned task weights over training, and the paper's Figure 2 landscapes."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,22 +23,20 @@ def mean_history(runs: Sequence[TrainedRun], key: str) -> np.ndarray:
     return np.mean([np.asarray(r.history[key], dtype=float) for r in runs], axis=0)
 
 
-def write_csv(path: Path, header: list[str], rows: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header)
-            writer.writerows(rows.tolist())
-
-
 def save_figure(fig: plt.Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_weights(steps: np.ndarray, weights: np.ndarray, task_names: list[str], path: Path) -> None:
-    """Learned auxiliary weights over training steps (mean over seeds); many tasks are coloured by index."""
+MIN_POINTS = 2  # a curve of one point draws nothing: such a figure is not written (the report says so)
+
+
+def plot_weights(steps: np.ndarray, weights: np.ndarray, task_names: list[str], path: Path) -> bool:
+    """Learned auxiliary weights over training steps (mean over seeds); many tasks are coloured by index.
+    Returns False (and writes nothing) for a run too short to draw a curve."""
+    if len(steps) < MIN_POINTS:
+        return False
     fig, ax = plt.subplots(figsize=(6.4, 4))
     aux = weights[:, 1:]
     if aux.shape[1] <= 10:
@@ -56,6 +53,7 @@ def plot_weights(steps: np.ndarray, weights: np.ndarray, task_names: list[str], 
     ax.set_ylabel("effective weight ∂L_T/∂ℓ_j")
     ax.set_title("learned auxiliary weights (mean over seeds)")
     save_figure(fig, path)
+    return True
 
 
 def plot_final_weights(final: np.ndarray, path: Path) -> float:
@@ -113,7 +111,10 @@ def method_log_series(runs: Sequence[TrainedRun], key: str) -> tuple[np.ndarray,
     return steps, np.mean([[v for _, v in s] for s in series], axis=0)
 
 
-def plot_series(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel: str, title: str, path: Path) -> None:
+def plot_series(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel: str, title: str, path: Path) -> bool:
+    """One curve per label; False (nothing written) when no curve has two points."""
+    if not any(len(x) >= MIN_POINTS for x, _ in curves.values()):
+        return False
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for label, (x, y) in curves.items():
         ax.plot(x, y, label=label)
@@ -123,6 +124,7 @@ def plot_series(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel: str, t
     if len(curves) > 1:
         ax.legend()
     save_figure(fig, path)
+    return True
 
 
 def generated_labels(exp: Experiment, run: TrainedRun, split: str = "test", chunk: int = 256

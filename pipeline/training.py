@@ -16,6 +16,7 @@ from pipeline.datasets.base import reduce_pixels
 from pipeline.faults import TrainingGuard
 from pipeline.methods.base import Batch, Method, SharedTrunk, StepContext, build_method, scale_losses
 from pipeline.metrics.summary import higher_is_better
+from pipeline.progress import ProgressLines
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -24,6 +25,13 @@ def resolve_device(preference: str) -> torch.device:
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(preference)
+
+
+def device_name(device: torch.device) -> str:
+    """The device a run used, as recorded: ``cpu``, or ``cuda:<index>`` (not the ``auto`` asked for)."""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -132,8 +140,12 @@ def _state(module: nn.Module) -> dict[str, Tensor]:
 
 
 def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], params: Any, seed: int,
-              device: torch.device | None = None, progress: bool = False) -> RunResult:
-    """Train ``params.method`` with ``seed``; keeps the model that is best on the validation main loss."""
+              device: torch.device | None = None, progress: bool = False, live: Any = None) -> RunResult:
+    """Train ``params.method`` with ``seed``; keeps the model that is best on the validation main loss.
+
+    ``progress``: a tqdm bar with the main and validation losses on a terminal, plain lines
+    (``pipeline.progress``) elsewhere. ``live``: a ``pipeline.live.LiveLogger`` given each step's per-task
+    losses and weights and each validation. Both only read values the run computes anyway."""
     device = device or resolve_device(params.device)
     seed_everything(seed)
     # The method first, from its own seeded stream (its φ, label networks and random labels never shift W's
@@ -187,7 +199,11 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         guard.check_losses(step, batch, losses, what)  # one sync per outer batch
         return losses
 
-    for step in tqdm(range(1, cfg.steps + 1), desc=f"{params.method} seed {seed}", disable=None if progress else True):
+    label = f"{params.method} seed {seed}"
+    bar = tqdm(range(1, cfg.steps + 1), desc=label, disable=None if progress else True)
+    lines = ProgressLines(label, cfg.steps) if progress and bar.disable else None  # no bar drawn: plain lines
+    shown: dict[str, float | None] = {"main": None, "val": None}
+    for step in bar:
         model.train()
         batch = next_batch(train_stream)
         losses, z = scaled_losses(batch)
@@ -209,6 +225,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         history["train_loss"].append(train_value)
         history["main_loss"].append(float(reduce_pixels(losses)[:, 0].detach().mean()))
         history["weights"].append(method.task_weights(losses).cpu().tolist())
+        if live is not None:
+            live.train_step(step, reduce_pixels(losses.detach()).mean(0), history["weights"][-1])
 
         ctx = StepContext(step, w_params, lambda: outer_losses(outer_train_stream, step, "outer training batch"),
                           lambda: outer_losses(aux_stream, step, "auxiliary-set batch"), batch=batch, **ctx_common)
@@ -223,6 +241,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
             history["hypergrad_norm"].append(logs["hypergrad_norm"])
         if logs:
             history["method_log"].append({"step": step, **logs})
+            if live is not None:
+                live.method_log(step, logs)
         if step % epoch_len == 0:  # wall time per pass over the training set, for method cost comparisons
             now = time.perf_counter()
             history["epoch_seconds"].append(now - epoch_start)
@@ -242,8 +262,19 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                 score = -value if higher_is_better(name) else value
             if score < best_val:
                 best_val, best_state = score, _state(model)
+            if live is not None:
+                live.validation(step, val, history["val_main_metric"][-1] if cfg.select_by == "val_metric" else None)
+            shown["val"] = val
             epoch_start += time.perf_counter() - eval_start  # epoch times count training only
+        if progress:
+            shown["main"] = history["main_loss"][-1]
+            if not bar.disable:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items() if v is not None}, refresh=False)
+            elif lines is not None:
+                lines.update(step, main_loss=shown["main"], val_loss=shown["val"])
 
+    if live is not None:
+        live.close()
     return RunResult(best_state, initial_method_state, _state(method), history)
 
 

@@ -1,4 +1,6 @@
-"""DVC stage `report`: reports/report.md with the metrics table and figures, plus CSVs for `dvc plots`."""
+"""DVC stage `report`: reports/report.md with the metrics table (the main metric first) and the paper-style
+figures in reports/figures/ (written 0644). The curves `dvc plots` draws are train's live series
+(reports/live/, ``pipeline.live``), not written here."""
 import json
 
 import click
@@ -8,11 +10,11 @@ from pipeline.cli import stage
 from pipeline.experiment import load_experiment, load_run
 from pipeline.io import atomic_dir, write_text
 from pipeline.metrics.summary import format_mean_sem
-from pipeline.paths import FIGURES, METRICS, PLOTS, REPORT_MD, TIMINGS
+from pipeline.paths import FIGURES, METRICS, MODELS, REPORT_MD, TIMINGS
 from pipeline.datasets.base import Dataset
 from pipeline.report import (generated_labels, loss_image_figure, loss_landscapes, mean_history, method_log_series,
                              outer_update_summary, phi_movement, plot_final_weights, plot_series, plot_soft_labels,
-                             plot_weights, role_ranking, write_csv)
+                             plot_weights, role_ranking)
 
 
 @click.command()
@@ -28,12 +30,15 @@ def main(params) -> None:
     weights = mean_history(runs, "weights")
     final = np.array([r.history["weights"][-1][1:] for r in runs])
 
-    overall = {k: v for k, v in metrics["test"].items() if "/" not in k}
-    per_group = {k: v for k, v in metrics["test"].items() if "/" in k}  # e.g. miou/<category> (Table 7)
+    test = metrics["test"]  # in the dataset's order: the main metric first
+    overall = {k: v for k, v in test.items() if "/" not in k}
+    per_group = {k: v for k, v in test.items() if "/" in k}  # e.g. miou/<category> (Table 7)
+    device = trained_device(metrics, params)
     lines = [
         f"# {params.method} on {params.dataset}",
         "",
-        f"Seeds: {params.seeds}. Test metrics of the model best on validation, mean ± SEM over seeds.",
+        f"Seeds: {params.seeds}; {steps_run(metrics, runs)} training steps on device `{device}`. Test metrics "
+        f"of the model best on validation, mean ± SEM over seeds; the main metric (`{next(iter(test))}`) first.",
         "",
         "| method | " + " | ".join(overall) + " |",
         "|---|" + "---|" * len(overall),
@@ -47,18 +52,15 @@ def main(params) -> None:
         lines += [""]
     epochs = epoch_seconds(params, runs)
     if epochs:
-        lines += [f"Mean wall time of a training epoch: {np.mean(epochs):.2f} s (device: {params.device}).", ""]
-    with atomic_dir(FIGURES) as fig_dir, atomic_dir(PLOTS) as plot_dir:
-        losses = np.column_stack([steps, mean_history(runs, "train_loss"), mean_history(runs, "main_loss")])
-        write_csv(plot_dir / "losses.csv", ["step", "train_loss", "main_loss"], losses)
-        write_csv(plot_dir / "weights.csv", ["step", *names], np.column_stack([steps, weights]))
+        lines += [f"Mean wall time of a training epoch: {np.mean(epochs):.2f} s (device: {device}).", ""]
+    with atomic_dir(FIGURES) as fig_dir:
         if final.shape[1]:  # auxiliaries exist: their learned weights
-            lines += weights_section(exp, steps, weights, final, names, fig_dir, plot_dir)
+            lines += weights_section(exp, steps, weights, final, names, fig_dir)
         lines += outer_update_section(exp, runs, weights, final, names)
         if exp.data.inputs.shape[1] == 2 and sum(p.numel() for p in runs[0].model.parameters()) == 2:
             loss_landscapes(exp, runs[0], params, fig_dir / "loss_landscape.png")
             lines += ["## Loss landscapes (paper Figure 2)", "", "![landscapes](figures/loss_landscape.png)", ""]
-        lines += generated_task_section(exp, runs, params, fig_dir, plot_dir)
+        lines += generated_task_section(exp, runs, params, fig_dir)
         if type(exp.dataset).display is not Dataset.display:  # dense tasks: loss images
             loss_image_figure(exp, runs[0], params, fig_dir / "loss_images.png")
             lines += ["## Loss images and pixel weights (paper Figure 3)", "",
@@ -67,6 +69,20 @@ def main(params) -> None:
                       "uniform weight w shows as w).", "", "![loss images](figures/loss_images.png)", ""]
     write_text(REPORT_MD, "\n".join(lines))
     click.echo(f"wrote {REPORT_MD}")
+
+
+def trained_device(metrics: dict, params) -> str:
+    """The device training used (metrics.json, else models/run.json); ``params.device`` (maybe ``auto``) last."""
+    if metrics.get("device"):
+        return str(metrics["device"])
+    try:
+        return str(json.loads((MODELS / "run.json").read_text())["device"])
+    except (OSError, ValueError, KeyError):
+        return str(params.device)
+
+
+def steps_run(metrics: dict, runs) -> int:
+    return int(metrics.get("steps") or (runs[0].history["step"][-1] if runs[0].history["step"] else 0))
 
 
 def epoch_seconds(params, runs) -> list[float]:
@@ -85,14 +101,14 @@ def epoch_seconds(params, runs) -> list[float]:
     return [float(np.mean(r.history["epoch_seconds"])) for r in runs if r.history.get("epoch_seconds")]
 
 
-def weights_section(exp, steps, weights, final, names, fig_dir, plot_dir) -> list[str]:
+def weights_section(exp, steps, weights, final, names, fig_dir) -> list[str]:
     lines = [
         "## Learned auxiliary weights",
         "",
         "Effective weight of each auxiliary, ∂L_T/∂ℓ_j, at the last step (mean ± SEM over seeds):",
         "",
     ]
-    plot_weights(steps, weights, names, fig_dir / "task_weights.png")
+    drawn = plot_weights(steps, weights, names, fig_dir / "task_weights.png")
     sem = final.std(0, ddof=1) / np.sqrt(len(final)) if len(final) > 1 else np.zeros(final.shape[1])
     rows = [f"| {names[j + 1]} | {format_mean_sem(final[:, j].mean(), sem[j])} |"
             for j in np.argsort(-final.mean(0))]
@@ -105,7 +121,8 @@ def weights_section(exp, steps, weights, final, names, fig_dir, plot_dir) -> lis
             lines += [f"Auxiliaries are ordered: {exp.dataset.auxiliary_order}. Spearman correlation "
                       f"between task index and learned weight: {rho:.3f}", ""]
         lines += ["![final weights](figures/final_weights.png)"]
-    lines += ["", "![weights over training](figures/task_weights.png)", ""]
+    lines += ["", "![weights over training](figures/task_weights.png)" if drawn else
+              f"(No figure of the weights over training: {len(steps)} step is too short a run to draw.)", ""]
     return lines
 
 
@@ -144,7 +161,7 @@ def outer_update_section(exp, runs, weights, final, names) -> list[str]:
     return lines
 
 
-def generated_task_section(exp, runs, params, fig_dir, plot_dir) -> list[str]:
+def generated_task_section(exp, runs, params, fig_dir) -> list[str]:
     """Label-learning methods: Figure 4 (soft labels of two main classes), the collapse diagnostic and
     the auxiliary/main gradient cosine over training (MAXL Figure 4)."""
     lines: list[str] = []
@@ -156,9 +173,10 @@ def generated_task_section(exp, runs, params, fig_dir, plot_dir) -> list[str]:
             continue
         if not lines:
             lines += ["## Generated auxiliary task", ""]
-        plot_series({params.method: curve}, *titles[key], fig_dir / f"{key}.png")
-        write_csv(plot_dir / f"{key}.csv", ["step", key], np.column_stack(curve))
-        lines += [f"Final {key.replace('_', ' ')}: {curve[1][-1]:.3f}. ![{key}](figures/{key}.png)", ""]
+        if plot_series({params.method: curve}, *titles[key], fig_dir / f"{key}.png"):
+            lines += [f"Final {key.replace('_', ' ')}: {curve[1][-1]:.3f}. ![{key}](figures/{key}.png)", ""]
+        else:
+            lines += [f"Final {key.replace('_', ' ')}: {curve[1][-1]:.3f} (logged once: no figure).", ""]
     method = runs[0].method_final
     if "soft_labels" in method.report_sections:
         soft, groups, rows = generated_labels(exp, runs[0])

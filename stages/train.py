@@ -3,14 +3,19 @@
 models/ holds only what a rerun with the same inputs reproduces bit for bit (checkpoints via the byte-stable
 ``torch_save``, histories without wall-clock times), so an identical retrain leaves DVC seeing no change. The
 wall-clock epoch times go to reports/timings.json, outside every DVC output (the report's epoch-time line
-reads them from there)."""
+reads them from there).
+
+While it trains, each seed's losses, task weights and validation loss are logged live (``pipeline.live``):
+dvclive series under reports/live/seed_<s>/, the cross-seed curves reports/live/*.tsv for `dvc plots`, and
+reports/live/metrics.json (seed, step, main and validation loss of the latest logged step) for `dvc exp show`."""
 import click
 
 from pipeline.cli import stage
 from pipeline.experiment import load_experiment
+from pipeline import live
 from pipeline.io import atomic_dir, check_writable, torch_save, write_json
 from pipeline.paths import MODELS, TIMINGS
-from pipeline.training import resolve_device, train_run
+from pipeline.training import device_name, resolve_device, train_run
 
 WALL_CLOCK_KEYS = ("epoch_seconds",)  # history entries that differ between identical runs
 
@@ -22,9 +27,13 @@ def main(params) -> None:
     exp = load_experiment(params)
     device = resolve_device(params.device)
     timings = {}
+    live.reset()
+    task_names = exp.data.task_names
     with atomic_dir(MODELS) as tmp:
         for seed in params.seeds:
-            result = train_run(exp.dataset, exp.data, exp.splits, params, seed, device=device, progress=True)
+            logger = live.LiveLogger(seed, task_names, params.train.steps, params.train.eval_every)
+            result = train_run(exp.dataset, exp.data, exp.splits, params, seed, device=device, progress=True,
+                               live=logger)
             history = dict(result.history)
             timings[f"seed_{seed}"] = {k: history.pop(k) for k in WALL_CLOCK_KEYS if k in history}
             out = tmp / f"seed_{seed}"
@@ -32,13 +41,13 @@ def main(params) -> None:
             torch_save(out / "method.pt", {"initial": result.method_state_initial, "final": result.method_state_final})
             write_json(out / "history.json", history)
         write_json(tmp / "run.json", {"method": params.method, "dataset": params.dataset, "seeds": params.seeds,
-                                      "device": str(device)})
+                                      "device": device_name(device)})
     try:  # informational only: a failure here must not fail the finished training
         write_json(TIMINGS, {"method": params.method, "dataset": params.dataset, "seeds": params.seeds,
-                             "device": str(device), "threads": params.threads, "per_seed": timings})
+                             "device": device_name(device), "threads": params.threads, "per_seed": timings})
     except OSError as err:
         click.echo(f"warning: epoch times not written to {TIMINGS}: {err}", err=True)
-    click.echo(f"trained {params.method} on {params.dataset} for seeds {params.seeds} ({device})")
+    click.echo(f"trained {params.method} on {params.dataset} for seeds {params.seeds} ({device_name(device)})")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,12 @@ from pipeline.compare import (best_val_per_method, experiment_name, latest_per_m
 from pipeline.metrics.summary import format_mean_sem, higher_is_better
 
 
+@pytest.fixture(autouse=True)
+def no_details(monkeypatch):
+    """No test reads a real experiment's reports/per_seed.json unless it says so."""
+    monkeypatch.setattr(compare, "read_details", lambda row: None)
+
+
 def row(method, created, mse, dataset="toy2d", rev="abc"):
     return {"rev": rev, "Created": created, "reports/metrics.json:dataset": dataset,
             "reports/metrics.json:method": method, "test.mse.mean": mse, "test.mse.sem": 0.01}
@@ -231,7 +237,43 @@ def test_cli_best_val_and_latest_with_a_fake_exp_show(monkeypatch, tmp_path):
     assert result.exit_code != 0 and "no experiment with validation and test metrics on dataset 'cub'" in result.output
 
 
-def test_evaluate_writes_validation_metrics_and_the_main_metric(tmp_path, monkeypatch):
+def new_row(method, test, *, name="exp", rev="1234567", typ="branch_commit", created="Nov 30, 2026",
+            dataset="toy2d", main="main_mse", seeds="[0, 1]", steps=100.0, **extra):
+    """A row with the summary metrics.json (test mean/SEM main first, steps, seeds count, device): method and
+    dataset come from params.yaml, validation from reports/per_seed.json (not in the row)."""
+    r = {"Experiment": name, "rev": rev, "typ": typ, "Created": created, "parent": None, "State": None,
+         "Executor": None, f"test.{main}.mean": test, f"test.{main}.sem": 0.05, "test.other_err.mean": 1.0,
+         "test.other_err.sem": 0.0, "steps": steps, "reports/metrics.json:seeds": 2.0,
+         "reports/metrics.json:device": "cpu", "method": method, "dataset": dataset,
+         "params.yaml:seeds": seeds, "params.yaml:device": "auto", "methods.bilevel.lr": 0.003}
+    r.update(extra)
+    return r
+
+
+def test_summary_rows_read_validation_from_per_seed_json(monkeypatch):
+    details = {"aaaaaaa": {"main_metric": "main_mse", "val": {"main_mse": {"mean": 9.5, "sem": 0.1}}},
+               "bbbbbbb": {"main_metric": "main_mse", "val": {"main_mse": {"mean": 9.2, "sem": 0.1}}}}
+    read = []
+    monkeypatch.setattr(compare, "read_details", lambda r: read.append(r["rev"]) or details.get(r["rev"]))
+    rows = with_commits([new_row("stl", 9.4, name=None, rev="main", typ="baseline"),
+                         new_row("auxilearn_linear", 9.0, name="a", rev="aaaaaaa", **{"methods.bilevel.lr": 0.01}),
+                         new_row("auxilearn_linear", 9.3, name="b", rev="bbbbbbb", steps=50.0)])
+    best, varying, notes = best_val_per_method(rows, "toy2d")
+    assert best["auxilearn_linear"]["Experiment"] == "b" and "stl" not in best
+    assert notes == ["stl: 1 of 1 experiments have no validation main metric (run before `evaluate` wrote it?) "
+                     "and are left out"]
+    assert sorted(set(read)) == ["aaaaaaa", "bbbbbbb", "main"]
+    assert run_seeds(rows[1]) == [0, 1] and run_steps(rows[2], "toy2d") == 50  # the steps metric, no param
+    table = render_table(best, "toy2d", varying).splitlines()
+    assert table[0] == ("| method | chosen (best validation) | val main metric | main_mse | other_err | steps | seeds "
+                        "| commit |")  # the main metric first, as metrics.json lists it
+    assert table[2] == ("| auxilearn_linear | b: methods.bilevel.lr=0.003 | main_mse 9.200 ± 0.100 | 9.300 ± 0.050 "
+                        "| 1.000 ± 0.000 | 50 | 0,1 | main |")
+    latest = latest_per_method(rows, "toy2d")
+    assert set(latest) == {"stl", "auxilearn_linear"}
+
+
+def test_evaluate_writes_the_summary_and_keeps_validation_and_seeds_apart(tmp_path, monkeypatch):
     from stages import evaluate, prepare, split, train
 
     monkeypatch.chdir(tmp_path)
@@ -242,12 +284,24 @@ def test_evaluate_writes_validation_metrics_and_the_main_metric(tmp_path, monkey
                       (evaluate.main, [])):
         result = runner.invoke(cmd, args)
         assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
-    assert metrics["main_metric"] == "main_mse"
-    assert set(metrics["test"]) == set(metrics["val"]) == {"main_mse", "weight_error"}
-    assert set(metrics["per_seed"]) == {"seed_0", "seed_1"} and set(metrics["val"]["main_mse"]) == {"mean", "sem"}
-    assert metrics["val"]["main_mse"]["mean"] != metrics["test"]["main_mse"]["mean"]
-    assert metrics["val"]["weight_error"] == metrics["test"]["weight_error"]  # a property of w, not of the split
+    text = (tmp_path / "reports/metrics.json").read_text()
+    metrics = json.loads(text)
+    # the summary only, the main metric first in the file (DVC shows columns in file order), 7 columns
+    assert list(metrics) == ["test", "steps", "seeds", "device"]
+    assert list(metrics["test"]) == ["main_mse", "weight_error"] and text.index("main_mse") < text.index("weight_error")
+    assert all(set(v) == {"mean", "sem"} for v in metrics["test"].values())
+    assert (metrics["steps"], metrics["seeds"], metrics["device"]) == (20, 2, "cpu")
+    flat = [k for k in text.split('"') if k in ("per_seed", "val", "seed_0", "main_metric", "method")]
+    assert flat == []
+    details = json.loads((tmp_path / "reports/per_seed.json").read_text())
+    assert details["main_metric"] == "main_mse" and (details["method"], details["dataset"]) == ("stl", "toy2d")
+    assert set(details["val"]) == {"main_mse", "weight_error"} and set(details["val"]["main_mse"]) == {"mean", "sem"}
+    assert set(details["per_seed"]) == set(details["per_seed_val"]) == {"seed_0", "seed_1"}
+    assert details["val"]["main_mse"]["mean"] != metrics["test"]["main_mse"]["mean"]
+    assert details["val"]["weight_error"] == metrics["test"]["weight_error"]  # a property of w, not of the split
+    live = json.loads((tmp_path / "reports/live/metrics.json").read_text())
+    assert list(live) == ["live"] and list(live["live"]) == ["seed", "step", "main_loss", "val_loss"]
+    assert live["live"]["seed"] == 1 and live["live"]["step"] == 20
 
 
 @pytest.mark.slow
@@ -294,8 +348,12 @@ def test_best_val_over_a_real_dvc_grid(tmp_path):
     import dvc.api
     rows = [r for r in dvc.api.exp_show(repo=str(repo)) if r.get("rev") != "workspace"]
     assert [r.get("Experiment") is not None for r in rows] == [False, True, True]  # the baseline and two experiments
-    lowest = min(r["val.main_mse.mean"] for r in rows)
-    expected = {experiment_name(r): param(r, f"methods.{section}.lr") for r in rows if r["val.main_mse.mean"] == lowest}
+    # validation is in reports/per_seed.json (not a DVC metric), read at each experiment's revision
+    val = {r["rev"]: json.loads(dvc.api.read("reports/per_seed.json", repo=str(repo), rev=r["rev"]))
+           ["val"]["main_mse"]["mean"] for r in rows}
+    assert not any(k.startswith("val.") for r in rows for k in r)
+    lowest = min(val.values())
+    expected = {experiment_name(r): param(r, f"methods.{section}.lr") for r in rows if val[r["rev"]] == lowest}
     line = next(x for x in proc.stdout.splitlines() if x.startswith("| auxilearn_linear |"))
     chosen = line.split(" | ")[1]
     name = chosen.split(":")[0]

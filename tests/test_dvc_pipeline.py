@@ -52,12 +52,14 @@ def pipeline_repo(repo_copy: Path) -> Path:
 def test_repro_writes_every_output(pipeline_repo: Path):
     metrics = json.loads((pipeline_repo / "reports/metrics.json").read_text())
     assert set(metrics["test"]) == {"main_mse", "weight_error"}
-    assert set(metrics["per_seed"]) == {"seed_0", "seed_1"}
+    assert "per_seed" not in metrics and list(metrics["test"])[0] == "main_mse"
+    assert set(json.loads((pipeline_repo / "reports/per_seed.json").read_text())["per_seed"]) == {"seed_0", "seed_1"}
     assert [p.name for p in (pipeline_repo / "data/prepared").iterdir() if p.is_dir()] == ["toy2d"]  # the selected one
     for rel in ("data/prepared/toy2d/manifest.json",
                 "data/splits/aux.npy", "models/seed_1/model.pt", "models/seed_1/history.json",
                 "reports/report.md", "reports/figures/task_weights.png", "reports/figures/loss_landscape.png",
-                "reports/plots/weights.csv"):
+                "reports/live/task_weight.tsv", "reports/live/seed_1/plots/metrics/val/main_loss.tsv",
+                "reports/live/metrics.json"):
         assert (pipeline_repo / rel).is_file(), rel
     assert "Loss landscapes" in (pipeline_repo / "reports/report.md").read_text()
 
@@ -88,7 +90,7 @@ def test_training_param_reruns_only_training_and_after(pipeline_repo: Path):
     out = dvc(pipeline_repo, "repro").stdout
     assert "Running stage 'train'" in out
     assert "Running stage 'split'" not in out and "Running stage 'prepare" not in out
-    assert json.loads((pipeline_repo / "reports/metrics.json").read_text())["method"] == "stl"
+    assert json.loads((pipeline_repo / "reports/per_seed.json").read_text())["method"] == "stl"
 
 
 def test_prepare_reads_only_the_selected_dataset(pipeline_repo: Path):

@@ -37,9 +37,11 @@ OUTPUTS = ("data", "models", "reports")
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    """data/, models/ and reports/ byte for byte, hidden entries (temporaries, .old copies) included."""
+    """data/, models/ and reports/ byte for byte, hidden entries (temporaries, .old copies) included; not
+    reports/live/, the live log of the latest training attempt (kept on purpose when that attempt fails)."""
     return {p.relative_to(root).as_posix(): p.read_bytes()
-            for top in OUTPUTS if (root / top).exists() for p in sorted((root / top).rglob("*")) if p.is_file()}
+            for top in OUTPUTS if (root / top).exists() for p in sorted((root / top).rglob("*"))
+            if p.is_file() and not p.relative_to(root).as_posix().startswith("reports/live/")}
 
 
 def debris(root: Path) -> list[str]:

@@ -233,3 +233,23 @@ def test_loaders_refuse_non_real_arrays_naming_file_and_array(tmp_path, dtype):
 def test_loaders_accept_real_arrays(tmp_path, dtype):
     np.savez(tmp_path / "data.npz", x=np.ones(3, dtype=dtype))
     assert load_npz(tmp_path / "data.npz")["x"].dtype == np.dtype(dtype)
+
+
+def test_outputs_get_the_umask_mode_not_tempfiles_0600(tmp_path):
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700): the outputs must get what open()/mkdir() give."""
+    import os
+
+    from pipeline.io import atomic_dir, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        with atomic_dir(tmp_path / "figures") as folder:
+            (folder / "f.png").write_bytes(b"png")
+        os.umask(0o027)
+        write_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "figures").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o640

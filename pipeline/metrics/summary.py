@@ -50,3 +50,10 @@ def format_mean_sem(mean: float, sem: float | None) -> str:
     """``mean ± sem`` with enough digits to tell methods apart; just the mean when ``sem`` is None (one seed)."""
     digits = 2 if abs(mean) >= 10 else 3 if abs(mean) >= 1 else 4
     return f"{mean:.{digits}f}" if sem is None else f"{mean:.{digits}f} ± {sem:.{digits}f}"
+
+
+def summary_metrics(test: dict[str, dict[str, float]], steps: int, seeds: int, device: str) -> dict:
+    """reports/metrics.json: ``test`` (mean and SEM per metric, in the dataset's order, main metric first),
+    then ``steps``, ``seeds`` (how many) and ``device``; nothing per seed, no validation (reports/per_seed.json)."""
+    return {"test": {name: {"mean": v["mean"], "sem": v["sem"]} for name, v in test.items()},
+            "steps": int(steps), "seeds": int(seeds), "device": device}

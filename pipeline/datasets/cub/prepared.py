@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.datasets.base import DataError
 from pipeline.datasets.shared.h5 import TEXT, file_attrs, open_prepared, put, put_attrs, text
 from pipeline.datasets.cub.sources import CubIndex, image_path, read_image
+from pipeline.progress import counted
 
 H5_NAME = "cub.h5"
 _ARRAYS = ("images", "labels", "attributes", "is_train", "image_ids", "class_names", "attribute_names")
@@ -34,7 +35,7 @@ def write_prepared(index: CubIndex, out_file: Path | str, image_size: int, attrs
     # track_times=False: no creation timestamps, so the same inputs give the same bytes (and hashes).
     with h5py.File(out_file, "w") as f:
         images = f.create_dataset("images", shape=(n, 3, s, s), dtype=np.uint8, track_times=False)  # filled by rows
-        for row, rel in enumerate(index.image_paths):
+        for row, rel in enumerate(counted(index.image_paths, "prepare cub: images read", n, "images")):
             arr = read_image(image_path(index.root, rel), s)
             images[row] = arr
             if index.is_train[row]:

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.datasets.base import DataError
 from pipeline.datasets.shared.h5 import file_attrs, open_prepared, put, put_attrs
 from pipeline.datasets.nyuv2.sources import IGNORE, NUM_CLASSES, Row
+from pipeline.progress import counted
 
 H5_NAME = "nyuv2.h5"
 LOAD_CHUNK = 64  # samples per read in read_prepared()
@@ -53,7 +54,8 @@ def write_prepared(out_file: Path, samples: Iterator[Row], count: int, size: tup
         is_train = np.zeros(count, np.uint8)
         ids = np.zeros(count, np.int64)
         row = -1
-        for row, (sample, train, sample_id) in enumerate(samples):
+        for row, (sample, train, sample_id) in enumerate(counted(samples, "prepare nyuv2: samples written", count,
+                                                                 "samples")):
             images[row], labels[row], depth[row], normals[row] = sample.image, sample.label, sample.depth, sample.normal
             is_train[row], ids[row] = train, sample_id
         if row + 1 != count:

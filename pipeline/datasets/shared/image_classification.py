@@ -44,6 +44,7 @@ from pipeline.metrics.classification import TopKAccuracy
 from pipeline.models.base import ChannelStandardize, MultiTaskNet, Standardized
 from pipeline.registry import MODELS
 from pipeline.schema import StrictModel
+from pipeline.progress import counted
 
 STANDIN_DIR = "raw_standin"
 PIXELS = 3 * IMAGE_SIZE * IMAGE_SIZE
@@ -164,8 +165,10 @@ def generate_standin(cfg: ImageConfig, chunk: int = 250) -> RawImages:
     train = np.concatenate(is_train)
     order = np.concatenate([order[train[order]], order[~train[order]]])
     cls, sub, train = cls[order], sub[order], train[order]
+    starts = counted(range(0, len(cls), chunk), f"prepare {getattr(cfg, 'dataset', 'images')}: stand-in images drawn",
+                     len(cls), "images", size=lambda i: min(chunk, len(cls) - i))
     images = np.concatenate([render_standin(cls[i:i + chunk], sub[i:i + chunk], styles, rng, cfg.standin_noise)
-                             for i in range(0, len(cls), chunk)])
+                             for i in starts])
     names = list(STANDIN_SHAPES[:k])
     coarse = (cls // 2).astype(np.int64)
     return RawImages(images, train, {"class": cls.astype(np.int64), "fine": cls.astype(np.int64), "coarse": coarse},

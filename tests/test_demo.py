@@ -128,3 +128,39 @@ def test_every_method_trains_on_demo(tiny, method):
     aux = build_method(method, data.num_tasks, params, ds, data).head_outputs()
     model = load_model(ds, data, result.model_state, params.profile.model, aux_outputs=aux)
     assert math.isfinite(ds.metrics(model, data, torch.as_tensor(splits["test"]))["instance_miou"])
+
+
+def test_usefulness_analysis_runs_on_demo(tiny):
+    from pipeline.usefulness import UsefulnessConfig, analyse
+
+    ds, data, splits, _ = tiny
+    params = tiny_params()
+    cfg = UsefulnessConfig(batches=1, batch_size=8, cg_iters=3, head_steps=2, stl_steps=2)
+    result = analyse(ds, data, splits, params.train, params.profile.model, cfg, [0])
+    assert result.task_names == ["clean_parts", "noise"] and result.usefulness.shape == (1, 2)
+    assert np.isfinite(result.usefulness).all()
+
+
+@pytest.mark.parametrize("method", ["auxilearn_convnet", "maxl"])
+def test_stage_chain_reports_on_demo(tmp_path, monkeypatch, method):
+    """prepare, split, train, evaluate, report and usefulness without DVC on the tiny config: the report names the
+    loss columns (the given tasks, or the main and the generated task) and draws loss images for given ones."""
+    import yaml
+    from click.testing import CliRunner
+
+    from stages import evaluate, prepare, report, split, train, usefulness
+
+    monkeypatch.chdir(tmp_path)
+    params = {"dataset": "demo", "method": method, "seeds": [0], "datasets": {"demo": TINY},
+              "usefulness": {"batches": 1, "batch_size": 8, "cg_iters": 3, "head_steps": 2, "stl_steps": 2}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    runner = CliRunner()
+    for cmd, args in ((prepare.main, ["--dataset", "demo"]), (split.main, []), (train.main, []),
+                      (evaluate.main, []), (report.main, []), (usefulness.main, [])):
+        result = runner.invoke(cmd, args)
+        assert result.exit_code == 0, result.output
+    header = (tmp_path / "reports/plots/weights.csv").read_text().splitlines()[0].split(",")
+    given = method == "auxilearn_convnet"
+    assert header == (["step", *TASK_NAMES] if given else ["step", "part_segmentation", "generated"])
+    assert (tmp_path / "reports/figures/loss_images.png").is_file() == given
+    assert "harmful" in (tmp_path / "reports/usefulness.md").read_text()

@@ -14,7 +14,7 @@ with ``state_dict``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from pydantic import BaseModel
@@ -282,6 +282,11 @@ class Method(nn.Module):
     @property
     def generated_tasks(self) -> tuple[str, ...]:
         return self.generator.generated_tasks if self.generator is not None else ()
+
+    def loss_names(self, task_names: Sequence[str]) -> list[str]:
+        """The names of the loss columns for a dataset's ``task_names``: those, or with a generator the main
+        task and the generated ones (they replace the given auxiliaries)."""
+        return [task_names[0], *self.generated_tasks] if self.generated_tasks else list(task_names)
 
     def head_outputs(self) -> int:
         """Channels of the extra head the primary network needs (0: none)."""

@@ -117,7 +117,7 @@ class TrainingGuard:
         self.model = model
         self.keys = FaultKeys(params, dataset.name)
         self.label = f"{getattr(params, 'method', method.name)} seed {seed}"
-        self.tasks = list(data.task_names) + list(getattr(method, "generated_tasks", ()))
+        self.tasks = method.loss_names(data.task_names)
         self.w_start = max_abs(model.parameters())
         self.method_start: dict[str, float] = {}
         self.last_outer_step: int | None = None

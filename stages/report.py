@@ -25,7 +25,7 @@ def main(params) -> None:
     if not METRICS.is_file():
         raise FileNotFoundError(f"{METRICS} is missing: run `dvc repro evaluate`")
     metrics = json.loads(METRICS.read_text())
-    names = [*exp.data.task_names, *runs[0].method_final.generated_tasks]
+    names = runs[0].method_final.loss_names(exp.data.task_names)
     steps = np.asarray(runs[0].history["step"])
     weights = mean_history(runs, "weights")
     final = np.array([r.history["weights"][-1][1:] for r in runs])
@@ -61,7 +61,8 @@ def main(params) -> None:
             loss_landscapes(exp, runs[0], params, fig_dir / "loss_landscape.png")
             lines += ["## Loss landscapes (paper Figure 2)", "", "![landscapes](figures/loss_landscape.png)", ""]
         lines += generated_task_section(exp, runs, params, fig_dir)
-        if type(exp.dataset).display is not Dataset.display:  # dense tasks: loss images
+        # dense tasks: loss images (not for a generated task, which replaces the auxiliaries the images show)
+        if type(exp.dataset).display is not Dataset.display and not runs[0].method_final.generated_tasks:
             loss_image_figure(exp, runs[0], params, fig_dir / "loss_images.png")
             lines += ["## Loss images and pixel weights (paper Figure 3)", "",
                       "Columns: image, ground truth, auxiliary loss image (auxiliary channels summed, τ applied), "

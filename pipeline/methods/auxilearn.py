@@ -40,7 +40,7 @@ register(combining_method("auxilearn_train_set", "linear", 4, "AuxiLearn linear 
 def build_labels(num_tasks: int, cfg: LabelsConfig, bilevel: Any, dataset: Any, data: Any, params: Any) -> Roles:
     """θ2 (and, with ``combine``, a loss-combining network, App. B.3) trained by the IFT outer update."""
     labels = GeneratedLabels(cfg, dataset, data, params, learns=True)
-    total = num_tasks + len(labels.generated_tasks)
+    total = 1 + len(labels.generated_tasks)  # the generated task replaces any given auxiliary
     if cfg.combine == "none":
         combiner, project = FixedWeights(total, 1.0), None
     else:

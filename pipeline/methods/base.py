@@ -14,7 +14,7 @@ with ``state_dict``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from pydantic import BaseModel
@@ -113,7 +113,8 @@ class LossCombiner(nn.Module):
 
 
 class TaskGenerator(nn.Module):
-    """Role 3: tasks the method generates itself, appended as loss columns after the dataset's given tasks."""
+    """Role 3: tasks the method generates itself. They replace the dataset's given auxiliaries: the loss
+    columns are the main task's, then the generated ones (``generated_tasks``)."""
 
     generated_tasks: ClassVar[tuple[str, ...]] = ()
     # Report sections this generator can fill (e.g. "soft_labels": MAXL's Figure 4 of its learned labels).
@@ -125,7 +126,7 @@ class TaskGenerator(nn.Module):
 
     def batch_losses(self, model: nn.Module, dataset: Any, batch: Batch, track_hparams: bool = False
                      ) -> tuple[Tensor, Tensor]:
-        """Unscaled per-sample per-task losses of a batch (given tasks, then generated ones) and z.
+        """Unscaled per-sample per-task losses of a batch (the main task, then the generated ones) and z.
         ``track_hparams``: keep φ (e.g. a label generator) in the graph, for hypergradients."""
         raise NotImplementedError
 
@@ -281,6 +282,11 @@ class Method(nn.Module):
     @property
     def generated_tasks(self) -> tuple[str, ...]:
         return self.generator.generated_tasks if self.generator is not None else ()
+
+    def loss_names(self, task_names: Sequence[str]) -> list[str]:
+        """The names of the loss columns for a dataset's ``task_names``: those, or with a generator the main
+        task and the generated ones (they replace the given auxiliaries)."""
+        return [task_names[0], *self.generated_tasks] if self.generated_tasks else list(task_names)
 
     def head_outputs(self) -> int:
         """Channels of the extra head the primary network needs (0: none)."""

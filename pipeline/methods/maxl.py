@@ -19,7 +19,7 @@ def labels_method(name: str, order: int, description: str, label_source: str = "
         learns = outer is not None
         labels = GeneratedLabels(cfg, dataset, data, params, label_source=label_source, learns=learns,
                                  main_loss_kind=cfg.maxl_main_loss if learns else "dataset")
-        combiner = FixedWeights(num_tasks + len(labels.generated_tasks), 1.0)
+        combiner = FixedWeights(1 + len(labels.generated_tasks), 1.0)  # the generated task replaces any given auxiliary
         update = outer(labels, cfg, params.train.lr) if learns else NoOuterUpdate()
         return Roles(combiner, update, labels)
 

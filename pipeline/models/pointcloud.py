@@ -142,3 +142,22 @@ class PointNetSegLight(nn.Module):
         local = self.local(x)
         glob = self.global_mlp(local).max(dim=2, keepdim=True).values.expand(-1, -1, x.shape[2])
         return self.head(torch.cat([local, glob], dim=1))
+
+
+@MODELS.register("dgcnn_multitask")
+class DGCNNMultiTask(DGCNNPartSeg):
+    """``dgcnn_partseg`` with one more 1x1-conv head per given per-point auxiliary task (``task_classes[j]``
+    logits each): ``decode`` returns (part logits, *task logits), each [B, C, N], and with ``aux_outputs > 0``
+    ((that tuple), generated-task logits)."""
+
+    def __init__(self, num_parts: int, task_classes: Sequence[int], k: int = 20, width: int = 64, emb: int = 1024,
+                 dropout: float = 0.5, aux_outputs: int = 0) -> None:
+        super().__init__(num_parts, k=k, width=width, emb=emb, dropout=dropout, aux_outputs=aux_outputs)
+        self.task_heads = nn.ModuleList(nn.Conv1d(self.features, c, 1) for c in task_classes)
+
+    def decode(self, z: Tensor) -> tuple[Tensor, ...] | tuple[tuple[Tensor, ...], Tensor]:
+        outputs = (self.part_head(z), *(head(z) for head in self.task_heads))
+        return outputs if self.aux_head is None else (outputs, self.aux_head(z))
+
+    def _heads(self) -> set[int]:
+        return super()._heads() | {id(p) for p in self.task_heads.parameters()}

@@ -217,6 +217,8 @@ class GeneratedLabels(TaskGenerator):
         as the dataset's cross-entropy); γ = 0 gives the dataset's cross-entropy back."""
         if self.main_loss_kind == "dataset":
             return reduce_pixels(self.dataset.per_task_losses(main_out, y))[:, :1]
+        if isinstance(main_out, (tuple, list)):  # a dataset with given auxiliaries too: the main task's comes first
+            main_out = main_out[0]
         labels = (y[:, 0] if main_out.dim() == 2 else y[:, :main_out.shape[2]]).long()
         log_pt = F.log_softmax(main_out, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
         loss = -(1 - log_pt.exp()) ** self.cfg.focal_gamma * log_pt

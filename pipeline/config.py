@@ -93,7 +93,7 @@ def _build_params_model() -> type[BaseModel]:
 
     class Params(StrictModel):
         method: str = "auxilearn_linear"
-        dataset: str = "toy2d"
+        dataset: str = "demo"
         seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
         device: Literal["auto", "cpu", "cuda"] = "auto"
         threads: int = Field(1, ge=1, description="CPU intra-op threads of every stage (torch.set_num_threads): "

@@ -155,6 +155,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         method: Method = build_method(params.method, data.num_tasks, params, dataset, data).to(device)
     model = dataset.build_model(data, params.profile.model, aux_outputs=method.head_outputs()).to(device)
     cfg = params.train
+    if live is not None:  # a generated task replaces the given auxiliaries in the loss columns
+        live.task_names = method.loss_names(data.task_names)
 
     train_idx = splits["train"] if method.uses_aux_set else np.concatenate([splits["train"], splits["aux"]])
     unlabelled = splits.get("unlabelled")

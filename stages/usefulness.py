@@ -24,8 +24,11 @@ USEFULNESS_JSON = REPORTS / "usefulness.json"
 
 
 def usefulness_config(params) -> UsefulnessConfig:
-    """The ``usefulness`` section of params.yaml."""
-    return params.usefulness
+    """The ``usefulness`` section of params.yaml over the selected dataset's ``default_usefulness``."""
+    from pipeline.registry import DATASETS
+
+    given = params.usefulness.model_dump(exclude_unset=True)
+    return UsefulnessConfig(**{**DATASETS.get(params.dataset).default_usefulness, **given})
 
 
 @click.command()

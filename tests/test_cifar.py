@@ -306,7 +306,7 @@ def test_raw_folder_without_data_is_named(tmp_path, cls):
 
 def test_configs_are_checked():
     with pytest.raises(ValueError, match="root is required"):
-        Cifar10.Config(source="path")
+        Cifar10.Config(source="path", root=None)
     with pytest.raises(ValueError, match="root is required"):
         Svhn.Config(source="path", root=None)
     assert (Cifar10.Config().root, Cifar100.Config().root, Svhn.Config().root) == (

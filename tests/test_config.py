@@ -36,7 +36,7 @@ def test_repository_params_file_is_valid():
     The defaults are the schema's."""
     load_params(REPO / "params.yaml")
     params = parse_params({})
-    assert params.method == "auxilearn_linear" and params.dataset == "toy2d"
+    assert params.method == "auxilearn_linear" and params.dataset == "demo"
 
 
 def test_not_yaml_and_not_a_mapping(tmp_path):

@@ -42,6 +42,7 @@ def stale_stages(repo: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def pipeline_repo(repo_copy: Path) -> Path:
     def shorten(p):
+        p["dataset"] = "toy2d"  # the pipeline's behaviour on the quickest dataset
         p["seeds"] = [0, 1]
         p["datasets"]["toy2d"]["train"]["steps"] = 200
     edit_params(repo_copy, shorten)

@@ -136,7 +136,7 @@ def test_malformed_npy_file_is_named(npy_copy, tmp_path, damage):
 
 def test_config_needs_root_for_real_sources_and_defaults_sizes():
     with pytest.raises(ValidationError, match="root is required"):
-        Config(source="official")
+        Config(source="official", root=None)
     assert Config().resolved_image_size == (48, 64)
     assert Config(source="preprocessed", root="x").resolved_image_size == (288, 384)
     assert Config(source="preprocessed", root="x", image_size=[30, 40]).resolved_image_size == (30, 40)

@@ -40,8 +40,8 @@ def test_jitter_has_the_asked_spread():
 def test_point_methods_refuse_other_inputs(name):
     ds, data, _ = _prepared("toy2d")
     # params validation refuses the pair first, naming the dataset that fits
-    with pytest.raises(ValueError, match=rf"method {name} needs a dataset with point_clouds.*fit: shapenet_part"):
-        parse_params({"method": name})
+    with pytest.raises(ValueError, match=rf"method {name} needs a dataset with point_clouds.*fit: demo, shapenet_part"):
+        parse_params({"method": name, "dataset": "toy2d"})
     # and the method itself refuses other inputs, when built around the validation
     params = parse_params({"method": name, "dataset": "shapenet_part"})
     with pytest.raises(ValueError, match=rf"method {name}: needs point clouds \[N, 3, points\]"):

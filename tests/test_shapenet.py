@@ -288,7 +288,7 @@ def test_mesh_errors_name_the_file(tiny_meshes, tmp_path, damage, message):
 
 def test_missing_root_and_prepared_file(tmp_path):
     with pytest.raises(ValueError, match="root is required when source is 'mesh'"):
-        ShapeNetPartConfig(source="mesh")
+        ShapeNetPartConfig(source="mesh", root=None)
     with pytest.raises(DataError, match="is not a folder"):
         prepare(tmp_path, source="hdf5", root=str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="shapenet_part.h5 is missing"):
@@ -521,7 +521,7 @@ def test_params_profile():
     assert params.split.train_per_category == 30 and params.split.seed == 4
     assert params.profile.model.train_points == 1024 and params.train.optimizer == "adam"
     with pytest.raises(ParamsError, match="root is required when source is 'hdf5'"):
-        parse_params({"datasets": {"shapenet_part": {"prepare": {"source": "hdf5"}}}})
+        parse_params({"datasets": {"shapenet_part": {"prepare": {"source": "hdf5", "root": None}}}})
     assert "shapenet_part" in DATASETS
 
 

@@ -63,6 +63,9 @@ class Dataset(ABC):
     default_train: ClassVar[dict[str, Any]] = {}
     # Per-dataset overrides of method hyperparameters, {section: {key: value}} (e.g. φ's learning rate).
     default_methods: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Defaults of the ``usefulness`` section for this dataset (its analysis' cost depends on the model); keys the
+    # user writes under ``usefulness`` win.
+    default_usefulness: ClassVar[dict[str, Any]] = {}
     # What the dataset offers methods (``MethodSpec.requires`` names what a method needs): "auxiliaries" (given
     # auxiliary tasks), "loss_images" (dense tasks with per-pixel losses), "generated_labels" (label groups and a
     # label network for generated tasks), "point_clouds" (inputs [N, 3, points]), "task_labels" (each task's label

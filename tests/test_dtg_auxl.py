@@ -18,7 +18,7 @@ from pipeline.config import parse_params
 from pipeline.datasets.base import Dataset, LabelField, TaskData
 from pipeline.methods.base import Batch, Method, StepContext
 from pipeline.methods.dtg.config import DTGConfig
-from pipeline.methods.dtg.generator import LinearTerm, NonlinearTerm, shuffle_pairing
+from pipeline.methods.dtg.generator import Generated, LinearTerm, NonlinearTerm, collapse_diagnostics, shuffle_pairing
 from pipeline.methods.dtg.method import dtg_objectives
 from pipeline.models.base import MultiTaskNet
 from pipeline.registry import DATASETS, METHODS
@@ -295,6 +295,24 @@ def test_reorder_stream_is_independent_seeded_and_covers_the_training_set():
                       train_batch=lambda: drawn.append(1) or full_batch(data, [3, 4, 5]), batch=lower_batch)
     logs = method.after_step(ctx)
     assert drawn == [1] and "hypergrad_norm" in logs and math.isfinite(logs["upper_primary_loss"])
+
+
+def test_fresh_hessian_batch_draws_its_own_batch():
+    ds, data, method, model = build(DTGConfig(hyper_every=1, hessian_batch="fresh"))
+    drawn = []
+    ctx = StepContext(1, list(model.parameters()), None, None, model=model, dataset=ds,
+                      train_batch=lambda: drawn.append(1) or full_batch(data, [len(drawn) % 6, 4, 5]))
+    assert math.isfinite(method.after_step(ctx)["hypergrad_norm"]) and drawn == [1, 1]
+
+
+def test_collapse_diagnostics():
+    scores = torch.tensor([[0.0, 9.0, 0.0]] * 4)  # the learnable part: one peak for every input
+    bias = F.one_hot(torch.tensor([0, 1, 2, 0]), 3).float()
+    collapsed = Generated(torch.zeros(4, 2), torch.softmax(scores + 20 * bias, 1), scores, bias, torch.zeros(4))
+    d = collapse_diagnostics(collapsed)
+    assert d["dtg_score_classes"] == 1 and d["dtg_score_entropy"] < 0.01
+    assert d["dtg_label_classes"] == 3 and d["dtg_label_entropy"] == pytest.approx(
+        float(-(torch.tensor([0.5, 0.25, 0.25]) * torch.tensor([0.5, 0.25, 0.25]).log()).sum()), abs=1e-3)
 
 
 # ------------------------------------------------------------------------------------------------ ablations

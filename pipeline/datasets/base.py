@@ -21,6 +21,15 @@ from pipeline.models.base import MultiTaskNet
 from pipeline.splits import random_splits
 
 
+@dataclass(frozen=True)
+class LabelField:
+    """One task's label as a method may read it per sample (or per point/pixel): ``classes`` > 0 for class
+    ids (a long tensor; negative = unknown), 0 for real values. See ``Dataset.task_label_fields``."""
+
+    name: str
+    classes: int
+
+
 class DataError(ValueError):
     """A dataset file is missing or malformed; the message names the file."""
 
@@ -59,7 +68,8 @@ class Dataset(ABC):
     default_usefulness: ClassVar[dict[str, Any]] = {}
     # What the dataset offers methods (``MethodSpec.requires`` names what a method needs): "auxiliaries" (given
     # auxiliary tasks), "loss_images" (dense tasks with per-pixel losses), "generated_labels" (label groups and a
-    # label network for generated tasks), "point_clouds" (inputs [N, 3, points]).
+    # label network for generated tasks), "point_clouds" (inputs [N, 3, points]), "task_labels" (each task's label
+    # per sample or per point, ``task_label_fields``/``task_labels``: generators that read labels, DTG-AuxL).
     provides: ClassVar[frozenset[str]] = frozenset()
     # Set when the auxiliaries' index means something (the report then correlates weights with it).
     auxiliary_order: ClassVar[str | None] = None
@@ -155,6 +165,18 @@ class Dataset(ABC):
     def build_label_generator(self, data: TaskData, cfg: Any, num_aux_classes: int) -> nn.Module:
         """A network x -> auxiliary-class logits shaped like ``build_model``'s ``aux_out``."""
         raise ValueError(f"dataset {self.name} does not support generated auxiliary tasks")
+
+
+    # -- task labels as inputs (DTG-AuxL's label generator): optional, declared by "task_labels" --------
+
+    def task_label_fields(self, data: TaskData) -> list[LabelField]:
+        """One ``LabelField`` per task, in ``data.task_names`` order (the main task first)."""
+        raise ValueError(f"dataset {self.name} does not expose its task labels")
+
+    def task_labels(self, targets: Tensor) -> list[Tensor]:
+        """Each task's label for a batch of (transformed) targets, in ``task_label_fields`` order: [B] per
+        sample, or [B, *points] per element of the main task's output (the same points for every task)."""
+        raise ValueError(f"dataset {self.name} does not expose its task labels")
 
 
 def reduce_pixels(losses: Tensor) -> Tensor:

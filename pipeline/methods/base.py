@@ -134,6 +134,16 @@ class TaskGenerator(nn.Module):
         """φ of the generator that an outer update trains (empty: fixed)."""
         return []
 
+    def joint_parameters(self) -> list[nn.Parameter]:
+        """Lower-level parameters the generator owns, trained by W's optimiser on L_T (e.g. DTG-AuxL's head of
+        the generated task on generated features, which the dataset's network has no place for)."""
+        return []
+
+    def loss_names(self, task_names: Sequence[str]) -> list[str]:
+        """Names of the loss columns ``batch_losses`` returns: by default the main task, then the generated ones
+        (they replace the given auxiliaries); a generator that keeps given auxiliaries says which."""
+        return [task_names[0], *self.generated_tasks]
+
     def step_log(self, ctx: StepContext) -> dict[str, float]:
         """Scalars to log after W's step (observation only: the diagnostics' own stream)."""
         return {}
@@ -286,7 +296,7 @@ class Method(nn.Module):
     def loss_names(self, task_names: Sequence[str]) -> list[str]:
         """The names of the loss columns for a dataset's ``task_names``: those, or with a generator the main
         task and the generated ones (they replace the given auxiliaries)."""
-        return [task_names[0], *self.generated_tasks] if self.generated_tasks else list(task_names)
+        return self.generator.loss_names(task_names) if self.generator is not None else list(task_names)
 
     def head_outputs(self) -> int:
         """Channels of the extra head the primary network needs (0: none)."""
@@ -310,7 +320,8 @@ class Method(nn.Module):
         self.combiner.start(losses)
 
     def joint_parameters(self) -> list[nn.Parameter]:
-        return self.combiner.joint_parameters()
+        own = self.generator.joint_parameters() if self.generator is not None else []
+        return self.combiner.joint_parameters() + own
 
     def outer_batch_sizes(self, train_batch_size: int) -> tuple[int, int]:
         return self.outer.batch_sizes(train_batch_size)

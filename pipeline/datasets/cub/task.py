@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.datasets.base import Dataset, TaskData
+from pipeline.datasets.base import Dataset, LabelField, TaskData
 from pipeline.datasets.cub.config import Config, ModelConfig, SplitConfig
 from pipeline.datasets.cub.prepared import H5_NAME, read_prepared, write_prepared
 from pipeline.datasets.cub.sources import EXPECTED, read_cub_index
@@ -37,7 +37,7 @@ CROP_FRACTION = 224 / 256  # App. B.1: 256-px images, 224-px crops
 class Cub(Dataset):
     """CUB-200-2011 (or its procedural stand-in): species classification with attribute auxiliaries."""
 
-    provides = frozenset({"auxiliaries"})
+    provides = frozenset({"auxiliaries", "task_labels"})
 
     name = "cub"
     Config = Config
@@ -141,3 +141,11 @@ class Cub(Dataset):
     def main_loss(self, model: nn.Module, data: TaskData, indices: Tensor) -> float:
         """Validation main loss in chunks (the base class's single forward pass would not fit ResNet-18 on CUB)."""
         return self.metrics(model, data, indices)["main_loss"]
+
+    def task_label_fields(self, data: TaskData) -> list[LabelField]:
+        """The species (C classes), then every attribute (binary)."""
+        return [LabelField(data.task_names[0], int(data.meta["num_classes"])),
+                *(LabelField(name, 2) for name in data.task_names[1:])]
+
+    def task_labels(self, targets: Tensor) -> list[Tensor]:
+        return [targets[:, j].long() for j in range(targets.shape[1])]

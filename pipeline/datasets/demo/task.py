@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.datasets.base import DataError, Dataset, TaskData
+from pipeline.datasets.base import DataError, Dataset, LabelField, TaskData
 from pipeline.datasets.demo.config import CATEGORIES, NAME, Config, ModelConfig
 from pipeline.datasets.demo.surfaces import PART_NAMES, PARTS, generate
 from pipeline.datasets.shared.aux_roles import read_aux_roles, write_aux_roles
@@ -55,7 +55,7 @@ def _task_outputs(outputs: Any) -> tuple[Tensor, ...]:
 class Demo(Dataset):
     """Height-field point clouds: part segmentation, a helpful and a harmful auxiliary, four label groups."""
 
-    provides = frozenset({"auxiliaries", "loss_images", "generated_labels", "point_clouds"})
+    provides = frozenset({"auxiliaries", "loss_images", "generated_labels", "point_clouds", "task_labels"})
 
     name = NAME
     Config = Config
@@ -139,6 +139,16 @@ class Demo(Dataset):
 
     def label_group(self, targets: Tensor) -> Tensor:
         return targets[:, -1].long()
+
+    def task_label_fields(self, data: TaskData) -> list[LabelField]:
+        """Per point: the part (of all families' parts), the clean local part (``TASK_CLASSES[0]``), the noise (real)."""
+        return [LabelField(TASK_NAMES[0], int(data.meta["num_parts"])), LabelField(TASK_NAMES[1], TASK_CLASSES[0]),
+                LabelField(TASK_NAMES[2], 0)]
+
+    def task_labels(self, targets: Tensor) -> list[Tensor]:
+        """[B, points] each, in raster order (the points of the main task's output)."""
+        n = (targets.shape[1] - 1) // len(TASK_NAMES)
+        return [targets[:, :n].long(), targets[:, n:2 * n].long(), targets[:, 2 * n:3 * n]]
 
     # -- losses and metrics --------------------------------------------------------------------
 

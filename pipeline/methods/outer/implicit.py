@@ -3,9 +3,9 @@ of ``methods.bilevel``'s optimiser on the hypergradient of the main loss on the 
 truncated Neumann series of ``pipeline.bilevel``. φ is whatever the combiner and the generator expose."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 from pipeline.bilevel import BilevelConfig, HyperOptimizer
 from pipeline.datasets.base import reduce_pixels
@@ -16,20 +16,35 @@ if TYPE_CHECKING:
     from pipeline.methods.base import Method
 
 
+# A method's own objectives for the hyper step: (L_T through φ, the outer loss, scalars to log). The outer loss
+# may hold terms that depend on φ directly (their gradient is the hypergradient's direct term, e.g. DTG-AuxL's
+# instance regularisation).
+Objectives = Callable[["Method", StepContext], tuple[Tensor, Tensor, dict[str, float]]]
+
+
 class ImplicitOuterUpdate(OuterUpdate):
-    """``hyper_set``: "aux" (the paper), or "train" (App. C.1's ablation: φ learned on the training set)."""
+    """``hyper_set``: "aux" (the paper), or "train" (App. C.1's ablation: φ learned on the training set).
+
+    ``objectives`` replaces both losses with the method's own (``Objectives``); ``lower_params`` are lower-level
+    parameters outside the primary network (a generator's own head) that count as part of W in the IFT;
+    ``section``/``lr_key`` name the config keys in messages (default ``methods.bilevel.lr``)."""
 
     def __init__(self, hparams: list[nn.Parameter], cfg: BilevelConfig, after_update=None,
-                 hyper_set: Literal["aux", "train"] = "aux") -> None:
+                 hyper_set: Literal["aux", "train"] = "aux", objectives: Objectives | None = None,
+                 lower_params: list[nn.Parameter] | None = None, section: str = "bilevel",
+                 lr_key: str = "lr") -> None:
         super().__init__()
         self.cfg = cfg
         self.hyper_set = hyper_set
-        self.hyper = HyperOptimizer(hparams, cfg, after_update=after_update)
+        self.objectives = objectives
+        self.lower_params = list(lower_params or [])
+        self.section, self.lr_key = section, lr_key
+        self.hyper = HyperOptimizer(hparams, cfg, after_update=after_update, key=f"methods.{section}")
 
     def fault_suspects(self, keys: FaultKeys, step: int) -> list[Suspect]:
         """φ (the combiner's network and the generator's): moved only by its hyper steps."""
         return [Suspect(f"φ (trained by {self.hyper.key})", [h.detach() for h in self.hyper.hparams],
-                        f"lower {keys.method('bilevel', 'lr')} (now {self.cfg.lr:g})")]
+                        f"lower {keys.method(self.section, self.lr_key)} (now {self.cfg.lr:g})")]
 
     def batch_sizes(self, train_batch_size: int) -> tuple[int, int]:
         return self.cfg.hyper_train_batch or train_batch_size, self.cfg.hyper_aux_batch
@@ -37,6 +52,11 @@ class ImplicitOuterUpdate(OuterUpdate):
     def step(self, method: "Method", ctx: StepContext) -> dict[str, float]:
         if not self.hyper.due(ctx.step):
             return {}
-        train_loss = method.training_loss(ctx.train_losses())
-        outer = ctx.aux_losses() if self.hyper_set == "aux" else ctx.train_losses()
-        return self.hyper.log(self.hyper.step(train_loss, reduce_pixels(outer)[:, 0].mean(), ctx.params))
+        if self.objectives is not None:
+            train_loss, outer_loss, logs = self.objectives(method, ctx)
+        else:
+            train_loss, logs = method.training_loss(ctx.train_losses()), {}
+            outer = ctx.aux_losses() if self.hyper_set == "aux" else ctx.train_losses()
+            outer_loss = reduce_pixels(outer)[:, 0].mean()
+        stats = self.hyper.step(train_loss, outer_loss, [*ctx.params, *self.lower_params])
+        return {**self.hyper.log(stats), **logs}

@@ -21,6 +21,7 @@ from pydantic import (BaseModel, Field, ValidationError, ValidationInfo, create_
 from pipeline.schema import ParamsError, StrictModel, TrainConfig
 
 PARAMS_FILE = Path("params.yaml")
+DEFAULT_DATASET = "demo"  # the embedded problem every registered method runs on
 
 
 def _section(name: str, configs: dict[str, type[BaseModel]]) -> type[BaseModel]:
@@ -93,7 +94,7 @@ def _build_params_model() -> type[BaseModel]:
 
     class Params(StrictModel):
         method: str = "auxilearn_linear"
-        dataset: str = "demo"
+        dataset: str = DEFAULT_DATASET
         seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
         device: Literal["auto", "cpu", "cuda"] = "auto"
         threads: int = Field(1, ge=1, description="CPU intra-op threads of every stage (torch.set_num_threads): "
@@ -101,6 +102,18 @@ def _build_params_model() -> type[BaseModel]:
         datasets: datasets_section = Field(default_factory=datasets_section)  # type: ignore[valid-type]
         methods: methods_section = Field(default_factory=methods_section)  # type: ignore[valid-type]
         usefulness: UsefulnessConfig = Field(default_factory=UsefulnessConfig)
+
+        @model_validator(mode="before")
+        @classmethod
+        def _dataset_usefulness_defaults(cls, raw: Any) -> Any:
+            """The selected dataset's ``default_usefulness`` under the keys the user wrote in ``usefulness``."""
+            if not isinstance(raw, dict):
+                return raw
+            name = raw.get("dataset", DEFAULT_DATASET)
+            given = raw.get("usefulness", {})
+            if not isinstance(name, str) or name not in DATASETS or not isinstance(given, dict):
+                return raw  # the field validators name what is wrong
+            return {**raw, "usefulness": {**DATASETS.get(name).default_usefulness, **given}}
 
         @field_validator("method", "dataset")
         @classmethod

@@ -24,11 +24,9 @@ USEFULNESS_JSON = REPORTS / "usefulness.json"
 
 
 def usefulness_config(params) -> UsefulnessConfig:
-    """The ``usefulness`` section of params.yaml over the selected dataset's ``default_usefulness``."""
-    from pipeline.registry import DATASETS
-
-    given = params.usefulness.model_dump(exclude_unset=True)
-    return UsefulnessConfig(**{**DATASETS.get(params.dataset).default_usefulness, **given})
+    """The ``usefulness`` section of params.yaml (over the selected dataset's ``default_usefulness``, merged
+    by the schema)."""
+    return params.usefulness
 
 
 @click.command()

@@ -248,3 +248,12 @@ def test_skeleton_has_no_overrides_and_every_section_dvc_reads():
     assert all(v == {} for sections in skeleton["datasets"].values() for v in sections.values())
     assert all(v == {} for v in skeleton["methods"].values()) and skeleton["usefulness"] == {}
     assert read_yaml((Path(__file__).parents[1] / "params.yaml").read_text()) == skeleton  # the committed file is the skeleton
+
+
+def test_a_dataset_sets_its_usefulness_defaults_and_written_keys_win():
+    """demo's analysis would take ~20 min at the global 64 × 8 batches: its package sets 16 × 4; a key the user
+    writes under ``usefulness`` still wins, and other datasets keep the global defaults."""
+    assert (parse_params({}).usefulness.batch_size, parse_params({}).usefulness.batches) == (16, 4)
+    mine = parse_params({"usefulness": {"batches": 2}}).usefulness
+    assert (mine.batch_size, mine.batches) == (16, 2)
+    assert parse_params({"dataset": "toy2d"}).usefulness.batch_size == 64

@@ -53,6 +53,7 @@ def main(params) -> None:
         "dataset": params.dataset,
         "main_metric": next(iter(val_summary)),
         "device": device,
+        "test": summary,  # with the per-category breakdowns metrics.json leaves out
         "val": val_summary,
         "per_seed": {f"seed_{s}": m for s, m in per_seed.items()},
         "per_seed_val": {f"seed_{s}": m for s, m in per_seed_val.items()},

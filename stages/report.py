@@ -9,8 +9,8 @@ import numpy as np
 from pipeline.cli import stage
 from pipeline.experiment import load_experiment, load_run
 from pipeline.io import atomic_dir, write_text
-from pipeline.metrics.summary import format_mean_sem
-from pipeline.paths import FIGURES, METRICS, MODELS, REPORT_MD, TIMINGS
+from pipeline.metrics.summary import format_mean_sem, is_breakdown
+from pipeline.paths import FIGURES, METRICS, MODELS, PER_SEED, REPORT_MD, TIMINGS
 from pipeline.datasets.base import Dataset
 from pipeline.report import (generated_labels, loss_image_figure, loss_landscapes, mean_history, method_log_series,
                              outer_update_summary, phi_movement, plot_final_weights, plot_series, plot_soft_labels,
@@ -30,9 +30,10 @@ def main(params) -> None:
     weights = mean_history(runs, "weights")
     final = np.array([r.history["weights"][-1][1:] for r in runs])
 
-    test = metrics["test"]  # in the dataset's order: the main metric first
-    overall = {k: v for k, v in test.items() if "/" not in k}
-    per_group = {k: v for k, v in test.items() if "/" in k}  # e.g. miou/<category> (Table 7)
+    # in the dataset's order, the main metric first; per_seed.json also has the per-category breakdowns
+    test = json.loads(PER_SEED.read_text()).get("test", metrics["test"]) if PER_SEED.is_file() else metrics["test"]
+    overall = {k: v for k, v in test.items() if not is_breakdown(k)}
+    per_group = {k: v for k, v in test.items() if is_breakdown(k)}  # e.g. miou/<category> (Table 7)
     device = trained_device(metrics, params)
     lines = [
         f"# {params.method} on {params.dataset}",

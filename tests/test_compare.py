@@ -360,3 +360,14 @@ def test_best_val_over_a_real_dvc_grid(tmp_path):
     assert name in expected and chosen == f"{name}: methods.{section}.lr={expected[name]:g}", (line, expected)
     assert line.endswith("| 20 | 0 | main |") and "±" not in line, line
     assert proc.stderr == ""
+
+
+def test_per_category_breakdowns_stay_out_of_the_summary():
+    """``miou/<category>`` values would add two columns per category to `dvc exp show`: per_seed.json has them."""
+    from pipeline.metrics.summary import summary_metrics
+
+    test = {"instance_miou": {"mean": 50.0, "sem": 1.0}, "miou/bump": {"mean": 60.0, "sem": 2.0},
+            "main_loss": {"mean": 0.8, "sem": 0.1}}
+    out = summary_metrics(test, 300, 3, "cpu")
+    assert list(out["test"]) == ["instance_miou", "main_loss"]
+    assert (out["steps"], out["seeds"], out["device"]) == (300, 3, "cpu")

@@ -52,8 +52,14 @@ def format_mean_sem(mean: float, sem: float | None) -> str:
     return f"{mean:.{digits}f}" if sem is None else f"{mean:.{digits}f} ± {sem:.{digits}f}"
 
 
+def is_breakdown(name: str) -> bool:
+    """A per-category part of a metric (``miou/<category>``): reported in reports/per_seed.json, not as a column."""
+    return "/" in name
+
+
 def summary_metrics(test: dict[str, dict[str, float]], steps: int, seeds: int, device: str) -> dict:
-    """reports/metrics.json: ``test`` (mean and SEM per metric, in the dataset's order, main metric first),
-    then ``steps``, ``seeds`` (how many) and ``device``; nothing per seed, no validation (reports/per_seed.json)."""
-    return {"test": {name: {"mean": v["mean"], "sem": v["sem"]} for name, v in test.items()},
+    """reports/metrics.json: ``test`` (mean and SEM per metric, in the dataset's order, main metric first; not
+    the per-category breakdowns), then ``steps``, ``seeds`` (how many) and ``device``; nothing per seed, no
+    validation, no breakdown (reports/per_seed.json has them)."""
+    return {"test": {name: {"mean": v["mean"], "sem": v["sem"]} for name, v in test.items() if not is_breakdown(name)},
             "steps": int(steps), "seeds": int(seeds), "device": device}

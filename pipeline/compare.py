@@ -278,6 +278,28 @@ def _param_text(value: Any) -> str:
     return "unset" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def default_value(name: str, dataset: str, method: str) -> Any:
+    """The value a ``methods.<section>.<key>`` or ``datasets.<dataset>.methods.<section>.<key>`` param has when
+    params.yaml does not write it: the method section's default under the dataset's own overrides (params.yaml
+    holds only what a run changes)."""
+    from pipeline.config import parse_params
+
+    parts = name.split(".")
+    section, key = (parts[1], parts[2]) if parts[0] == "methods" else (parts[3], parts[4])
+    try:
+        return getattr(parse_params({"dataset": dataset, "method": method}).method_config(section), key)
+    except Exception:  # noqa: BLE001 (an unknown section or key: nothing to show)
+        return None
+
+
+def _param_cell(row: dict[str, Any], name: str, dataset: str, method: str) -> str:
+    value = param(row, name)
+    if value is None:
+        default = default_value(name, dataset, method)
+        return "unset" if default is None else f"{_param_text(default)} (default)"
+    return _param_text(value)
+
+
 def _order(rows: dict[str, Any]) -> list[str]:
     from pipeline.methods.base import method_order  # the papers' table order, declared by each registry entry
 
@@ -302,7 +324,7 @@ def render_table(rows: dict[str, dict[str, Any]], dataset: str | None = None,
         cells = [method]
         if varying is not None:
             chosen = experiment_name(row)
-            diffs = ", ".join(f"{n}={_param_text(param(row, n))}" for n in varying.get(method, []))
+            diffs = ", ".join(f"{n}={_param_cell(row, n, dataset, method)}" for n in varying.get(method, []))
             name = main_metric(row)
             cells += [f"{chosen}: {diffs}" if diffs else chosen,
                       f"{name} {_mean_sem_cell(row, 'val', name, seeds)}" if name else "–"]

@@ -167,7 +167,7 @@ def test_varying_params_sees_overrides_set_in_only_some_rows():
                                                        **{"datasets.toy2d.methods.bilevel.lr": 0.03})]
     assert varying_params(rows, "toy2d") == ["datasets.toy2d.methods.bilevel.lr"]
     best, varying, _ = best_val_per_method(with_commits(rows), "toy2d")
-    assert "datasets.toy2d.methods.bilevel.lr=unset" in render_table(best, "toy2d", varying)
+    assert "datasets.toy2d.methods.bilevel.lr=0.01 (default)" in render_table(best, "toy2d", varying)
 
 
 def test_table_shows_steps_seeds_commit_and_sem_only_from_two_seeds():
@@ -324,6 +324,7 @@ def test_best_val_over_a_real_dvc_grid(tmp_path):
     from tests.conftest import small_default_params
 
     params = small_default_params()  # the schema's defaults (small stand-ins), whatever the workspace holds
+    params["dataset"] = "toy2d"
     params["seeds"] = [0]
     params["datasets"]["toy2d"]["train"]["steps"] = 20
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -353,11 +354,16 @@ def test_best_val_over_a_real_dvc_grid(tmp_path):
            ["val"]["main_mse"]["mean"] for r in rows}
     assert not any(k.startswith("val.") for r in rows for k in r)
     lowest = min(val.values())
-    expected = {experiment_name(r): param(r, f"methods.{section}.lr") for r in rows if val[r["rev"]] == lowest}
+    # the baseline does not write the key (params.yaml holds only overrides): compare shows the default
+    from pipeline.config import parse_params
+
+    default = parse_params({"dataset": "toy2d"}).method_config(section).lr
+    expected = {experiment_name(r): (f"{param(r, f'methods.{section}.lr'):g}" if param(r, f"methods.{section}.lr")
+                                      is not None else f"{default:g} (default)") for r in rows if val[r["rev"]] == lowest}
     line = next(x for x in proc.stdout.splitlines() if x.startswith("| auxilearn_linear |"))
     chosen = line.split(" | ")[1]
     name = chosen.split(":")[0]
-    assert name in expected and chosen == f"{name}: methods.{section}.lr={expected[name]:g}", (line, expected)
+    assert name in expected and chosen == f"{name}: methods.{section}.lr={expected[name]}", (line, expected)
     assert line.endswith("| 20 | 0 | main |") and "±" not in line, line
     assert proc.stderr == ""
 
@@ -371,3 +377,16 @@ def test_per_category_breakdowns_stay_out_of_the_summary():
     out = summary_metrics(test, 300, 3, "cpu")
     assert list(out["test"]) == ["instance_miou", "main_loss"]
     assert (out["steps"], out["seeds"], out["device"]) == (300, 3, "cpu")
+
+
+def test_an_unwritten_param_shows_its_default_with_the_datasets_override():
+    """params.yaml holds only overrides: the baseline of a grid has no value for the swept key, so the table
+    shows what ran (the section's default under the dataset's own override), marked as the default."""
+    from pipeline.compare import _param_cell, default_value
+
+    assert default_value("methods.bilevel.hyper_every", "toy2d", "auxilearn_linear") == 20
+    assert default_value("methods.bilevel.hyper_every", "demo", "auxilearn_linear") == 10  # demo's override
+    assert default_value("datasets.demo.methods.bilevel.hyper_every", "demo", "auxilearn_linear") == 10
+    assert _param_cell({}, "methods.bilevel.hyper_every", "demo", "auxilearn_linear") == "10 (default)"
+    assert _param_cell({"params.yaml:methods.bilevel.hyper_every": "5"}, "methods.bilevel.hyper_every", "demo",
+                       "auxilearn_linear") == "5"

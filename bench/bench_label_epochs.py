@@ -36,9 +36,9 @@ def main(dataset: str, epochs: int, rounds: int, threads: int, device: str) -> N
     import numpy as np
     import torch
 
-    from pipeline.config import parse_params
-    from pipeline.registry import DATASETS
-    from pipeline.training import train_run
+    from pipeline.config.params import parse_params
+    from pipeline.core.registry import DATASETS
+    from pipeline.engine.training import train_run
 
     if threads:
         torch.set_num_threads(threads)

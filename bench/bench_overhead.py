@@ -148,7 +148,7 @@ def _setup(spec: dict[str, Any]) -> dict[str, Any]:
     """Build model, data, method and optimiser in this process; return the step callables and facts."""
     import torch
 
-    from pipeline.registry import METHODS
+    from pipeline.core.registry import METHODS
     from pipeline.methods.combiners.auxnet import AuxiLearnConfig
 
     torch.set_num_threads(spec["threads"])

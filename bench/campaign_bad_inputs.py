@@ -29,8 +29,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import default_params_yaml  # noqa: E402
-from pipeline.registry import DATASETS, METHODS  # noqa: E402
+from pipeline.config.params import default_params_yaml  # noqa: E402
+from pipeline.core.registry import DATASETS, METHODS  # noqa: E402
 
 DEFAULTS: dict = yaml.safe_load(default_params_yaml())
 

@@ -192,7 +192,7 @@ for _p in ("train_seed0_running", "train_seed0_finished", "prepare_cub_300_files
 
 SWAP_FAILURE = """
 import os, sys
-from pipeline import io as pio
+from pipeline.core import io as pio
 from stages import train
 pio.exchange = lambda a, b: False          # the two-rename fallback ...
 real = os.rename
@@ -206,7 +206,7 @@ train.main()
 
 CRASH_AFTER_EXCHANGE = """
 import os
-from pipeline import io as pio
+from pipeline.core import io as pio
 from stages import train
 real = pio.swap_into_place
 def swap_then_die(tmp, target):             # power cut right after the swap, before the old copy is removed
@@ -314,7 +314,7 @@ def _edit_split(ws: Path, name: str, edit) -> None:
 
 
 def _complex_data(ws: Path) -> None:
-    from pipeline.io import sha256_file, write_manifest
+    from pipeline.core.io import sha256_file, write_manifest
     folder = ws / "data/prepared/toy2d"
     with np.load(folder / "data.npz") as npz:
         arrays = dict(npz)
@@ -377,7 +377,7 @@ def _threads(ws: Path) -> Outcome:
     env = {**ENV, "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
     r = run_stage(ws, "train", env=env)
     out.check("train ok", r.returncode == 0)
-    probe = subprocess.run([sys.executable, "-c", "import click, torch\nfrom pipeline.cli import stage\n"
+    probe = subprocess.run([sys.executable, "-c", "import click, torch\nfrom pipeline.config.stage import stage\n"
                             "@click.command()\n@stage\ndef m(params): print(torch.get_num_threads())\nm()"],
                            cwd=ws, env=env, capture_output=True, text=True)
     out.check(f"a stage runs with {probe.stdout.strip()} thread(s) == params.threads 1", probe.stdout.strip() == "1")

@@ -27,10 +27,10 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import parse_params  # noqa: E402
-from pipeline.registry import DATASETS  # noqa: E402
+from pipeline.config.params import parse_params  # noqa: E402
+from pipeline.core.registry import DATASETS  # noqa: E402
 from pipeline.methods.base import build_method  # noqa: E402
-from pipeline.training import load_model, train_run  # noqa: E402
+from pipeline.engine.training import load_model, train_run  # noqa: E402
 
 
 def _mean_sem(values: list[float]) -> str:

@@ -44,7 +44,7 @@ def timed(repo: Path, *cmd: str) -> tuple[float, str]:
 
 def main() -> None:
     sys.path.insert(0, str(REPO))
-    from pipeline.registry import METHODS
+    from pipeline.core.registry import METHODS
 
     methods = sys.argv[1].split(",") if len(sys.argv) > 1 else METHODS.names()
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,7 +31,7 @@ from typing import Any
 
 import click
 
-from pipeline.io import write_text
+from pipeline.core.io import write_text
 from pipeline.metrics.summary import format_mean_sem, higher_is_better
 
 METRICS_PREFIX = "reports/metrics.json:"
@@ -282,7 +282,7 @@ def default_value(name: str, dataset: str, method: str) -> Any:
     """The value a ``methods.<section>.<key>`` or ``datasets.<dataset>.methods.<section>.<key>`` param has when
     params.yaml does not write it: the method section's default under the dataset's own overrides (params.yaml
     holds only what a run changes)."""
-    from pipeline.config import parse_params
+    from pipeline.config.params import parse_params
 
     parts = name.split(".")
     section, key = (parts[1], parts[2]) if parts[0] == "methods" else (parts[3], parts[4])

@@ -13,10 +13,10 @@ import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
-from pipeline.experiment import Experiment, TrainedRun  # noqa: E402
-from pipeline.io import atomic_path  # noqa: E402
+from pipeline.engine.experiment import Experiment, TrainedRun  # noqa: E402
+from pipeline.core.io import atomic_path  # noqa: E402
 from pipeline.methods.base import scale_losses  # noqa: E402
-from pipeline.training import task_scale  # noqa: E402
+from pipeline.engine.training import task_scale  # noqa: E402
 
 
 def mean_history(runs: Sequence[TrainedRun], key: str) -> np.ndarray:

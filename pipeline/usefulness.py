@@ -70,7 +70,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.schema import StrictModel
+from pipeline.core.schema import StrictModel
 
 ROLE_CODE = {"helpful": 1.0, "irrelevant": 0.0, "harmful": -1.0}
 
@@ -283,7 +283,7 @@ def batch_task_losses(model: nn.Module, dataset: Any, x: Tensor, y: Tensor, labe
 
 def task_losses(dataset: Any, outputs: Any, y: Tensor, labelled: Tensor | None = None) -> Tensor:
     """``batch_task_losses`` from the network's outputs."""
-    from pipeline.datasets.base import reduce_pixels
+    from pipeline.datasets.shared.base import reduce_pixels
 
     losses = reduce_pixels(dataset.per_task_losses(outputs, y))
     if labelled is None or bool(labelled.all()):
@@ -336,7 +336,7 @@ def train_main_task(dataset: Any, data: Any, splits: dict[str, np.ndarray], trai
 
     ``aux_weight`` c > 0: train on L_T = ℓ_main + c·Σ_j ℓ_j instead (the base point φ = c·1); W is then every
     parameter L_T reaches, auxiliary heads included, and the second list holds what L_T does not reach."""
-    from pipeline.training import BatchStream, make_lr_schedule, make_optimizer, seed_everything
+    from pipeline.engine.training import BatchStream, make_lr_schedule, make_optimizer, seed_everything
 
     generator = seed_everything(seed)
     model = dataset.build_model(data, model_cfg).to(device)
@@ -372,7 +372,7 @@ def _objective(losses: Tensor, aux_weight: float) -> Tensor:
 
 def fit_aux_heads(model: nn.Module, dataset: Any, sampler: _Sampler, heads: list[nn.Parameter], steps: int, lr: float) -> None:
     """Fit the parameters ℓ_main does not reach on Σ_j ℓ_j, trunk frozen (their φ → 0⁺ optimum)."""
-    from pipeline.datasets.base import reduce_pixels
+    from pipeline.datasets.shared.base import reduce_pixels
 
     if not heads or steps == 0:
         return
@@ -635,7 +635,7 @@ def plot_usefulness(result: UsefulnessResult, roles: dict[str, str] | None, path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.io import atomic_path
+    from pipeline.core.io import atomic_path
 
     stats = {key: result.summary(getattr(result, attr)) for key, attr, _ in SCORES}
     order = np.argsort(-stats["prop1"][0])

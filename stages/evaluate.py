@@ -16,11 +16,11 @@ import json
 import click
 import torch
 
-from pipeline.cli import stage
-from pipeline.experiment import load_experiment, load_run
-from pipeline.io import write_text
+from pipeline.config.stage import stage
+from pipeline.engine.experiment import load_experiment, load_run
+from pipeline.core.io import write_text
 from pipeline.metrics.summary import aggregate, summary_metrics
-from pipeline.paths import METRICS, MODELS, PER_SEED
+from pipeline.core.paths import METRICS, MODELS, PER_SEED
 
 
 def trained_device(params) -> str:
@@ -53,6 +53,8 @@ def main(params) -> None:
         "dataset": params.dataset,
         "main_metric": next(iter(val_summary)),
         "device": device,
+        "steps": params.train.steps,
+        "seeds": list(params.seeds),
         "test": summary,  # with the per-category breakdowns metrics.json leaves out
         "val": val_summary,
         "per_seed": {f"seed_{s}": m for s, m in per_seed.items()},

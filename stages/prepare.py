@@ -4,10 +4,10 @@
 """
 import click
 
-from pipeline.cli import stage
-from pipeline.registry import DATASETS
-from pipeline.io import atomic_dir, write_manifest
-from pipeline.paths import prepared_dir
+from pipeline.config.stage import stage
+from pipeline.core.registry import DATASETS
+from pipeline.core.io import atomic_dir, write_manifest
+from pipeline.core.paths import prepared_dir
 
 
 @click.command()

@@ -1,17 +1,17 @@
 """DVC stage `report`: reports/report.md with the metrics table (the main metric first) and the paper-style
 figures in reports/figures/ (written 0644). The curves `dvc plots` draws are train's live series
-(reports/live/, ``pipeline.live``), not written here."""
+(reports/live/, ``pipeline.engine.live``), not written here."""
 import json
 
 import click
 import numpy as np
 
-from pipeline.cli import stage
-from pipeline.experiment import load_experiment, load_run
-from pipeline.io import atomic_dir, write_text
+from pipeline.config.stage import stage
+from pipeline.engine.experiment import load_experiment, load_run
+from pipeline.core.io import atomic_dir, write_text
 from pipeline.metrics.summary import format_mean_sem, is_breakdown
-from pipeline.paths import FIGURES, METRICS, MODELS, PER_SEED, REPORT_MD, TIMINGS
-from pipeline.datasets.base import Dataset
+from pipeline.core.paths import FIGURES, MODELS, PER_SEED, REPORT_MD, TIMINGS
+from pipeline.datasets.shared.base import Dataset
 from pipeline.report import (generated_labels, loss_image_figure, loss_landscapes, mean_history, method_log_series,
                              outer_update_summary, phi_movement, plot_final_weights, plot_series, plot_soft_labels,
                              plot_weights, role_ranking)
@@ -22,23 +22,23 @@ from pipeline.report import (generated_labels, loss_image_figure, loss_landscape
 def main(params) -> None:
     exp = load_experiment(params)
     runs = [load_run(exp, params, seed) for seed in params.seeds]
-    if not METRICS.is_file():
-        raise FileNotFoundError(f"{METRICS} is missing: run `dvc repro evaluate`")
-    metrics = json.loads(METRICS.read_text())
+    if not PER_SEED.is_file():
+        raise FileNotFoundError(f"{PER_SEED} is missing: run `dvc repro evaluate`")
+    evaluated = json.loads(PER_SEED.read_text())
     names = runs[0].method_final.loss_names(exp.data.task_names)
     steps = np.asarray(runs[0].history["step"])
     weights = mean_history(runs, "weights")
     final = np.array([r.history["weights"][-1][1:] for r in runs])
 
     # in the dataset's order, the main metric first; per_seed.json also has the per-category breakdowns
-    test = json.loads(PER_SEED.read_text()).get("test", metrics["test"]) if PER_SEED.is_file() else metrics["test"]
+    test = evaluated["test"]
     overall = {k: v for k, v in test.items() if not is_breakdown(k)}
     per_group = {k: v for k, v in test.items() if is_breakdown(k)}  # e.g. miou/<category> (Table 7)
-    device = trained_device(metrics, params)
+    device = trained_device(evaluated, params)
     lines = [
         f"# {params.method} on {params.dataset}",
         "",
-        f"Seeds: {params.seeds}; {steps_run(metrics, runs)} training steps on device `{device}`. Test metrics "
+        f"Seeds: {params.seeds}; {steps_run(evaluated, runs)} training steps on device `{device}`. Test metrics "
         f"of the model best on validation, mean ± SEM over seeds; the main metric (`{next(iter(test))}`) first.",
         "",
         "| method | " + " | ".join(overall) + " |",
@@ -73,18 +73,18 @@ def main(params) -> None:
     click.echo(f"wrote {REPORT_MD}")
 
 
-def trained_device(metrics: dict, params) -> str:
-    """The device training used (metrics.json, else models/run.json); ``params.device`` (maybe ``auto``) last."""
-    if metrics.get("device"):
-        return str(metrics["device"])
+def trained_device(evaluated: dict, params) -> str:
+    """The device training used (per_seed.json, else models/run.json); ``params.device`` (maybe ``auto``) last."""
+    if evaluated.get("device"):
+        return str(evaluated["device"])
     try:
         return str(json.loads((MODELS / "run.json").read_text())["device"])
     except (OSError, ValueError, KeyError):
         return str(params.device)
 
 
-def steps_run(metrics: dict, runs) -> int:
-    return int(metrics.get("steps") or (runs[0].history["step"][-1] if runs[0].history["step"] else 0))
+def steps_run(evaluated: dict, runs) -> int:
+    return int(evaluated.get("steps") or (runs[0].history["step"][-1] if runs[0].history["step"] else 0))
 
 
 def epoch_seconds(params, runs) -> list[float]:

@@ -1,11 +1,11 @@
 """DVC stage `split`: disjoint train / aux / val / test index files for the selected dataset."""
 import click
 
-from pipeline.cli import stage
-from pipeline.registry import DATASETS
-from pipeline.io import atomic_dir, sha256_file, verify_manifest, write_json
-from pipeline.paths import SPLITS, prepared_dir
-from pipeline.splits import save_splits
+from pipeline.config.stage import stage
+from pipeline.core.registry import DATASETS
+from pipeline.core.io import atomic_dir, sha256_file, verify_manifest, write_json
+from pipeline.core.paths import SPLITS, prepared_dir
+from pipeline.datasets.shared.splits import save_splits
 
 
 @click.command()

@@ -5,17 +5,17 @@ models/ holds only what a rerun with the same inputs reproduces bit for bit (che
 wall-clock epoch times go to reports/timings.json, outside every DVC output (the report's epoch-time line
 reads them from there).
 
-While it trains, each seed's losses, task weights and validation loss are logged live (``pipeline.live``):
+While it trains, each seed's losses, task weights and validation loss are logged live (``pipeline.engine.live``):
 dvclive series under reports/live/seed_<s>/, the cross-seed curves reports/live/*.tsv for `dvc plots`, and
 reports/live/metrics.json (seed, step, main and validation loss of the latest logged step) for `dvc exp show`."""
 import click
 
-from pipeline.cli import stage
-from pipeline.experiment import load_experiment
-from pipeline import live
-from pipeline.io import atomic_dir, check_writable, torch_save, write_json
-from pipeline.paths import MODELS, TIMINGS
-from pipeline.training import device_name, resolve_device, train_run
+from pipeline.config.stage import stage
+from pipeline.engine.experiment import load_experiment
+from pipeline.engine import live
+from pipeline.core.io import atomic_dir, check_writable, torch_save, write_json
+from pipeline.core.paths import MODELS, TIMINGS
+from pipeline.engine.training import device_name, resolve_device, train_run
 
 WALL_CLOCK_KEYS = ("epoch_seconds",)  # history entries that differ between identical runs
 

@@ -10,11 +10,11 @@ import csv
 
 import click
 
-from pipeline.cli import stage
-from pipeline.experiment import load_experiment
-from pipeline.io import atomic_path, write_json, write_text
-from pipeline.paths import REPORTS
-from pipeline.training import resolve_device
+from pipeline.config.stage import stage
+from pipeline.engine.experiment import load_experiment
+from pipeline.core.io import atomic_path, write_json, write_text
+from pipeline.core.paths import REPORTS
+from pipeline.engine.training import resolve_device
 from pipeline.usefulness import UsefulnessConfig, analyse, csv_rows, markdown_report, plot_usefulness, summarise
 
 USEFULNESS_MD = REPORTS / "usefulness.md"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import ParamsError, load_params
+from pipeline.config.params import ParamsError, load_params
 
 MARKER = Path("data/params_valid.txt")
 CONTENT = "valid\n"

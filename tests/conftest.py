@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import default_params_yaml, parse_params
-from pipeline.registry import DATASETS
-from pipeline.training import train_run
+from pipeline.config.params import default_params_yaml, parse_params
+from pipeline.core.registry import DATASETS
+from pipeline.engine.training import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.registry import AUXNETS
+from pipeline.core.registry import AUXNETS
 
 KINDS = ["linear", "deep_linear", "nonlinear", "convnet"]
 

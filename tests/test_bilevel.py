@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.registry import AUXNETS
-from pipeline.bilevel import BilevelConfig, HyperOptimizer, from_reference, neumann_hypergradient
+from pipeline.core.registry import AUXNETS
+from pipeline.methods.bilevel import BilevelConfig, HyperOptimizer, from_reference, neumann_hypergradient
 
 
 

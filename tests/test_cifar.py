@@ -21,16 +21,16 @@ from torch import nn
 
 import pipeline.datasets.shared.image_classification as image_classification
 import pipeline.datasets.shared.standin_shapes as standin_shapes
-from pipeline.datasets.base import DataError, TaskData
+from pipeline.datasets.shared.base import DataError, TaskData
 from pipeline.datasets.cifar10.task import Cifar10
 from pipeline.datasets.cifar100.task import Cifar100
 from pipeline.datasets.shared.cifar_pickle import load_pickle
 from pipeline.datasets.shared.image_classification import STANDIN_DIR
 from pipeline.datasets.shared.image_prepared import H5_NAME
 from pipeline.datasets.svhn.task import Svhn
-from pipeline.io import write_manifest
-from pipeline.registry import MODELS
-from pipeline.splits import check_disjoint
+from pipeline.core.io import write_manifest
+from pipeline.core.registry import MODELS
+from pipeline.datasets.shared.splits import check_disjoint
 
 # ---------------------------------------------------------------------------------------------- fixtures
 
@@ -547,8 +547,8 @@ def test_metrics_by_hand(tiny_c10, monkeypatch):
 
 def test_short_training_run_on_the_standin(tmp_path):
     """A few steps of the real trainer with STL and MAXL on a tiny stand-in (the generated-task hooks)."""
-    from pipeline.config import parse_params
-    from pipeline.training import train_run
+    from pipeline.config.params import parse_params
+    from pipeline.engine.training import train_run
 
     ds = Cifar10()
     data = prepare_load(ds, tmp_path / "prep", **TINY_STANDIN)

@@ -355,7 +355,7 @@ def test_best_val_over_a_real_dvc_grid(tmp_path):
     assert not any(k.startswith("val.") for r in rows for k in r)
     lowest = min(val.values())
     # the baseline does not write the key (params.yaml holds only overrides): compare shows the default
-    from pipeline.config import parse_params
+    from pipeline.config.params import parse_params
 
     default = parse_params({"dataset": "toy2d"}).method_config(section).lr
     expected = {experiment_name(r): (f"{param(r, f'methods.{section}.lr'):g}" if param(r, f"methods.{section}.lr")

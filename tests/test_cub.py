@@ -16,19 +16,19 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from pipeline.config import ParamsError, parse_params
-from pipeline.datasets.base import DataError, TaskData
-from pipeline.registry import DATASETS
+from pipeline.config.params import ParamsError, parse_params
+from pipeline.datasets.shared.base import DataError, TaskData
+from pipeline.core.registry import DATASETS
 from pipeline.datasets.cub import standin as cub_standin
 from pipeline.datasets.cub import task as cub_task
 from pipeline.datasets.cub.prepared import H5_NAME
 from pipeline.datasets.cub.sources import read_cub_index, write_cub_text_files
 from pipeline.datasets.cub.standin import STANDIN_DIR
 from pipeline.datasets.shared.aux_roles import AUX_ROLES_FILE
-from pipeline.io import write_manifest
-from pipeline.registry import MODELS
-from pipeline.splits import check_disjoint
-from pipeline.training import train_run
+from pipeline.core.io import write_manifest
+from pipeline.core.registry import MODELS
+from pipeline.datasets.shared.splits import check_disjoint
+from pipeline.engine.training import train_run
 
 CLASSES = ["001.Red_Tanager", "002.Green_Jay", "003.Blue_Grosbeak"]
 ATTRIBUTES = ["has_bill_shape::cone", "has_wing_color::red", "has_wing_color::blue", "has_size::small",

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from pipeline.config import ParamsError, parse_params
-from pipeline.datasets.base import DataError
-from pipeline.registry import DATASETS
-from pipeline.io import save_npz, verify_manifest, write_manifest
+from pipeline.config.params import ParamsError, parse_params
+from pipeline.datasets.shared.base import DataError
+from pipeline.core.registry import DATASETS
+from pipeline.core.io import save_npz, verify_manifest, write_manifest
 
 
 def prepare(name, tmp_path, **prepare_overrides):

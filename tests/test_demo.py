@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import parse_params
-from pipeline.datasets.base import DataError, reduce_pixels
+from pipeline.config.params import parse_params
+from pipeline.datasets.shared.base import DataError, reduce_pixels
 from pipeline.datasets.demo.config import CATEGORIES, Config
 from pipeline.datasets.demo.task import AUX_ROLES, TASK_NAMES, Demo
 from pipeline.methods.base import build_method
-from pipeline.registry import DATASETS, METHODS
-from pipeline.training import load_model, train_run
+from pipeline.core.registry import DATASETS, METHODS
+from pipeline.engine.training import load_model, train_run
 
 TINY = {"prepare": {"shapes_per_category": 5, "grid": 6},
         "split": {"aux": 2, "val": 4, "test": 4},

@@ -13,16 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.bilevel import TrainCurvature, neumann_hypergradient
-from pipeline.config import parse_params
-from pipeline.datasets.base import Dataset, LabelField, TaskData
+from pipeline.methods.bilevel import TrainCurvature, neumann_hypergradient
+from pipeline.config.params import parse_params
+from pipeline.datasets.shared.base import Dataset, LabelField, TaskData
 from pipeline.methods.base import Batch, Method, StepContext
 from pipeline.methods.dtg.config import DTGConfig
 from pipeline.methods.dtg.generator import Generated, LinearTerm, NonlinearTerm, collapse_diagnostics, shuffle_pairing
 from pipeline.methods.dtg.method import dtg_objectives
 from pipeline.models.base import MultiTaskNet
-from pipeline.registry import DATASETS, METHODS
-from pipeline.training import BatchStream, stream_generator, train_run
+from pipeline.core.registry import DATASETS, METHODS
+from pipeline.engine.training import BatchStream, stream_generator, train_run
 
 C, D, IN, POINTS = 3, 4, 3, 5
 

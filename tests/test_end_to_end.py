@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import parse_params
-from pipeline.registry import DATASETS
-from pipeline.experiment import Experiment, TrainedRun
+from pipeline.config.params import parse_params
+from pipeline.core.registry import DATASETS
+from pipeline.engine.experiment import Experiment, TrainedRun
 from pipeline.report import generated_labels, loss_image_figure, pixel_weights, plot_soft_labels
-from pipeline.training import load_method, load_model, train_run
+from pipeline.engine.training import load_method, load_model, train_run
 
 SMALL = {
     "nyuv2": {"prepare": {"standin_train": 40, "standin_test": 6, "image_size": [24, 32]},

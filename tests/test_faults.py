@@ -23,9 +23,9 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from pipeline import io as pio
-from pipeline.cli import stage
-from pipeline.io import sha256_file, write_manifest
+from pipeline.core import io as pio
+from pipeline.config.stage import stage
+from pipeline.core.io import sha256_file, write_manifest
 from stages import evaluate, prepare, report, split, train
 
 from tests.test_io import read_only
@@ -174,7 +174,7 @@ def test_signal_during_train_removes_the_temporary_and_keeps_models(ws, monkeypa
 
 def test_sigterm_during_prepare_keeps_the_prepared_data(ws, monkeypatch):
     before = snapshot(ws)
-    from pipeline.registry import DATASETS
+    from pipeline.core.registry import DATASETS
     cls = DATASETS.get("toy2d")
     real = cls.prepare
 

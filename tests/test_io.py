@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import io as pio
-from pipeline.io import (Interrupted, atomic_dir, check_writable, critical_section, interrupt_handler, load_npy,
+from pipeline.core import io as pio
+from pipeline.core.io import (Interrupted, atomic_dir, check_writable, critical_section, interrupt_handler, load_npy,
                          load_npz, recover, reset_interrupts, sha256_file, torch_load, torch_save)
 
 
@@ -239,7 +239,7 @@ def test_outputs_get_the_umask_mode_not_tempfiles_0600(tmp_path):
     """Atomic writes go through mkstemp/mkdtemp (0600/0700): the outputs must get what open()/mkdir() give."""
     import os
 
-    from pipeline.io import atomic_dir, write_text
+    from pipeline.core.io import atomic_dir, write_text
 
     old = os.umask(0o022)
     try:

@@ -13,15 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.config import ParamsError, parse_params
-from pipeline.schema import TrainConfig
-from pipeline.datasets.base import Dataset, TaskData
+from pipeline.config.params import ParamsError, parse_params
+from pipeline.core.schema import TrainConfig
+from pipeline.datasets.shared.base import Dataset, TaskData
 from pipeline.methods.base import build_method
 from pipeline.methods.base import Batch, StepContext
 from pipeline.methods.generators.labels import (LabelsConfig, block_entropy, focal_loss, hierarchy_mask, mask_softmax,
                                      negative_entropy)
 from pipeline.models.base import MultiTaskNet
-from pipeline.training import train_run
+from pipeline.engine.training import train_run
 
 
 class TinyNet(MultiTaskNet):
@@ -87,7 +87,7 @@ class Blobs(Dataset):
 
 
 def fake_params(method: str, steps: int = 30, **labels) -> SimpleNamespace:
-    import pipeline.bilevel as bilevel
+    import pipeline.methods.bilevel as bilevel
 
     # AuxiLearn's outer-update settings live in methods.bilevel (BilevelConfig) once that section exists
     ift = {} if hasattr(bilevel, "BilevelConfig") else {"hyper_every": 5}
@@ -414,7 +414,7 @@ CIFAR_TINY = {"prepare": {"standin_train_per_class": 12, "standin_test_per_class
 def test_diagnostics_leave_training_bit_identical(tmp_path, method="maxl"):
     """A diagnostic every step and none at all give the same network, generator and BN statistics, bit for
     bit: the diagnostics draw from their own stream, run in eval mode and restore every module's mode."""
-    from pipeline.registry import DATASETS
+    from pipeline.core.registry import DATASETS
 
     def params(every: int):
         return parse_params({"dataset": "cifar10", "method": method, "seeds": [0],

@@ -4,7 +4,7 @@ import ast
 import re
 from pathlib import Path
 
-from pipeline.registry import DATASETS
+from pipeline.core.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
 

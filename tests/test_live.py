@@ -1,12 +1,12 @@
-"""Live logging while training runs (pipeline.live) and the plain progress lines (pipeline.progress)."""
+"""Live logging while training runs (pipeline.engine.live) and the plain progress lines (pipeline.core.progress)."""
 import io
 import json
 
 import torch
 
-from pipeline.live import LiveLogger, read_metrics, read_series
-from pipeline.progress import ProgressLines
-from pipeline.training import train_run
+from pipeline.engine.live import LiveLogger, read_metrics, read_series
+from pipeline.core.progress import ProgressLines
+from pipeline.engine.training import train_run
 from tests.conftest import _prepared, make_params
 
 
@@ -100,7 +100,7 @@ def test_progress_cadence_by_time_and_never_on_a_terminal():
 
 
 def test_prepare_counts_what_it_reads_off_a_terminal(monkeypatch, capsys):
-    from pipeline.progress import counted
+    from pipeline.core.progress import counted
 
     monkeypatch.setenv("AUXBENCH_PROGRESS_SECONDS", "0")
     monkeypatch.setenv("AUXBENCH_PROGRESS_STEPS", "4")
@@ -111,7 +111,7 @@ def test_prepare_counts_what_it_reads_off_a_terminal(monkeypatch, capsys):
 
 
 def test_the_device_recorded_is_the_one_used(monkeypatch):
-    from pipeline import training
+    from pipeline.engine import training
 
     assert training.device_name(torch.device("cpu")) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

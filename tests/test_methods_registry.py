@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import pipeline.methods
-from pipeline.config import parse_params
+from pipeline.config.params import parse_params
 from pipeline.methods.base import GROUP_ORDER, LossCombiner, Method, OuterUpdate, method_order
-from pipeline.registry import DATASETS, METHODS
-from pipeline.training import train_run
+from pipeline.core.registry import DATASETS, METHODS
+from pipeline.engine.training import train_run
 
 NEW_METHOD = '''
 """Half weights: every auxiliary at 0.5 (a method written as one file, in a test)."""

@@ -15,11 +15,11 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from pipeline.config import parse_params
-from pipeline.faults import NumericalFault
-from pipeline.io import load_npz, save_npz, write_manifest
-from pipeline.registry import DATASETS
-from pipeline.training import train_run
+from pipeline.config.params import parse_params
+from pipeline.core.faults import NumericalFault
+from pipeline.core.io import load_npz, save_npz, write_manifest
+from pipeline.core.registry import DATASETS
+from pipeline.engine.training import train_run
 from tests.conftest import _prepared
 
 CPU = torch.device("cpu")
@@ -37,7 +37,7 @@ def _fault(ds, data, splits, params) -> str:
         warnings.simplefilter("ignore")  # a fixed α beyond the curvature warns first; the fault is what matters
         with pytest.raises(NumericalFault) as info:
             train_run(ds, data, splits, params, 0, device=CPU)
-    assert isinstance(info.value, FloatingPointError)  # one of pipeline.cli.EXPECTED_ERRORS: one clear line
+    assert isinstance(info.value, FloatingPointError)  # one of pipeline.config.stage.EXPECTED_ERRORS: one clear line
     return str(info.value)
 
 

@@ -27,11 +27,11 @@ from pipeline.datasets.nyuv2.task import TASK_NAMES, Nyuv2, pixel_losses
 from pipeline.datasets.shared.aux_roles import AUX_ROLES_FILE
 from pipeline.metrics.geometry import depth_error_sums, depth_scores, normal_angles, normal_scores
 from pipeline.metrics.segmentation import confusion_matrix, segmentation_scores
-from pipeline.datasets.base import DataError, TaskData
-from pipeline.datasets.base import reduce_pixels
-from pipeline.io import write_manifest
-from pipeline.registry import MODELS
-from pipeline.splits import check_disjoint
+from pipeline.datasets.shared.base import DataError, TaskData
+from pipeline.datasets.shared.base import reduce_pixels
+from pipeline.core.io import write_manifest
+from pipeline.core.registry import MODELS
+from pipeline.datasets.shared.splits import check_disjoint
 
 H, W = 8, 12  # the tiny fixtures' size
 

@@ -7,8 +7,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.config import ParamsError, default_params_yaml, load_params, parse_params, read_yaml
-from pipeline.schema import StrictModel
+from pipeline.config.params import ParamsError, default_params_yaml, load_params, parse_params, read_yaml
+from pipeline.core.schema import StrictModel
 from stages import validate
 
 DEFAULTS = yaml.safe_load(default_params_yaml())
@@ -114,7 +114,7 @@ def test_errors_of_a_union_make_one_line_for_the_key():
 
 def test_every_section_is_strict_and_finite():
     """Every schema class of params.yaml inherits the strict, finite settings."""
-    from pipeline.config import params_model
+    from pipeline.config.params import params_model
 
     seen, todo = set(), [params_model()]
     while todo:
@@ -239,7 +239,7 @@ def test_root_elsewhere_is_refused_in_params_yaml_with_the_tracked_folder_named(
 def test_skeleton_has_no_overrides_and_every_section_dvc_reads():
     """params.yaml's skeleton parses to the defaults and holds an (empty) section for every params key dvc.yaml
     names, so DVC finds them; nothing else, so `dvc exp show` lists only what a run changes."""
-    from pipeline.registry import DATASETS
+    from pipeline.core.registry import DATASETS
 
     skeleton = read_yaml(default_params_yaml())
     assert parse_params(skeleton).model_dump() == parse_params({}).model_dump()

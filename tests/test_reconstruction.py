@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.config import parse_params
+from pipeline.config.params import parse_params
 from pipeline.methods.base import build_method
 from pipeline.methods.generators.reconstruction import jitter, shuffle_regions
 from tests.conftest import _prepared

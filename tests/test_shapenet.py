@@ -24,11 +24,11 @@ from pipeline.datasets.shapenet_part.sources import (CATEGORY_FILE, MESH_INDEX_F
 from pipeline.datasets.shapenet_part.standin import STANDIN_DIR
 from pipeline.datasets.shapenet_part.task import ShapeNetPart
 from pipeline.metrics.pointclouds import miou_summary, part_mask, restricted_argmax, shape_ious
-from pipeline.config import ParamsError, parse_params
-from pipeline.datasets.base import DataError, TaskData
-from pipeline.registry import DATASETS
-from pipeline.io import write_manifest
-from pipeline.splits import check_disjoint
+from pipeline.config.params import ParamsError, parse_params
+from pipeline.datasets.shared.base import DataError, TaskData
+from pipeline.core.registry import DATASETS
+from pipeline.core.io import write_manifest
+from pipeline.datasets.shared.splits import check_disjoint
 
 # Two categories in the release's style: Cap owns global parts 0-1, Mug owns 2-4 (part 4 never used).
 NAMES, IDS = ["Cap", "Mug"], ["02954340", "03797390"]

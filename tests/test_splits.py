@@ -4,7 +4,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.splits import SPLITS, check_disjoint, load_splits, random_splits
+from pipeline.datasets.shared.splits import SPLITS, check_disjoint, load_splits, random_splits
 from stages import prepare, split
 
 

@@ -92,9 +92,9 @@ def test_toy2d_records_its_auxiliary_roles_and_noisy_aux_has_none(tmp_path):
     meta.json, so they are part of the prepared folder's manifest."""
     import pytest
 
-    from pipeline.config import parse_params
-    from pipeline.datasets.base import DataError
-    from pipeline.registry import DATASETS
+    from pipeline.config.params import parse_params
+    from pipeline.datasets.shared.base import DataError
+    from pipeline.core.registry import DATASETS
 
     for name, expected in (("toy2d", {"helpful": "helpful", "harmful": "harmful"}), ("noisy_aux", None)):
         ds = DATASETS.get(name)()
@@ -114,8 +114,8 @@ def test_toy2d_records_its_auxiliary_roles_and_noisy_aux_has_none(tmp_path):
 def test_generated_datasets_keep_an_unused_root(tmp_path):
     """``prepare.root`` (data/raw/<name>, a folder holding only a README) is there for the stages' uniform
     dependencies; generation never reads it: any root gives the same files."""
-    from pipeline.io import write_manifest
-    from pipeline.registry import DATASETS
+    from pipeline.core.io import write_manifest
+    from pipeline.core.registry import DATASETS
 
     for name in ("toy2d", "noisy_aux"):
         ds = DATASETS.get(name)()

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from tests.conftest import _prepared, make_params
-from pipeline.training import train_run
+from pipeline.engine.training import train_run
 
 
 def _run(splits, method="stl", **train):
@@ -41,7 +41,7 @@ def test_aux_loss_scale_multiplies_auxiliary_losses_only():
 def test_outer_update_has_its_own_streams_and_hyper_batches(monkeypatch):
     """The hypergradient's L_T and L_A batches come from streams of their own (sizes hyper_train_batch,
     hyper_aux_batch), seeded apart from W's: W's batches are the same whatever the outer update draws."""
-    from pipeline import training
+    from pipeline.engine import training
 
     made = []
     original = training.BatchStream.__init__

@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 from torch import nn
 
-from pipeline.config import parse_params
+from pipeline.config.params import parse_params
 from pipeline.usefulness import (UsefulnessConfig, analyse, auc, conjugate_gradient, gauss_newton_operator, hvp_operator,
                                  main_parameters, role_separation, score_batch, spearman, summarise)
 from tests.conftest import _prepared
@@ -304,8 +304,8 @@ def test_base_weight_trains_and_scores_the_auxiliary_heads_too():
     and the score is ⟨(H_T + λI)⁻¹ ∇_W L_A, ∇_W ℓ_j⟩ with H_T the explicit Hessian of L_T over all of W."""
     from types import SimpleNamespace
 
-    from pipeline.config import TrainConfig
-    from pipeline.datasets.base import TaskData
+    from pipeline.config.params import TrainConfig
+    from pipeline.datasets.shared.base import TaskData
     from pipeline.usefulness import train_main_task
 
     g = torch.Generator().manual_seed(0)

@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-from pipeline.config import parse_params
-from pipeline.registry import DATASETS
+from pipeline.config.params import parse_params
+from pipeline.core.registry import DATASETS
 from pipeline.methods.base import SharedTrunk
-from pipeline.registry import METHODS
+from pipeline.core.registry import METHODS
 from pipeline.methods.combiners.dwa import dwa_weights
 from pipeline.methods.combiners.mgda import frank_wolfe_min_norm, min_norm_two
 from pipeline.models.linear import SharedLinear
-from pipeline.training import train_run
+from pipeline.engine.training import train_run
 
 NEW_METHODS = ["uncertainty", "dwa", "gradnorm", "gcs", "mgda"]
 

@@ -1,1 +1,1 @@
-"""Datasets, one package each, registered in ``pipeline.registry.DATASETS`` (see ``base.Dataset``)."""
+"""Datasets, one package each, registered in ``pipeline.core.registry.DATASETS`` (see ``base.Dataset``)."""

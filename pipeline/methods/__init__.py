@@ -1,1 +1,1 @@
-"""Training methods, registered in ``pipeline.registry.METHODS`` (see ``base``)."""
+"""Training methods, registered in ``pipeline.core.registry.METHODS`` (see ``base``)."""

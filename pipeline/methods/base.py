@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from pipeline.registry import METHODS
+from pipeline.core.registry import METHODS
 
 
 @dataclass
@@ -262,7 +262,7 @@ class Method(nn.Module):
         # A method built without its section (e.g. in a test) gets its schema's defaults.
         self.cfg = spec.Config() if cfg is None and spec.Config is not None else cfg
         if spec.uses_bilevel and bilevel is None:
-            from pipeline.bilevel import BilevelConfig
+            from pipeline.methods.bilevel import BilevelConfig
 
             bilevel = BilevelConfig()
         self.bilevel_cfg = bilevel
@@ -346,7 +346,7 @@ class Method(nn.Module):
 
 def method_config_sections() -> dict[str, type[BaseModel]]:
     """``methods.<section>`` schemas of params.yaml, one per method family (and ``bilevel`` if any uses it)."""
-    from pipeline.bilevel import BilevelConfig
+    from pipeline.methods.bilevel import BilevelConfig
 
     sections: dict[str, type[BaseModel]] = {}
     for _, spec in METHODS.items():

@@ -1,1 +1,1 @@
-"""Primary networks f(x; W), registered in ``pipeline.registry.MODELS``."""
+"""Primary networks f(x; W), registered in ``pipeline.core.registry.MODELS``."""

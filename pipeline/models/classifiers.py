@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet18
 from torchvision.models.vgg import cfgs as VGG_CONFIGS
 
-from pipeline.registry import MODELS
+from pipeline.core.registry import MODELS
 from pipeline.models.base import MultiTaskNet
 
 Backbone = Literal["vgg16", "convnet4", "resnet18"]

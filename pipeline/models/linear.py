@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pipeline.registry import MODELS
+from pipeline.core.registry import MODELS
 from pipeline.models.base import MultiTaskNet
 
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from pipeline.registry import MODELS
+from pipeline.core.registry import MODELS
 from pipeline.models.base import MultiTaskNet
 
 LEAK = 0.2  # LeakyReLU slope of the original DGCNN

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.registry import MODELS
+from pipeline.core.registry import MODELS
 from pipeline.models.base import MultiTaskNet
 
 CONVS_PER_STAGE = 2

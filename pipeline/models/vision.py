@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from pipeline.registry import MODELS
+from pipeline.core.registry import MODELS
 from pipeline.models.base import MultiTaskNet
 
 Backbone = Literal["small_cnn", "resnet18"]

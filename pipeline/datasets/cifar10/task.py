@@ -4,7 +4,7 @@ from __future__ import annotations
 from pipeline.datasets.cifar10 import config
 from pipeline.datasets.cifar10.sources import CIFAR10_FORMAT
 from pipeline.datasets.shared.image_classification import ImageClassification
-from pipeline.registry import DATASETS
+from pipeline.core.registry import DATASETS
 
 
 @DATASETS.register("cifar10")

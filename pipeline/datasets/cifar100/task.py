@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.datasets.cifar100 import config
 from pipeline.datasets.cifar100.sources import CIFAR100_FORMAT
 from pipeline.datasets.shared.image_classification import ImageClassification
-from pipeline.registry import DATASETS
+from pipeline.core.registry import DATASETS
 
 
 @DATASETS.register("cifar100")

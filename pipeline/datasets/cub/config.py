@@ -7,7 +7,7 @@ from pydantic import Field, model_validator
 
 from pipeline.datasets.cub.standin import STANDIN_SPECIES
 from pipeline.datasets.shared.sources import default_root, require_root
-from pipeline.schema import StrictModel
+from pipeline.core.schema import StrictModel
 
 
 class Config(StrictModel):

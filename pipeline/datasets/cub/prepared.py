@@ -14,10 +14,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.datasets.base import DataError
+from pipeline.datasets.shared.base import DataError
 from pipeline.datasets.shared.h5 import TEXT, file_attrs, open_prepared, put, put_attrs, text
 from pipeline.datasets.cub.sources import CubIndex, image_path, read_image
-from pipeline.progress import counted
+from pipeline.core.progress import counted
 
 H5_NAME = "cub.h5"
 _ARRAYS = ("images", "labels", "attributes", "is_train", "image_ids", "class_names", "attribute_names")

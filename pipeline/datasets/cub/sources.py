@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from pipeline.datasets.base import DataError
+from pipeline.datasets.shared.base import DataError
 
 # What ``datasets.cub.prepare.root`` must hold for ``source: path`` (also in data/raw/cub/README.md).
 EXPECTED = ("the contents of the CUB_200_2011 folder (images.txt, image_class_labels.txt, train_test_split.txt, "

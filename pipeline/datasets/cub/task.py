@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.datasets.base import Dataset, LabelField, TaskData
+from pipeline.datasets.shared.base import Dataset, LabelField, TaskData
 from pipeline.datasets.cub.config import Config, ModelConfig, SplitConfig
 from pipeline.datasets.cub.prepared import H5_NAME, read_prepared, write_prepared
 from pipeline.datasets.cub.sources import EXPECTED, read_cub_index
@@ -27,7 +27,7 @@ from pipeline.datasets.shared.images import random_crops
 from pipeline.datasets.shared.sources import source_root
 from pipeline.metrics.classification import TopKAccuracy
 from pipeline.models.base import MultiTaskNet, Standardized
-from pipeline.registry import DATASETS, MODELS
+from pipeline.core.registry import DATASETS, MODELS
 
 EVAL_CHUNK = 256  # images per forward pass in evaluation: bounded memory for ResNet-18 at 224 px
 CROP_FRACTION = 224 / 256  # App. B.1: 256-px images, 224-px crops

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from pipeline.datasets.shared.regression import ROOT_DESCRIPTION
 from pipeline.datasets.shared.sources import default_root
-from pipeline.schema import StrictModel
+from pipeline.core.schema import StrictModel
 
 NAME = "demo"
 CATEGORIES = ("bump", "ridge", "saddle", "step")  # the surface families, one label group each

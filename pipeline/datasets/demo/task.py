@@ -17,7 +17,6 @@ the generated-label methods ShapeNet's light PointNet, one block of ψ classes p
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.datasets.base import DataError, Dataset, LabelField, TaskData
+from pipeline.datasets.shared.base import DataError, Dataset, LabelField, TaskData
 from pipeline.datasets.demo.config import CATEGORIES, NAME, Config, ModelConfig
 from pipeline.datasets.demo.surfaces import PART_NAMES, PARTS, generate
 from pipeline.datasets.shared.aux_roles import read_aux_roles, write_aux_roles
-from pipeline.io import load_npz, save_npz, write_json
+from pipeline.core.io import save_npz, write_json
+from pipeline.datasets.shared.npz import read_prepared
 from pipeline.metrics.pointclouds import PartIoU
 from pipeline.models.base import MultiTaskNet
-from pipeline.registry import DATASETS, MODELS
+from pipeline.core.registry import DATASETS, MODELS
 
 TASK_NAMES = ["part_segmentation", "clean_parts", "noise"]
 AUX_ROLES = {"clean_parts": "helpful", "noise": "harmful"}  # see surfaces.py
@@ -88,18 +88,9 @@ class Demo(Dataset):
         write_aux_roles(out_dir, AUX_ROLES)
 
     def load(self, folder: Path) -> TaskData:
-        folder = Path(folder)
-        data_file, meta_file = folder / "data.npz", folder / "meta.json"
-        for f in (data_file, meta_file):
-            if not f.is_file():
-                raise DataError(f"{f} is missing: run `dvc repro prepare@{self.name}`")
-        try:
-            arrays = load_npz(data_file)
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise DataError(f"{data_file} or {meta_file} is not readable: {err}") from None
+        arrays, meta, data_file, meta_file = read_prepared(folder, self.name)
         missing = [k for k in ARRAYS if k not in arrays]
-        if missing or not isinstance(meta, dict) or not isinstance(meta.get("grid"), int):
+        if missing or not isinstance(meta.get("grid"), int):
             raise DataError(f"{data_file} or {meta_file}: expected arrays {ARRAYS} and a grid size, "
                             f"missing {missing or 'grid'}")
         points, category = arrays["points"], arrays["category"]

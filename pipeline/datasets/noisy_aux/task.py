@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.datasets.noisy_aux import config
 from pipeline.datasets.shared.regression import SyntheticRegression
-from pipeline.registry import DATASETS
+from pipeline.core.registry import DATASETS
 
 
 @DATASETS.register("noisy_aux")

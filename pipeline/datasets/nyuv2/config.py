@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.datasets.shared.sources import STANDIN, default_root, require_root
-from pipeline.schema import StrictModel
+from pipeline.core.schema import StrictModel
 
 NAME = "nyuv2"
 REAL_IMAGE_SIZE = (288, 384)  # App. B.2

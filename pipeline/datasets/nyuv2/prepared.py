@@ -14,10 +14,10 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from pipeline.datasets.base import DataError
+from pipeline.datasets.shared.base import DataError
 from pipeline.datasets.shared.h5 import file_attrs, open_prepared, put, put_attrs
 from pipeline.datasets.nyuv2.sources import IGNORE, NUM_CLASSES, Row
-from pipeline.progress import counted
+from pipeline.core.progress import counted
 
 H5_NAME = "nyuv2.h5"
 LOAD_CHUNK = 64  # samples per read in read_prepared()

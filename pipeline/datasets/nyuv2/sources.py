@@ -36,8 +36,8 @@ import scipy.io
 import torch
 import torch.nn.functional as F
 
-from pipeline import io
-from pipeline.datasets.base import DataError
+from pipeline.core import io
+from pipeline.datasets.shared.base import DataError
 
 NUM_CLASSES = 13
 IGNORE = -1

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.datasets.base import Dataset, TaskData, reduce_pixels
+from pipeline.datasets.shared.base import Dataset, TaskData, reduce_pixels
 from pipeline.datasets.nyuv2.config import NAME, Config, ModelConfig, SplitConfig
 from pipeline.datasets.nyuv2.prepared import H5_NAME, read_prepared, write_prepared
 from pipeline.datasets.nyuv2.sources import (CLASS_NAMES, EXPECTED, IGNORE, NUM_CLASSES, read_official,
@@ -29,7 +29,7 @@ from pipeline.datasets.shared.sources import STANDIN, source_root
 from pipeline.metrics.geometry import DepthErrors, NormalAngles
 from pipeline.metrics.segmentation import ConfusionMatrix
 from pipeline.models.base import MultiTaskNet
-from pipeline.registry import DATASETS, MODELS
+from pipeline.core.registry import DATASETS, MODELS
 
 TASK_NAMES = ["segmentation", "depth", "normal"]
 EVAL_CHUNK = 16  # images per forward pass in evaluation (SegNet at 288 x 384 is memory hungry)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.datasets.shared.sources import STANDIN, default_root, require_root
-from pipeline.schema import StrictModel
+from pipeline.core.schema import StrictModel
 
 NAME = "shapenet_part"
 STANDIN_CATEGORY_COUNT = 6  # len(standin.STANDIN_CATEGORIES), checked there (the schema does not import trimesh)

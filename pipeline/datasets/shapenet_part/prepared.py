@@ -13,7 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.datasets.base import DataError
+from pipeline.datasets.shared.base import DataError
 from pipeline.datasets.shared.h5 import TEXT, file_attrs, open_prepared, put, put_attrs, text
 from pipeline.datasets.shapenet_part.sources import SPLIT_NAMES, PartShapes, check_labels
 

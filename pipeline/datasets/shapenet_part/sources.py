@@ -37,8 +37,8 @@ import h5py
 import numpy as np
 import trimesh
 
-from pipeline import io
-from pipeline.datasets.base import DataError
+from pipeline.core import io
+from pipeline.datasets.shared.base import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
 CATEGORY_FILE = "all_object_categories.txt"

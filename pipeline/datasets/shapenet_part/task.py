@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.datasets.base import DataError, Dataset, TaskData
+from pipeline.datasets.shared.base import DataError, Dataset, TaskData
 from pipeline.datasets.shapenet_part.config import (NAME, SAMPLING_FIELDS, ShapeNetModelConfig, ShapeNetPartConfig,
                                                     ShapeNetSplitConfig)
 from pipeline.datasets.shapenet_part.prepared import H5_NAME, read_prepared, write_prepared
@@ -29,7 +29,7 @@ from pipeline.datasets.shapenet_part.standin import STANDIN_DIR, STANDIN_SOURCE,
 from pipeline.datasets.shared.sources import STANDIN, source_root
 from pipeline.metrics.pointclouds import PartIoU
 from pipeline.models.base import MultiTaskNet
-from pipeline.registry import DATASETS, MODELS
+from pipeline.core.registry import DATASETS, MODELS
 
 EVAL_CHUNK = 8  # shapes per forward pass in evaluation: DGCNN's k-NN is O(P^2) memory per shape
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.datasets.base import DataError
+from pipeline.datasets.shared.base import DataError
 
 AUX_ROLES_FILE = "aux_roles.json"  # stand-ins only: {auxiliary task: role}, beside the prepared data
 AUX_ROLES = ("helpful", "irrelevant", "harmful")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.datasets.base import DataError
+from pipeline.datasets.shared.base import DataError
 from pipeline.datasets.shared.image_classification import IMAGE_SIZE, PIXELS, check_labels
 from pipeline.datasets.shared.raw_images import RawImages
 from pipeline.datasets.shared.h5 import text

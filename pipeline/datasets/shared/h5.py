@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import h5py
 
-from pipeline.datasets.base import DataError
+from pipeline.datasets.shared.base import DataError
 
 TEXT = h5py.string_dtype("utf-8")  # variable-length UTF-8 strings (names, paths, ids)
 

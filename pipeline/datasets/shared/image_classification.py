@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from pipeline.datasets.base import DataError, Dataset, TaskData
+from pipeline.datasets.shared.base import DataError, Dataset, TaskData
 from pipeline.datasets.shared.raw_images import RawImages
 from pipeline.datasets.shared.image_prepared import H5_NAME, read_prepared, write_prepared
 from pipeline.datasets.shared.images import random_crops
@@ -42,9 +42,9 @@ from pipeline.datasets.shared.standin_shapes import (IMAGE_SIZE, STANDIN_COARSE,
                                                      render_standin, standin_styles)
 from pipeline.metrics.classification import TopKAccuracy
 from pipeline.models.base import ChannelStandardize, MultiTaskNet, Standardized
-from pipeline.registry import MODELS
-from pipeline.schema import StrictModel
-from pipeline.progress import counted
+from pipeline.core.registry import MODELS
+from pipeline.core.schema import StrictModel
+from pipeline.core.progress import counted
 
 STANDIN_DIR = "raw_standin"
 PIXELS = 3 * IMAGE_SIZE * IMAGE_SIZE

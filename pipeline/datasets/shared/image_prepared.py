@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import torch
 
-from pipeline.datasets.base import DataError, TaskData
+from pipeline.datasets.shared.base import DataError, TaskData
 from pipeline.datasets.shared.h5 import TEXT, file_attrs, open_prepared, put, text
 from pipeline.datasets.shared.raw_images import RawImages
 from pipeline.datasets.shared.standin_shapes import IMAGE_SIZE

@@ -9,7 +9,6 @@ Generated data may say what each auxiliary is: ``meta["aux_roles"]`` (a role per
 """
 from __future__ import annotations
 
-import json
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipeline.datasets.base import DataError, Dataset, TaskData
-from pipeline.io import load_npz, save_npz, write_json
+from pipeline.datasets.shared.base import DataError, Dataset, TaskData
+from pipeline.core.io import save_npz, write_json
+from pipeline.datasets.shared.npz import read_prepared
 from pipeline.models.base import MultiTaskNet
-from pipeline.registry import MODELS
+from pipeline.core.registry import MODELS
 
 ROOT_DESCRIPTION = ("unused: {name} is generated from these parameters (no raw files); kept so every prepare "
                     "stage has the same dependencies")
@@ -42,15 +42,7 @@ class SyntheticRegression(Dataset):
         write_json(out_dir / "meta.json", meta)
 
     def load(self, folder: Path) -> TaskData:
-        data_file, meta_file = folder / "data.npz", folder / "meta.json"
-        for f in (data_file, meta_file):
-            if not f.is_file():
-                raise DataError(f"{f} is missing: run `dvc repro prepare` (with dataset: {self.name})")
-        try:
-            arrays = load_npz(data_file)
-            meta = json.loads(meta_file.read_text())
-        except (OSError, ValueError) as err:
-            raise DataError(f"{data_file} or {meta_file} is not readable: {err}") from None
+        arrays, meta, data_file, meta_file = read_prepared(folder, self.name)
         x, y = arrays.get("x"), arrays.get("y")
         if x is None or y is None or x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
             shapes = {k: v.shape for k, v in arrays.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.datasets.base import DataError
+from pipeline.datasets.shared.base import DataError
 
 STANDIN = "standin"
 RAW = Path("data/raw")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from pipeline.datasets.base import DataError
+from pipeline.datasets.shared.base import DataError
 from pipeline.datasets.shared.image_classification import IMAGE_SIZE, RawFormat, check_labels
 from pipeline.datasets.shared.raw_images import RawImages
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pipeline.datasets.shared.image_classification import ImageClassification
 from pipeline.datasets.svhn import config
 from pipeline.datasets.svhn.sources import SVHN_FORMAT
-from pipeline.registry import DATASETS
+from pipeline.core.registry import DATASETS
 
 
 @DATASETS.register("svhn")

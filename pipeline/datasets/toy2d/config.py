@@ -5,7 +5,7 @@ from pydantic import Field, model_validator
 
 from pipeline.datasets.shared.regression import ROOT_DESCRIPTION
 from pipeline.datasets.shared.sources import default_root
-from pipeline.schema import StrictModel
+from pipeline.core.schema import StrictModel
 
 
 class Config(StrictModel):

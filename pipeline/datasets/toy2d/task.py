@@ -8,7 +8,7 @@ import numpy as np
 
 from pipeline.datasets.shared.regression import SyntheticRegression
 from pipeline.datasets.toy2d import config
-from pipeline.registry import DATASETS
+from pipeline.core.registry import DATASETS
 
 
 @DATASETS.register("toy2d")

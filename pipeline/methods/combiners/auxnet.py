@@ -1,4 +1,4 @@
-"""AuxiLearn's loss combiner (§3.2): L_T = ℓ_main + g(ℓ; φ) with the auxiliary network g (``pipeline/auxnets``).
+"""AuxiLearn's loss combiner (§3.2): L_T = ℓ_main + g(ℓ; φ) with the auxiliary network g (``pipeline/methods/auxnets``).
 φ is trained by an outer update (``outer/implicit.py``); the methods are registered in ``methods/auxilearn.py``."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from pipeline.registry import AUXNETS
-from pipeline.schema import StrictModel
-from pipeline.datasets.base import reduce_pixels
+from pipeline.core.registry import AUXNETS
+from pipeline.core.schema import StrictModel
+from pipeline.datasets.shared.base import reduce_pixels
 from pipeline.methods.base import LossCombiner
 
 

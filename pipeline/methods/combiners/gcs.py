@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from pipeline.schema import StrictModel
+from pipeline.core.schema import StrictModel
 from pipeline.methods.base import SharedTrunk, register
 from pipeline.methods.combiners.weighted import weighting_method, WeightedSum, accumulate_grad, per_term_gradients, task_terms, unflatten_like
 

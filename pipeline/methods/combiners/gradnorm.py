@@ -20,8 +20,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.faults import FaultKeys, Suspect, overflow_named
-from pipeline.schema import StrictModel
+from pipeline.core.faults import FaultKeys, Suspect, overflow_named
+from pipeline.core.schema import StrictModel
 from pipeline.methods.base import SharedTrunk, register
 from pipeline.methods.combiners.weighted import weighting_method, WeightedSum, per_term_gradient_norms
 

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from pipeline.schema import StrictModel
+from pipeline.core.schema import StrictModel
 from pipeline.methods.base import SharedTrunk, register
 from pipeline.methods.combiners.weighted import weighting_method, WeightedSum, per_term_gradients, task_terms
 

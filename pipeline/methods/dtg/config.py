@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pipeline.schema import StrictModel
+from pipeline.core.schema import StrictModel
 
 
 class DTGConfig(StrictModel):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.datasets.base import LabelField
+from pipeline.datasets.shared.base import LabelField
 from pipeline.methods.base import Batch, LossCombiner, StepContext, TaskGenerator
 from pipeline.methods.dtg.config import DTGConfig
 

@@ -2,7 +2,7 @@
 
 Roles: the task generator ``DTGGenerator`` (joint feature + label generator φ, the generated task's head),
 the combiner ``DTGWeights`` (L_t = L_p + Σ w_k L_ak + w_g L_g, softplus weights in φ), and the project's one
-implicit outer update (``outer/implicit.ImplicitOuterUpdate`` on ``pipeline.bilevel``'s engine) with DTG's own
+implicit outer update (``outer/implicit.ImplicitOuterUpdate`` on ``pipeline.methods.bilevel``'s engine) with DTG's own
 objectives (Alg. 1):
 
 - every N = ``hyper_every`` lower steps, the upper loss is the primary loss on the next batch of
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.bilevel import BilevelConfig
-from pipeline.datasets.base import reduce_pixels
+from pipeline.methods.bilevel import BilevelConfig
+from pipeline.datasets.shared.base import reduce_pixels
 from pipeline.methods.base import Method, MethodSpec, Roles, StepContext, register, scale_losses
 from pipeline.methods.dtg.config import DTGConfig
 from pipeline.methods.dtg.generator import DTGGenerator, DTGWeights

@@ -15,7 +15,7 @@ the labels come from and how θ2 learns:
 - ``maxl_frozen`` (MAXL-F): the generator at its random initialisation, never updated.
 - ``random``: a fixed random auxiliary class per sample, drawn uniformly inside its group's block.
 - ``auxilearn_labels``: θ2 follows the IFT hypergradient of the main loss on the auxiliary set
-  (``pipeline.bilevel``), optionally with a loss-combining network on (ℓ_main, ℓ_aux) (App. B.3).
+  (``pipeline.methods.bilevel``), optionally with a loss-combining network on (ℓ_main, ℓ_aux) (App. B.3).
 
 MAXL's defaults follow its authors' reference code (github.com/lorenmt/maxl, ``model_vgg_maxl.py`` and
 ``model_vgg_maxl_firstorder.py``), each switchable in ``methods.labels``:
@@ -53,8 +53,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from pipeline.schema import StrictModel
-from pipeline.datasets.base import reduce_pixels
+from pipeline.core.schema import StrictModel
+from pipeline.datasets.shared.base import reduce_pixels
 from pipeline.methods.base import Batch, StepContext, TaskGenerator
 
 

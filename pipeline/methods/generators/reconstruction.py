@@ -19,8 +19,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.schema import StrictModel
-from pipeline.datasets.base import reduce_pixels
+from pipeline.core.schema import StrictModel
+from pipeline.datasets.shared.base import reduce_pixels
 from pipeline.methods.base import Batch, MethodSpec, NoOuterUpdate, Roles, TaskGenerator, register
 from pipeline.methods.combiners.fixed import FixedWeights
 

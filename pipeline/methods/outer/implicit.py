@@ -1,15 +1,15 @@
 """The implicit-function-theorem outer update (AuxiLearn §3.4): every ``hyper_every`` W steps, φ takes one step
 of ``methods.bilevel``'s optimiser on the hypergradient of the main loss on the auxiliary set, through the
-truncated Neumann series of ``pipeline.bilevel``. φ is whatever the combiner and the generator expose."""
+truncated Neumann series of ``pipeline.methods.bilevel``. φ is whatever the combiner and the generator expose."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Literal
 
 from torch import Tensor, nn
 
-from pipeline.bilevel import BilevelConfig, HyperOptimizer
-from pipeline.datasets.base import reduce_pixels
-from pipeline.faults import FaultKeys, Suspect
+from pipeline.methods.bilevel import BilevelConfig, HyperOptimizer
+from pipeline.datasets.shared.base import reduce_pixels
+from pipeline.core.faults import FaultKeys, Suspect
 from pipeline.methods.base import OuterUpdate, StepContext
 
 if TYPE_CHECKING:

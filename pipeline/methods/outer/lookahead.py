@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from pipeline.faults import FaultKeys, Suspect, all_finite, max_abs, overflow_named
+from pipeline.core.faults import FaultKeys, Suspect, all_finite, max_abs, overflow_named
 from pipeline.methods.base import Batch, OuterUpdate, StepContext, scale_losses
 from pipeline.methods.generators.labels import GeneratedLabels, LabelsConfig, WithGeneratedHead, negative_entropy
 

@@ -30,8 +30,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from pipeline.faults import overflow_named
-from pipeline.schema import StrictModel
+from pipeline.core.faults import overflow_named
+from pipeline.core.schema import StrictModel
 
 
 class BilevelConfig(StrictModel):

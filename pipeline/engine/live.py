@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from pipeline.io import write_text
+from pipeline.core.io import write_text
 
 LIVE = Path("reports/live")
 LIVE_METRICS = Path("reports/live/metrics.json")

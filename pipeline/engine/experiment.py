@@ -8,11 +8,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.datasets.base import Dataset, TaskData
-from pipeline.registry import DATASETS
-from pipeline.io import sha256_file, torch_load, verify_manifest
-from pipeline.paths import SPLITS, prepared_dir, seed_dir
-from pipeline.splits import load_splits
+from pipeline.datasets.shared.base import Dataset, TaskData
+from pipeline.core.registry import DATASETS
+from pipeline.core.io import sha256_file, torch_load, verify_manifest
+from pipeline.core.paths import SPLITS, prepared_dir, seed_dir
+from pipeline.datasets.shared.splits import load_splits
 from pipeline.methods.base import build_method
 
 

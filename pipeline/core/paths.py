@@ -22,7 +22,7 @@ def seed_dir(seed: int) -> Path:
 
 
 def swapped_outputs() -> list[Path]:
-    """What the stages write atomically (folders replaced whole by ``pipeline.io.atomic_dir``, files by
+    """What the stages write atomically (folders replaced whole by ``pipeline.core.io.atomic_dir``, files by
     ``atomic_path``), every prepared dataset's folder included (found from what is in data/prepared/, its
     ``.<name>.old`` and ``.<name>.<pid>-<random>.tmp`` entries too, so this module needs no registry)."""
     prepared: set[Path] = set()

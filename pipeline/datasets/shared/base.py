@@ -11,14 +11,14 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from pipeline.schema import SplitConfig as RandomSplitConfig
-from pipeline.schema import StrictModel
+from pipeline.core.schema import SplitConfig as RandomSplitConfig
+from pipeline.core.schema import StrictModel
 
 
 class NoModelConfig(StrictModel):
     """``datasets.<name>.model`` of a dataset whose primary network has no settings."""
 from pipeline.models.base import MultiTaskNet
-from pipeline.splits import random_splits
+from pipeline.datasets.shared.splits import random_splits
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Dataset(ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
-    # Defaults of ``datasets.<name>.split`` and ``datasets.<name>.train`` (see ``pipeline.config``).
+    # Defaults of ``datasets.<name>.split`` and ``datasets.<name>.train`` (see ``pipeline.config.params``).
     SplitConfig: ClassVar[type[BaseModel]] = RandomSplitConfig  # schema of datasets.<name>.split
     ModelConfig: ClassVar[type[BaseModel]] = NoModelConfig  # schema of datasets.<name>.model
     default_split: ClassVar[dict[str, Any]] = {}

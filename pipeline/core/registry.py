@@ -75,5 +75,5 @@ class Registry(Generic[T]):
 
 DATASETS: Registry[Any] = Registry("dataset", "pipeline.datasets")  # base.Dataset subclasses
 METHODS: Registry[Any] = Registry("method", "pipeline.methods")  # methods.base.MethodSpec entries
-AUXNETS: Registry[Any] = Registry("auxiliary network", "pipeline.auxnets")  # g(ℓ; φ) classes
+AUXNETS: Registry[Any] = Registry("auxiliary network", "pipeline.methods.auxnets")  # g(ℓ; φ) classes
 MODELS: Registry[Any] = Registry("model", "pipeline.models")  # primary networks f(x; W)

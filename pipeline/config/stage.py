@@ -1,9 +1,9 @@
 """What every stage entry point shares: validated params first, and one clear line for any bad input.
 
 Around the stage body the decorator also: puts back what an interrupted earlier run left (stale temporaries
-removed, a folder swap cut between its two renames undone: ``pipeline.io.recover``); fixes torch's intra-op
+removed, a folder swap cut between its two renames undone: ``pipeline.core.io.recover``); fixes torch's intra-op
 thread count to ``params.threads``, so results do not depend on the machine's core count; and turns
-SIGTERM/SIGINT into ``pipeline.io.Interrupted``, so the ``finally`` blocks of ``atomic_dir``/``atomic_path``
+SIGTERM/SIGINT into ``pipeline.core.io.Interrupted``, so the ``finally`` blocks of ``atomic_dir``/``atomic_path``
 remove the temporaries before the process exits with 128 + the signal number.
 """
 from __future__ import annotations
@@ -17,17 +17,17 @@ from typing import Any, Callable
 import click
 import torch
 
-from pipeline.config import ParamsError, load_params
-from pipeline.datasets.base import DataError
-from pipeline.io import Interrupted, interrupt_handler, recover, reset_interrupts
-from pipeline.paths import swapped_outputs
+from pipeline.config.params import ParamsError, load_params
+from pipeline.datasets.shared.base import DataError
+from pipeline.core.io import Interrupted, interrupt_handler, recover, reset_interrupts
+from pipeline.core.paths import swapped_outputs
 
 EXPECTED_ERRORS = (ParamsError, DataError, FileNotFoundError, PermissionError, ValueError, FloatingPointError)
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def recover_outputs() -> list[str]:
-    """Clean up after an interrupted earlier run of any stage (see ``pipeline.io.recover``)."""
+    """Clean up after an interrupted earlier run of any stage (see ``pipeline.core.io.recover``)."""
     done: list[str] = []
     for target in swapped_outputs():
         done += recover(target)

@@ -11,12 +11,12 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from pipeline.datasets.base import Dataset, TaskData
-from pipeline.datasets.base import reduce_pixels
-from pipeline.faults import TrainingGuard
+from pipeline.datasets.shared.base import Dataset, TaskData
+from pipeline.datasets.shared.base import reduce_pixels
+from pipeline.core.faults import TrainingGuard
 from pipeline.methods.base import Batch, Method, SharedTrunk, StepContext, build_method, scale_losses
 from pipeline.metrics.summary import higher_is_better
-from pipeline.progress import ProgressLines
+from pipeline.core.progress import ProgressLines
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -144,7 +144,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     """Train ``params.method`` with ``seed``; keeps the model that is best on the validation main loss.
 
     ``progress``: a tqdm bar with the main and validation losses on a terminal, plain lines
-    (``pipeline.progress``) elsewhere. ``live``: a ``pipeline.live.LiveLogger`` given each step's per-task
+    (``pipeline.core.progress``) elsewhere. ``live``: a ``pipeline.engine.live.LiveLogger`` given each step's per-task
     losses and weights and each validation. Both only read values the run computes anyway."""
     device = device or resolve_device(params.device)
     seed_everything(seed)
@@ -191,7 +191,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     ctx_common = dict(model=model, dataset=dataset, train_batch=lambda: next_batch(outer_train_stream),
                       loss_scale=scale, optimizer=optimizer, diagnostic_batch=lambda: next_batch(diagnostic_stream))
     epoch_start, epoch_len = time.perf_counter(), train_stream.steps_per_epoch
-    # Non-finite losses stop the run at the step they appear, with their cause named (pipeline/faults.py).
+    # Non-finite losses stop the run at the step they appear, with their cause named (pipeline/core/faults.py).
     guard = TrainingGuard(dataset, data, method, model, params, seed)
     val_rows = torch.as_tensor(splits["val"])
 

@@ -6,7 +6,7 @@ no longer runs (killed with SIGKILL, or a power cut). A folder replaces its prev
 exchange (Linux ``renameat2(RENAME_EXCHANGE)``), so the last good version is in place at every instant;
 where the file system cannot exchange, two renames are used, and :func:`recover` puts ``.<target>.old`` back
 if a failure between them left ``<target>`` missing. A stage interrupted by SIGTERM/SIGINT raises
-:class:`Interrupted` (see ``pipeline.cli``), so the ``finally`` blocks below remove the temporaries; the
+:class:`Interrupted` (see ``pipeline.config.stage``), so the ``finally`` blocks below remove the temporaries; the
 swap itself is a critical section, during which such a signal is held until the swap has completed.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ _critical = {"depth": 0, "pending": None, "stopping": False}
 
 
 def interrupt_handler(signum: int, frame: Any) -> None:
-    """Signal handler (installed by ``pipeline.cli.stage``): raise :class:`Interrupted`, or hold the signal
+    """Signal handler (installed by ``pipeline.config.stage.stage``): raise :class:`Interrupted`, or hold the signal
     until the current critical section ends. A second signal while the first unwinds is ignored, so the
     cleanup it triggered is not itself cut short."""
     if _critical["stopping"]:

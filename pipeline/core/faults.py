@@ -102,7 +102,7 @@ class FaultKeys:
 
     @property
     def prepared(self) -> Path:
-        from pipeline.paths import prepared_dir
+        from pipeline.core.paths import prepared_dir
 
         return prepared_dir(self.dataset)
 

@@ -1,6 +1,6 @@
 """The assembler of the ``params.yaml`` schema. Every stage validates the whole file here before doing any work.
 
-The bases every plugin builds on are in ``pipeline.schema`` (which imports nothing of the project); this module
+The bases every plugin builds on are in ``pipeline.core.schema`` (which imports nothing of the project); this module
 sits above the registries and is imported by the stages, never by a method or dataset.
 
 Sections that belong to a pluggable concept (a dataset's generator settings, a method family's
@@ -18,7 +18,7 @@ import yaml
 from pydantic import (BaseModel, Field, ValidationError, ValidationInfo, create_model, field_validator,
                       model_validator)
 
-from pipeline.schema import ParamsError, StrictModel, TrainConfig
+from pipeline.core.schema import ParamsError, StrictModel, TrainConfig
 
 PARAMS_FILE = Path("params.yaml")
 DEFAULT_DATASET = "demo"  # the embedded problem every registered method runs on
@@ -81,11 +81,11 @@ def _dataset_profile(name: str, dataset: Any, method_sections: dict[str, type[Ba
 
 
 def _build_params_model() -> type[BaseModel]:
-    from pipeline.registry import DATASETS
+    from pipeline.core.registry import DATASETS
     import torch
 
     from pipeline.methods.base import build_method, method_config_sections
-    from pipeline.registry import METHODS
+    from pipeline.core.registry import METHODS
     from pipeline.usefulness import UsefulnessConfig
 
     sections = method_config_sections()
@@ -283,7 +283,7 @@ def load_params(path: Path | str = PARAMS_FILE) -> Any:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if raw is None:
         raise ParamsError(f"{path}: the file is empty; dvc.yaml reads its keys (dataset, datasets.<name>...): "
-                          "write them out, e.g. regenerate the defaults with `python -m pipeline.config > params.yaml`")
+                          "write them out, e.g. regenerate the defaults with `python -m pipeline.config skeleton > params.yaml`")
     params = parse_params(raw, str(path))
     check_raw_folders(params, str(path))
     return params
@@ -294,7 +294,7 @@ def check_raw_folders(params: Any, source: str = "params.yaml") -> None:
     ``root`` elsewhere would be read without DVC noticing when its files change. (Code that calls a dataset
     directly, e.g. a test on fixture files, may pass any ``root``.)"""
     from pipeline.datasets.shared.sources import default_root
-    from pipeline.registry import DATASETS
+    from pipeline.core.registry import DATASETS
 
     for name in DATASETS:
         prepare = getattr(params.datasets, name).prepare
@@ -326,8 +326,8 @@ STAGE_SECTIONS = ("prepare", "split", "model", "train", "methods")
 def default_params_yaml() -> str:
     """params.yaml with no overrides: the run's selectors at their defaults and an empty section for everything
     dvc.yaml's stages read, with the registered methods and datasets listed in the header."""
-    from pipeline.registry import DATASETS
-    from pipeline.registry import METHODS
+    from pipeline.core.registry import DATASETS
+    from pipeline.core.registry import METHODS
 
     defaults = parse_params({})
     body = {key: getattr(defaults, key) for key in ("method", "dataset", "seeds", "device", "threads")}
@@ -342,7 +342,7 @@ def default_params_yaml() -> str:
 def defaults_yaml(dataset: str | None = None, method: str | None = None) -> str:
     """Every setting at its default (one dataset's and one method's sections when named), each with its
     description as a comment: the reference for the keys params.yaml may override."""
-    from pipeline.registry import METHODS
+    from pipeline.core.registry import METHODS
 
     params = parse_params({} if dataset is None else {"dataset": dataset})
     keep_methods = None

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from pipeline.registry import AUXNETS
+from pipeline.core.registry import AUXNETS
 
 ACTIVATIONS = {"identity": nn.Identity, "softplus": nn.Softplus}
 SMALLEST_WEIGHT = 1e-6  # a softplus-parametrised weight set to 0 starts here instead (its raw value is finite)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import atomic_path
+from pipeline.core.io import atomic_path
 
 SPLITS = ("train", "aux", "val", "test")
 UNLABELLED = "unlabelled"  # optional: a subset of train without the main-task label

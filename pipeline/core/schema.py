@@ -1,5 +1,5 @@
 """The schema bases every plugin builds its ``params.yaml`` sections on. Imports nothing of the project,
-so a method or dataset never imports the assembler (``pipeline.config``) that imports the registries."""
+so a method or dataset never imports the assembler (``pipeline.config.params``) that imports the registries."""
 from __future__ import annotations
 
 from typing import Any, Literal

@@ -1,0 +1,3 @@
+from pipeline.config.params import cli
+
+cli()

@@ -30,6 +30,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from pipeline.core.distributed import mean_across
 from pipeline.core.faults import overflow_named
 from pipeline.core.schema import StrictModel
 
@@ -116,7 +117,7 @@ class TrainCurvature:
         self.gradient = _grads(train_loss, self.params, create_graph=True)
 
     def hvp(self, v: Sequence[Tensor]) -> list[Tensor]:
-        return [h.detach() for h in _grads(_dot(self.gradient, v), self.params, retain_graph=True)]
+        return mean_across([h.detach() for h in _grads(_dot(self.gradient, v), self.params, retain_graph=True)])
 
     def top_eigenvalue(self, start: Sequence[Tensor], iterations: int) -> tuple[float, list[Tensor]]:
         """|λ|_max of ∇²_W L_T by power iteration from ``start``: (Rayleigh quotient, unit eigenvector)."""
@@ -148,7 +149,7 @@ class TrainCurvature:
 
 def _series_hypergradient(direct: list[Tensor], series: list[Tensor], curvature: TrainCurvature,
                           hparams: list[Tensor], neumann_lr: float) -> list[Tensor]:
-    mixed = _grads(_dot(curvature.gradient, [neumann_lr * s for s in series]), hparams)
+    mixed = mean_across(_grads(_dot(curvature.gradient, [neumann_lr * s for s in series]), hparams))
     return [(d - m).detach() for d, m in zip(direct, mixed)]
 
 
@@ -167,8 +168,8 @@ def neumann_hypergradient(
     hypergradient.
     """
     params, hparams = list(params), list(hparams)
-    direct = _grads(aux_loss, hparams, retain_graph=True)
-    v = [g.detach() for g in _grads(aux_loss, params, retain_graph=True)]
+    direct = mean_across(_grads(aux_loss, hparams, retain_graph=True))
+    v = mean_across([g.detach() for g in _grads(aux_loss, params, retain_graph=True)])
     curvature = TrainCurvature(train_loss, params)
     series = curvature.inverse_hvp(v, neumann_steps, neumann_lr)
     return _series_hypergradient(direct, series, curvature, hparams, neumann_lr)
@@ -230,7 +231,8 @@ class HyperOptimizer:
         """Power iteration when due; returns α_in_force × λ̂ (None when not refreshed this step)."""
         if self.hyper_steps % self.cfg.curvature_every != 0 and self.neumann_lr is not None:
             return None
-        start = self._eigenvector if self._eigenvector is not None else curvature.gradient
+        start = self._eigenvector if self._eigenvector is not None else mean_across(
+            [g.detach() for g in curvature.gradient])  # the same start on every process
         iterations = self.cfg.curvature_iterations * (2 if self._eigenvector is None else 1)
         lam, self._eigenvector = curvature.top_eigenvalue(start, iterations)
         if not math.isfinite(lam):
@@ -252,8 +254,8 @@ class HyperOptimizer:
 
     def step(self, train_loss: Tensor, aux_loss: Tensor, params: Sequence[Tensor]) -> HyperStepStats:
         params = list(params)
-        direct = _grads(aux_loss, self.hparams, retain_graph=True)
-        v = [g.detach() for g in _grads(aux_loss, params, retain_graph=True)]
+        direct = mean_across(_grads(aux_loss, self.hparams, retain_graph=True))
+        v = mean_across([g.detach() for g in _grads(aux_loss, params, retain_graph=True)])
         curvature = TrainCurvature(train_loss, params)
         alpha_lambda = self._refresh_curvature(curvature)
         alpha = float(self.neumann_lr)  # type: ignore[arg-type]

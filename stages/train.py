@@ -7,10 +7,18 @@ reads them from there).
 
 While it trains, each seed's losses, task weights and validation loss are logged live (``pipeline.engine.live``):
 dvclive series under reports/live/seed_<s>/, the cross-seed curves reports/live/*.tsv for `dvc plots`, and
-reports/live/metrics.json (seed, step, main and validation loss of the latest logged step) for `dvc exp show`."""
+reports/live/metrics.json (seed, step, main and validation loss of the latest logged step) for `dvc exp show`.
+
+With ``distributed.processes`` > 1 the stage re-runs itself under torchrun: every process trains every seed on
+its shard of each batch (``pipeline.core.distributed``), and process 0 writes what one process would.
+Started by torchrun directly (several machines), it joins the process group torchrun describes."""
+import os
+import sys
+
 import click
 
 from pipeline.config.stage import stage
+from pipeline.core import distributed
 from pipeline.engine.experiment import load_experiment
 from pipeline.engine import live
 from pipeline.core.io import atomic_dir, check_writable, torch_save, write_json
@@ -20,12 +28,36 @@ from pipeline.engine.training import device_name, resolve_device, train_run
 WALL_CLOCK_KEYS = ("epoch_seconds",)  # history entries that differ between identical runs
 
 
+def launch_processes(processes: int) -> None:
+    """Re-run this stage under torchrun with ``processes`` processes on this machine (replaces this process)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "stages.train"]
+    click.echo(f"distributed.processes = {processes}: " + " ".join(command[1:]))
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
+
+
 @click.command()
 @stage
 def main(params) -> None:
     check_writable(MODELS)  # a read-only models/ (or its parent) fails now, not after all the training
+    if params.distributed.processes > 1 and not distributed.launched_by_torchrun():
+        launch_processes(params.distributed.processes)
+    device = distributed.setup(resolve_device(params.device))
+    try:
+        if distributed.is_main():
+            train_and_write(params, device)
+        else:  # the other processes train their shards; process 0 writes
+            exp = load_experiment(params)
+            for seed in params.seeds:
+                train_run(exp.dataset, exp.data, exp.splits, params, seed, device=device)
+        distributed.barrier()
+    finally:
+        distributed.teardown()
+
+
+def train_and_write(params, device) -> None:
     exp = load_experiment(params)
-    device = resolve_device(params.device)
     timings = {}
     live.reset()
     task_names = exp.data.task_names

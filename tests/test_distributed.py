@@ -56,18 +56,33 @@ def run(out: Path) -> dict[str, torch.Tensor]:
             "hypergradient": hypergradient, "phi": phi.detach().clone(), "alpha": torch.tensor(stats.neumann_lr)}
 
 
+def train(method: str) -> dict[str, torch.Tensor]:
+    """A whole ``train_run`` on toy2d (no augmentation; batches and hyper batches even): W and φ at the end."""
+    from pipeline.engine.training import train_run
+    from tests.conftest import _prepared, make_params
+
+    ds, data, splits = _prepared("toy2d")
+    splits = {**splits, "aux": splits["aux"][: len(splits["aux"]) // 2 * 2]}  # the whole aux set, in even halves
+    params = make_params(dataset="toy2d", method=method, seeds=[0],
+                         datasets={"toy2d": {"train": {"steps": 40, "batch_size": 16, "eval_every": 10}}},
+                         methods={"bilevel": {"hyper_every": 5, "hyper_train_batch": 8}})
+    result = train_run(ds, data, splits, params, 0, device=torch.device("cpu"))
+    return {**{f"model.{k}": v for k, v in result.model_state.items()},
+            **{f"method.{k}": v for k, v in result.method_state_final.items()}}
+
+
 def worker(rank: int, init_file: str, out: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        torch.save(run(Path(out)), Path(out) / f"rank{rank}.pt")
+        torch.save({"step": run(Path(out)), "run": train("auxilearn_linear")}, Path(out) / f"rank{rank}.pt")
     finally:
         distributed.teardown()
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict[str, torch.Tensor]]:
+def ranks(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("ddp")
     mp.start_processes(worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, start_method="spawn")
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
@@ -82,19 +97,68 @@ def test_one_process_is_the_identity():
 def test_ddp_w_step_equals_the_whole_batch(ranks):
     single = run(Path("."))
     for r in ranks:
-        torch.testing.assert_close(r["weights"], single["weights"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r["step"]["weights"], single["weights"], rtol=1e-5, atol=1e-6)
 
 
 def test_averaged_outer_update_equals_the_union_of_the_shards(ranks):
     single = run(Path("."))
     assert single["hypergradient"].abs().max() > 1e-3  # a real signal, not two zeros agreeing
-    for r in ranks:
+    for r in (r["step"] for r in ranks):
         torch.testing.assert_close(r["hypergradient"], single["hypergradient"], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(r["alpha"], single["alpha"], rtol=1e-4, atol=0)  # the same power iteration
         torch.testing.assert_close(r["phi"], single["phi"], rtol=1e-4, atol=1e-6)
 
 
-def test_shards_must_be_equal(monkeypatch):
+def test_a_whole_auxilearn_run_on_two_processes_equals_one(ranks):
+    """40 steps of W (batch 16 as 2 × 8) and 8 hyper steps of φ: both processes end where one process ends."""
+    single = train("auxilearn_linear")
+    assert single.keys() == ranks[0]["run"].keys() and any(k.startswith("method.") for k in single)
+    for r in ranks:
+        for key, value in single.items():
+            torch.testing.assert_close(r["run"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    moved = max((single[k] - train("equal").get(k, single[k])).abs().max() for k in single if k.startswith("model."))
+    assert moved > 1e-3  # φ's learning changed W: the comparison covers the outer update
+
+
+def test_shards_cover_the_batch_once(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    with pytest.raises(ValueError, match="multiples of 2"):
-        distributed.shard(torch.arange(5))
+    parts = []
+    for r in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        parts.append(distributed.shard(torch.arange(5)))
+    assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4]]
+
+
+@pytest.mark.slow
+def test_train_stage_launches_torchrun_and_process_zero_writes(tmp_path):
+    """`distributed.processes: 2` makes the train stage re-run itself under torchrun (two gloo processes on
+    CPU); the models it writes equal a one-process run's (toy2d, even batches), written once."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import copy_repository, small_default_params
+
+    params = small_default_params()
+    params.update(method="auxilearn_linear", dataset="toy2d", seeds=[0])
+    params["datasets"]["toy2d"]["train"] = {"steps": 30, "batch_size": 16, "eval_every": 10}
+    params["methods"]["bilevel"] = {"hyper_every": 5, "hyper_train_batch": 8, "hyper_aux_batch": 8}
+    repo = copy_repository(tmp_path, params)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def stage(name: str) -> str:
+        done = subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=repo, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    for name in ("prepare", "split", "train"):
+        stage(name)
+    one = torch.load(repo / "models/seed_0/model.pt", weights_only=True)
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "distributed": {"processes": 2}}, sort_keys=False))
+    assert "torch.distributed.run --standalone --nproc-per-node=2" in stage("train")
+    assert sorted(p.name for p in (repo / "models").iterdir()) == ["run.json", "seed_0"]
+    two = torch.load(repo / "models/seed_0/model.pt", weights_only=True)
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -243,7 +243,8 @@ def test_skeleton_has_no_overrides_and_every_section_dvc_reads():
 
     skeleton = read_yaml(default_params_yaml())
     assert parse_params(skeleton).model_dump() == parse_params({}).model_dump()
-    assert set(skeleton) == {"method", "dataset", "seeds", "device", "threads", "datasets", "methods", "usefulness"}
+    assert set(skeleton) == {"method", "dataset", "seeds", "device", "threads", "datasets", "methods", "usefulness",
+                             "distributed"}
     assert set(skeleton["datasets"]) == set(DATASETS.names())
     assert all(v == {} for sections in skeleton["datasets"].values() for v in sections.values())
     assert all(v == {} for v in skeleton["methods"].values()) and skeleton["usefulness"] == {}

@@ -87,6 +87,7 @@ def _build_params_model() -> type[BaseModel]:
     from pipeline.methods.base import build_method, method_config_sections
     from pipeline.core.registry import METHODS
     from pipeline.usefulness import UsefulnessConfig
+    from pipeline.core.distributed import DistributedConfig
 
     sections = method_config_sections()
     datasets_section = _section("DatasetsConfig", {n: _dataset_profile(n, DATASETS.get(n), sections) for n in DATASETS})
@@ -102,6 +103,7 @@ def _build_params_model() -> type[BaseModel]:
         datasets: datasets_section = Field(default_factory=datasets_section)  # type: ignore[valid-type]
         methods: methods_section = Field(default_factory=methods_section)  # type: ignore[valid-type]
         usefulness: UsefulnessConfig = Field(default_factory=UsefulnessConfig)
+        distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
         @model_validator(mode="before")
         @classmethod
@@ -334,6 +336,7 @@ def default_params_yaml() -> str:
     body["datasets"] = {name: {section: {} for section in STAGE_SECTIONS} for name in DATASETS.names()}
     body["methods"] = {section: {} for section in type(defaults.methods).model_fields}
     body["usefulness"] = {}
+    body["distributed"] = {}
     text = yaml.safe_dump(body, sort_keys=False, default_flow_style=None)
     return (PARAMS_HEADER + f"# Methods: {', '.join(METHODS.names())}.\n"
             f"# Datasets: {', '.join(DATASETS.names())}.\n" + text)

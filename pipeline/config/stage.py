@@ -19,6 +19,7 @@ import torch
 
 from pipeline.config.params import ParamsError, load_params
 from pipeline.datasets.shared.base import DataError
+from pipeline.core import distributed
 from pipeline.core.io import Interrupted, interrupt_handler, recover, reset_interrupts
 from pipeline.core.paths import swapped_outputs
 
@@ -51,8 +52,9 @@ def stage(func: Callable[..., None]) -> Callable[..., None]:
             pass
         try:
             params = load_params(params_path)
-            for line in recover_outputs():
-                click.echo(f"{line} (left by an interrupted earlier run)", err=True)
+            if distributed.launched_rank() == 0:  # under torchrun, only the process that writes cleans up
+                for line in recover_outputs():
+                    click.echo(f"{line} (left by an interrupted earlier run)", err=True)
             torch.set_num_threads(params.threads)
             func(params, **kwargs)
         except EXPECTED_ERRORS as err:

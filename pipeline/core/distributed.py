@@ -17,7 +17,18 @@ from typing import Sequence
 
 import torch
 import torch.distributed as dist
+from pydantic import Field
 from torch import Tensor
+
+from pipeline.core.schema import StrictModel
+
+
+class DistributedConfig(StrictModel):
+    """``distributed``: one training run over several processes (torchrun), one per GPU."""
+
+    processes: int = Field(1, ge=1, description="processes on this machine: > 1 launches the train stage with "
+                                                "torchrun, each process a shard of every batch and one GPU "
+                                                "(CPU processes use gloo); several machines: see the README")
 
 
 def active() -> bool:
@@ -35,6 +46,11 @@ def rank() -> int:
 def is_main() -> bool:
     """Only this process writes outputs (models, metrics, live logs)."""
     return rank() == 0
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun), known before the process group exists."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def launched_by_torchrun() -> bool:
@@ -59,15 +75,35 @@ def teardown() -> None:
 
 
 def shard(indices: Tensor) -> Tensor:
-    """This process's contiguous part of a global batch (equal parts: the batch size must divide evenly)."""
+    """This process's contiguous part of a global batch. Equal parts when the batch divides evenly (then the
+    mean of the shards' mean losses is the batch's); otherwise the first parts hold one sample more."""
     n = world_size()
     if n == 1:
         return indices
-    if len(indices) % n:
-        raise ValueError(f"a batch of {len(indices)} cannot be split evenly over {n} processes: make the "
-                         f"batch sizes multiples of {n}")
-    part = len(indices) // n
-    return indices[rank() * part:(rank() + 1) * part]
+    return torch.tensor_split(indices, n)[rank()]
+
+
+def average_gradients(params: Sequence[Tensor]) -> None:
+    """Each parameter's ``.grad`` replaced by its mean over processes: what DistributedDataParallel's reducer
+    does after the backward (here in one all-reduce after it, since the methods call the network's
+    ``encode``/``decode`` rather than its ``forward``, which DDP's hooks would need)."""
+    if not active():
+        return
+    with_grad = [p for p in params if p.grad is not None]
+    for p, g in zip(with_grad, mean_across([p.grad for p in with_grad])):
+        p.grad.copy_(g)
+
+
+def broadcast_parameters(params: Sequence[Tensor]) -> None:
+    """Every process starts from process 0's values (as DDP does when it wraps a network)."""
+    if active():
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
 
 
 def mean_across(tensors: Sequence[Tensor]) -> list[Tensor]:

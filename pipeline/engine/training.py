@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from pipeline.datasets.shared.base import Dataset, TaskData
 from pipeline.datasets.shared.base import reduce_pixels
+from pipeline.core import distributed
 from pipeline.core.faults import TrainingGuard
 from pipeline.methods.base import Batch, Method, SharedTrunk, StepContext, build_method, scale_losses
 from pipeline.metrics.summary import higher_is_better
@@ -80,12 +81,16 @@ class BatchStream:
         """Inputs, targets, dataset rows, and a mask of the samples whose main-task label is known."""
         n = len(self.inputs)
         if self.batch_size == n:
-            return self.inputs, self.targets, self.rows, self.labelled
-        if self._order is None or self._pos + self.batch_size > n:
-            self._order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
-            self._pos = 0
-        idx = self._order[self._pos : self._pos + self.batch_size]
-        self._pos += self.batch_size
+            if not distributed.active():
+                return self.inputs, self.targets, self.rows, self.labelled
+            idx = torch.arange(n, device=self.inputs.device)
+        else:
+            if self._order is None or self._pos + self.batch_size > n:
+                self._order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
+                self._pos = 0
+            idx = self._order[self._pos : self._pos + self.batch_size]
+            self._pos += self.batch_size
+        idx = distributed.shard(idx)  # every process draws the same batch and keeps its part
         return self.inputs[idx], self.targets[idx], self.rows[idx], self.labelled[idx]
 
     @property
@@ -182,7 +187,9 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
 
     w_params = [p for p in model.parameters() if p.requires_grad]
     shared, last_shared = model.shared_parameters(), model.last_shared_parameters()
-    optimizer = make_optimizer(w_params + method.joint_parameters(), cfg)
+    optimizer_params = w_params + method.joint_parameters()
+    optimizer = make_optimizer(optimizer_params, cfg)
+    distributed.broadcast_parameters([*optimizer_params, *method.parameters()])  # one start for every process
     schedule = make_lr_schedule(optimizer, cfg)
     history: dict[str, list] = {"step": [], "train_loss": [], "main_loss": [], "weights": [],
                                 "val_step": [], "val_main_loss": [], "hyper_step": [], "hypergrad_norm": [],
@@ -221,6 +228,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         # L_T and Σ per-task losses in one transfer (the history's float(L_T) took one anyway)
         train_value, _ = values = guard.step_values(train_loss, losses)
         guard.finite_step(step, values, batch, losses)  # before W's update: fail fast, at this step
+        distributed.average_gradients(optimizer_params)  # several processes: W's gradient on the whole batch
         guard.optimiser_step(step, optimizer)
         schedule.step()
         history["step"].append(step)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from pipeline.core.distributed import mean_across
 from pipeline.core.faults import FaultKeys, Suspect, all_finite, max_abs, overflow_named
 from pipeline.methods.base import Batch, OuterUpdate, StepContext, scale_losses
 from pipeline.methods.generators.labels import GeneratedLabels, LabelsConfig, WithGeneratedHead, negative_entropy
@@ -117,6 +118,9 @@ class LookAheadUpdate(OuterUpdate):
             return {}
         batch = ctx.batch if self.cfg.maxl_meta_batch == "step" else ctx.train_batch()
         loss, grads = self.meta_gradients(ctx.model, batch, ctx.loss_scale, ctx.optimizer)
+        # several processes: the mean of their shards' meta-gradients (the look-ahead step itself is per shard),
+        # so that θ2 stays one network
+        grads = mean_across(grads)
         theta2 = list(self.labels.label_net.parameters())
         # checked where they happen (two syncs per θ2 step): the meta objective and its gradient, then θ2
         if not (math.isfinite(float(loss)) and all_finite(grads)):

@@ -7,14 +7,20 @@ reads them from there).
 
 While it trains, each seed's losses, task weights and validation loss are logged live (``pipeline.live``):
 dvclive series under reports/live/seed_<s>/, the cross-seed curves reports/live/*.tsv for `dvc plots`, and
-reports/live/metrics.json (seed, step, main and validation loss of the latest logged step) for `dvc exp show`."""
+reports/live/metrics.json (seed, step, main and validation loss of the latest logged step) for `dvc exp show`.
+
+Every ``train.checkpoint_every`` steps, and when the stage is stopped by SIGTERM/SIGINT, each seed's run writes a
+resumable checkpoint to models/checkpoints/seed_<s>.pt (``pipeline.checkpoint``; models/ persists when the stage
+fails): a re-run with the same params continues from it and ends with the result of an uninterrupted run. The
+final swap of models/ removes them."""
 import click
 
 from pipeline.cli import stage
 from pipeline.experiment import load_experiment
 from pipeline import live
-from pipeline.io import atomic_dir, check_writable, torch_save, write_json
-from pipeline.paths import MODELS, TIMINGS
+from pipeline.checkpoint import Checkpointer, checkpoint_path, fingerprint
+from pipeline.io import atomic_dir, check_writable, sha256_file, torch_save, write_json
+from pipeline.paths import MODELS, TIMINGS, prepared_dir
 from pipeline.training import device_name, resolve_device, train_run
 
 WALL_CLOCK_KEYS = ("epoch_seconds",)  # history entries that differ between identical runs
@@ -29,11 +35,14 @@ def main(params) -> None:
     timings = {}
     live.reset()
     task_names = exp.data.task_names
+    data_id = {"prepared": sha256_file(prepared_dir(params.dataset) / "manifest.json")}
     with atomic_dir(MODELS) as tmp:
         for seed in params.seeds:
-            logger = live.LiveLogger(seed, task_names, params.train.steps, params.train.eval_every)
+            logger = live.LiveLogger(seed, task_names, params.train.steps, params.train.log_every)
+            checkpoint = Checkpointer(checkpoint_path(seed), params.train.checkpoint_every,
+                                      fingerprint(params, seed, exp.splits, data_id))
             result = train_run(exp.dataset, exp.data, exp.splits, params, seed, device=device, progress=True,
-                               live=logger)
+                               live=logger, checkpoint=checkpoint)
             history = dict(result.history)
             timings[f"seed_{seed}"] = {k: history.pop(k) for k in WALL_CLOCK_KEYS if k in history}
             out = tmp / f"seed_{seed}"

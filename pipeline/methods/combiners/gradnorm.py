@@ -40,7 +40,9 @@ class GradNorm(WeightedSum):
         # Not in joint_parameters: w is trained only by its own optimiser on L_grad, never on L_T.
         self.weights = nn.Parameter(torch.ones(num_tasks))
         self.register_buffer("initial_losses", torch.full((num_tasks,), float("nan")))  # L_i(0)
-        self._optimizer: torch.optim.Optimizer | None = None  # built lazily, after the module is moved
+        # Built now (moving the module keeps its Parameter objects), so that a resumed run can load its state.
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._weight_optimizer()
         self.last_grad_loss = float("nan")
 
     def _weight_optimizer(self) -> torch.optim.Optimizer:

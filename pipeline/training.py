@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -374,9 +376,12 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                     scaler.unscale_(optimizer)
                     guard.optimiser_step(step, optimizer, scaler)
                     scaler.update()
+                    with warnings.catch_warnings():  # a step the scaler skipped (inf) is expected, not a misuse
+                        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+                        schedule.step()
                 else:
                     guard.optimiser_step(step, optimizer)
-                schedule.step()
+                    schedule.step()
                 task_losses = reduce_pixels(losses.detach()).mean(0)
                 if logged:  # the effective weights: one extra autograd pass, at logged steps only
                     weights = method.task_weights(losses).detach()

@@ -35,7 +35,8 @@ def main(params) -> None:
     timings = {}
     live.reset()
     task_names = exp.data.task_names
-    data_id = {"prepared": sha256_file(prepared_dir(params.dataset) / "manifest.json")}
+    # what else a result depends on: the prepared data, and the kind of device (`auto` may resolve differently)
+    data_id = {"prepared": sha256_file(prepared_dir(params.dataset) / "manifest.json"), "device_type": device.type}
     with atomic_dir(MODELS) as tmp:
         for seed in params.seeds:
             logger = live.LiveLogger(seed, task_names, params.train.steps, params.train.log_every)

@@ -9,9 +9,15 @@ While it trains, each seed's losses, task weights and validation loss are logged
 dvclive series under reports/live/seed_<s>/, the cross-seed curves reports/live/*.tsv for `dvc plots`, and
 reports/live/metrics.json (seed, step, main and validation loss of the latest logged step) for `dvc exp show`.
 
+Every ``train.checkpoint_every`` steps, and when the stage is stopped by SIGTERM/SIGINT, each seed's run writes a
+resumable checkpoint to models/checkpoints/seed_<s>.pt (``pipeline.engine.checkpoint``; models/ persists when the
+stage fails): a re-run with the same params continues from it and ends with the result of an uninterrupted run.
+The final swap of models/ removes them.
+
 With ``distributed.processes`` > 1 the stage re-runs itself under torchrun: every process trains every seed on
-its shard of each batch (``pipeline.core.distributed``), and process 0 writes what one process would.
-Started by torchrun directly (several machines), it joins the process group torchrun describes."""
+its shard of each batch (``pipeline.core.distributed``), and process 0 writes what one process would (every
+process draws the same random numbers, so all resume from process 0's checkpoint). Started by torchrun directly
+(several machines), it joins the process group torchrun describes."""
 import os
 import sys
 
@@ -19,10 +25,11 @@ import click
 
 from pipeline.config.stage import stage
 from pipeline.core import distributed
-from pipeline.engine.experiment import load_experiment
+from pipeline.core.io import atomic_dir, check_writable, sha256_file, torch_save, write_json
+from pipeline.core.paths import MODELS, TIMINGS, prepared_dir
 from pipeline.engine import live
-from pipeline.core.io import atomic_dir, check_writable, torch_save, write_json
-from pipeline.core.paths import MODELS, TIMINGS
+from pipeline.engine.checkpoint import Checkpointer, checkpoint_path, fingerprint
+from pipeline.engine.experiment import load_experiment
 from pipeline.engine.training import device_name, resolve_device, train_run
 
 WALL_CLOCK_KEYS = ("epoch_seconds",)  # history entries that differ between identical runs
@@ -45,27 +52,34 @@ def main(params) -> None:
         launch_processes(params.distributed.processes)
     device = distributed.setup(resolve_device(params.device))
     try:
+        exp = load_experiment(params)
         if distributed.is_main():
-            train_and_write(params, device)
-        else:  # the other processes train their shards; process 0 writes
-            exp = load_experiment(params)
+            train_and_write(params, exp, device)
+        else:  # the other processes train their shards and resume from process 0's checkpoints; it writes
             for seed in params.seeds:
-                train_run(exp.dataset, exp.data, exp.splits, params, seed, device=device)
+                train_run(exp.dataset, exp.data, exp.splits, params, seed, device=device,
+                          checkpoint=seed_checkpointer(params, exp, seed, device, writer=False))
         distributed.barrier()
     finally:
         distributed.teardown()
 
 
-def train_and_write(params, device) -> None:
-    exp = load_experiment(params)
+def seed_checkpointer(params, exp, seed: int, device, writer: bool = True) -> Checkpointer:
+    # what else a result depends on: the prepared data, and the kind of device (`auto` may resolve differently)
+    data_id = {"prepared": sha256_file(prepared_dir(params.dataset) / "manifest.json"), "device_type": device.type}
+    return Checkpointer(checkpoint_path(seed), params.train.checkpoint_every,
+                        fingerprint(params, seed, exp.splits, data_id), writer=writer)
+
+
+def train_and_write(params, exp, device) -> None:
     timings = {}
     live.reset()
     task_names = exp.data.task_names
     with atomic_dir(MODELS) as tmp:
         for seed in params.seeds:
-            logger = live.LiveLogger(seed, task_names, params.train.steps, params.train.eval_every)
+            logger = live.LiveLogger(seed, task_names, params.train.steps, params.train.log_every)
             result = train_run(exp.dataset, exp.data, exp.splits, params, seed, device=device, progress=True,
-                               live=logger)
+                               live=logger, checkpoint=seed_checkpointer(params, exp, seed, device))
             history = dict(result.history)
             timings[f"seed_{seed}"] = {k: history.pop(k) for k in WALL_CLOCK_KEYS if k in history}
             out = tmp / f"seed_{seed}"

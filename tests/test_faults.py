@@ -38,10 +38,17 @@ OUTPUTS = ("data", "models", "reports")
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """data/, models/ and reports/ byte for byte, hidden entries (temporaries, .old copies) included; not
-    reports/live/, the live log of the latest training attempt (kept on purpose when that attempt fails)."""
+    reports/live/, the live log of the latest training attempt (kept on purpose when that attempt fails), nor
+    models/checkpoints/, what an unfinished training leaves on purpose to resume from (``checkpoints``)."""
     return {p.relative_to(root).as_posix(): p.read_bytes()
             for top in OUTPUTS if (root / top).exists() for p in sorted((root / top).rglob("*"))
-            if p.is_file() and not p.relative_to(root).as_posix().startswith("reports/live/")}
+            if p.is_file() and not p.relative_to(root).as_posix().startswith(("reports/live/", "models/checkpoints/"))}
+
+
+def checkpoints(root: Path) -> dict[str, tuple[int, bool]]:
+    """The resumable checkpoints an unfinished train stage left: (step, finished) per file."""
+    found = sorted((root / "models/checkpoints").glob("*.pt")) if (root / "models/checkpoints").is_dir() else []
+    return {p.name: (s["step"], s["done"]) for p in found for s in [torch.load(p, weights_only=True)]}
 
 
 def debris(root: Path) -> list[str]:
@@ -169,6 +176,7 @@ def test_signal_during_train_removes_the_temporary_and_keeps_models(ws, monkeypa
     assert result.exit_code == 128 + signum, result.output
     assert f"interrupted by {signal.Signals(signum).name}" in result.output
     assert debris(ws) == [] and snapshot(ws) == before
+    assert checkpoints(ws) == {"seed_0.pt": (60, True), "seed_1.pt": (60, True)}  # a re-run trains neither again
     assert signal.getsignal(signal.SIGTERM) is not pio.interrupt_handler  # handlers put back afterwards
 
 
@@ -228,6 +236,7 @@ def test_swap_failing_between_its_renames_is_undone_at_next_start(ws, monkeypatc
     after = snapshot(ws)
     assert debris(ws) == [] and {k: v for k, v in after.items() if k != "reports/timings.json"} == {
         k: v for k, v in before.items() if k != "reports/timings.json"}
+    assert checkpoints(ws) == {"seed_0.pt": (60, True), "seed_1.pt": (60, True)}  # the swap did not complete
 
 
 @pytest.mark.parametrize("folder", ["models", "models/seed_1", "."])

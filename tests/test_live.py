@@ -10,9 +10,10 @@ from pipeline.engine.training import train_run
 from tests.conftest import _prepared, make_params
 
 
-def _params(method="auxilearn_linear", steps=12, eval_every=4):
+def _params(method="auxilearn_linear", steps=12, eval_every=4, log_every=4):
     return make_params(dataset="toy2d", method=method, seeds=[0],
-                       datasets={"toy2d": {"train": {"steps": steps, "eval_every": eval_every}}},
+                       datasets={"toy2d": {"train": {"steps": steps, "eval_every": eval_every,
+                                                     "log_every": log_every}}},
                        methods={"bilevel": {"hyper_every": 2}})
 
 
@@ -53,11 +54,13 @@ def test_series_are_on_disk_during_training(tmp_path):
     seed_dir = tmp_path / "live/seed_0/plots/metrics"
     assert [s for s, _ in read_series(seed_dir / "train/loss/main.tsv")] == [1, 4, 8, 12]
     weights = dict(read_series(seed_dir / "train/weight/harmful.tsv"))
-    assert weights[12] == result.history["weights"][11][2]
+    assert result.history["step"] == [1, 4, 8, 12]  # train.log_every 4: history.json's steps are the logged ones
+    assert weights[12] == result.history["weights"][3][2]
     assert dict(read_series(seed_dir / "val/main_loss.tsv")) == dict(zip(result.history["val_step"],
                                                                         result.history["val_main_loss"]))
     main = dict(read_series(seed_dir / "train/loss/main.tsv"))
-    assert abs(main[12] - sum(result.history["main_loss"][8:12]) / 4) < 1e-6  # mean since the last logged step
+    every_step = train_run(ds, data, splits, _params(log_every=1), 0, device=torch.device("cpu")).history
+    assert abs(main[12] - sum(every_step["main_loss"][8:12]) / 4) < 1e-6  # mean since the last logged step
 
 
 def test_logging_changes_no_result(tmp_path):

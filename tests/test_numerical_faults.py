@@ -164,7 +164,8 @@ def test_finite_runs_are_unchanged_by_the_checks():
     """The check folds into the one float the history takes: a healthy run's logged losses are L_T's values."""
     ds, data, splits = _prepared("toy2d")
     result = train_run(ds, data, splits, _params("toy2d", "equal", {"steps": 5}), 0, device=CPU)
-    assert all(np.isfinite(result.history["train_loss"])) and len(result.history["train_loss"]) == 5
+    assert all(np.isfinite(result.history["train_loss"])) and len(result.history["train_loss"]) == 2
+    assert result.history["step"] == [1, 5]  # the logged steps (train.log_every 10): the first and the last
 
 
 # ---------------------------------------------------------------------------------- through the train stage

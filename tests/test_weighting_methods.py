@@ -253,7 +253,7 @@ def test_train_run(toy2d, name):
     params = parse_params({"dataset": "toy2d", "method": name, "seeds": [0], "methods": methods,
                            "datasets": {"toy2d": {"train": {"steps": 30, "eval_every": 10}}}})
     history = train_run(ds, data, splits, params, 0, device=torch.device("cpu")).history
-    assert len(history["train_loss"]) == 30
+    assert history["step"] == [1, 10, 20, 30] and len(history["train_loss"]) == 4  # train.log_every 10
     assert all(math.isfinite(v) for v in history["train_loss"] + history["val_main_loss"])
     weights = history["weights"][-1]
     assert len(weights) == 3 and all(math.isfinite(w) for w in weights)

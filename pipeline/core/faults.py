@@ -1,8 +1,12 @@
 """Non-finite values during training, traced to their cause and named by the key (or file) that sets it.
 
-The trainer checks W's training loss and the per-task losses of every step, before W's update (one transfer
-of two numbers, which the history's ``float(L_T)`` took anyway), and every outer batch's losses (one sync per
-outer batch). When one is non-finite, ``TrainingGuard`` looks for the cause in this order and raises ``NumericalFault``
+The trainer hands W's training loss and the per-task losses of every step to ``TrainingGuard.watch``, which
+keeps a finiteness flag on the device (no host synchronisation), and calls ``check`` at every logged step
+(``train.log_every``), at checkpoints and at the end: one transfer for all the steps since the last check, before
+that step's W update. A fault is therefore detected at most ``log_every - 1`` steps after it appears, and reported
+at the step it appeared, diagnosed from that step's batch (the guard keeps the watched steps' batches until the
+check). Every outer batch's losses are checked where they are drawn (one sync per outer batch); any other failure
+(an outer update, validation) first reports an earlier watched fault, so the first cause is the one named. When one is non-finite, ``TrainingGuard`` looks for the cause in this order and raises ``NumericalFault``
 (a ``FloatingPointError``: the stage wrapper prints it as one line), naming the step:
 
 1. the data: non-finite inputs or targets in the batch's rows -> the prepared folder, the rows and the tasks;
@@ -108,8 +112,8 @@ class FaultKeys:
 
 
 class TrainingGuard:
-    """The checks of one training run: ``finite_step`` every step, ``check_losses`` on outer batches,
-    ``validation`` and ``role_failed``; each raises ``NumericalFault`` with the cause named."""
+    """The checks of one training run: ``watch`` every W step and ``check`` at logged steps, ``check_losses`` on
+    outer batches, ``validation`` and ``role_failed``; each raises ``NumericalFault`` with the cause named."""
 
     def __init__(self, dataset: Any, data: Any, method: Any, model: torch.nn.Module, params: Any, seed: int) -> None:
         self.data = data
@@ -121,6 +125,18 @@ class TrainingGuard:
         self.w_start = max_abs(model.parameters())
         self.method_start: dict[str, float] = {}
         self.last_outer_step: int | None = None
+        # watched W steps not yet checked: (step, batch, per-task losses, [L_T, Σ losses] on the device)
+        self._watched: list[tuple[int, Any, Tensor, Tensor]] = []
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs (``check`` first: nothing watched is pending)."""
+        return {"w_start": self.w_start, "method_start": dict(self.method_start),
+                "last_outer_step": self.last_outer_step}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.w_start = state["w_start"]
+        self.method_start = dict(state["method_start"])
+        self.last_outer_step = state["last_outer_step"]
 
     # -- the checks ---------------------------------------------------------------------------------------
 
@@ -128,27 +144,40 @@ class TrainingGuard:
         """Record the method's parameters' sizes at step 1 (after its calibration), to tell growth later."""
         self.method_start = {s.what: max_abs(s.tensors) for s in self.suspects(step)}
 
-    @staticmethod
-    def step_values(train_loss: Tensor, losses: Tensor) -> tuple[float, float]:
-        """L_T and the sum of the per-task losses in one transfer (one sync on a GPU; ~15 µs on a CPU, against
-        the ~1 ms of toy2d's smallest step). The sum is non-finite iff a loss is, or if it overflows float,
-        which only losses near 1e38 do: a run that has diverged anyway."""
-        train, total = torch.stack([train_loss.detach(), losses.detach().sum()]).tolist()
-        return train, total
+    def watch(self, step: int, batch: Any, train_loss: Tensor, losses: Tensor) -> None:
+        """W's step ``step``: L_T and the sum of the per-task losses, kept on the device until ``check``. The sum
+        is non-finite iff a loss is, or if it overflows float, which only losses near 1e38 do: a run that has
+        diverged anyway."""
+        values = torch.stack([train_loss.detach().float(), losses.detach().float().sum()])
+        self._watched.append((step, batch, losses.detach(), values))
 
-    def finite_step(self, step: int, values: tuple[float, float], batch: Any, losses: Tensor) -> None:
-        """W's step, before W's update: ``values`` from ``step_values``."""
-        train, total = values
-        if not math.isfinite(train):
-            self.fail(step, f"W's training loss is {train}", batch, losses)
-        if not math.isfinite(total):
+    def check(self) -> None:
+        """The watched steps since the last check, in one transfer: the first non-finite one fails the run."""
+        if not self._watched:
+            return
+        watched, self._watched = self._watched, []
+        values = torch.stack([v for *_, v in watched]).cpu()
+        bad = (~torch.isfinite(values)).any(1).nonzero()
+        if len(bad):
+            step, batch, losses, _ = watched[int(bad[0])]
+            train, total = values[int(bad[0])].tolist()
+            if not math.isfinite(train):
+                self.fail(step, f"W's training loss is {train}", batch, losses)
             self.fail(step, f"the per-task losses are non-finite (their sum is {total})", batch, losses)
 
-    def optimiser_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
-        """W's optimiser step; a rate that overflows W's float type names the key."""
+    def _earlier_fault(self) -> None:
+        """Before reporting a later failure: an unchecked watched step that was already non-finite."""
+        self.check()
+
+    def optimiser_step(self, step: int, optimizer: torch.optim.Optimizer, scaler: Any = None) -> None:
+        """W's optimiser step (through fp16's gradient ``scaler`` when given); a rate that overflows W's float
+        type names the key."""
         try:
             with overflow_named("W's update", self.keys.optimiser()):
-                optimizer.step()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                else:
+                    optimizer.step()
         except FloatingPointError as err:
             raise NumericalFault(f"{self.label}: at step {step}: {err}") from None
 
@@ -163,6 +192,7 @@ class TrainingGuard:
 
     def role_failed(self, step: int, err: FloatingPointError, where: str) -> NumericalFault:
         """A method role raised: keep its diagnosis (it names its keys) unless W is the cause."""
+        self._earlier_fault()
         if isinstance(err, NumericalFault):
             return err
         cause = None
@@ -174,6 +204,11 @@ class TrainingGuard:
 
     def fail(self, step: int, what: str, batch: Any, losses: Tensor | None, rows: Tensor | None = None,
              after_update: bool = False) -> None:
+        pending = [w for w in self._watched if w[0] <= step]
+        if pending:  # a W step up to this one may have been non-finite already: that one is the cause to name
+            self._watched = pending
+            self.check()
+        self._watched = []
         if batch is not None:
             rows = batch.index
         cause = (self._data_cause(rows, getattr(batch, "x", None), getattr(batch, "y", None), losses)

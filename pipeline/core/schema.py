@@ -76,3 +76,15 @@ class TrainConfig(StrictModel):
     select_by: Literal["val_loss", "val_metric"] = Field(
         "val_loss", description="which model to keep: lowest validation main loss, or best validation main metric "
                                 "(the dataset's first metric: mIoU, accuracy; as the reference trainers do)")
+    log_every: int = Field(
+        10, ge=1, description="steps between logged training values (history.json, the live series): L_T, the "
+                              "main loss and the effective task weights are read from the device only then, and "
+                              "non-finite losses are detected there too (1 = every step, as before)")
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="mixed precision for W's forward pass (autocast); fp16 adds a gradient scaler. The "
+                            "outer updates (hypergradients, look-aheads) and validation stay in float32")
+    compile: bool = Field(False, description="torch.compile the primary network's encode/decode for W's step "
+                                             "(the outer updates keep the eager network: they differentiate twice)")
+    checkpoint_every: int = Field(
+        100, ge=0, description="steps between resumable checkpoints under models/checkpoints/ (also written on "
+                               "SIGTERM/SIGINT); a re-run with the same params continues from the last one; 0 = off")

@@ -18,9 +18,13 @@ dvc.yaml, whose file names cannot depend on the seeds or the tasks. And ``report
 ``live.step``, ``live.main_loss``, ``live.val_loss`` of the latest logged step, in that order (four
 `dvc exp show` columns, whatever the seeds and tasks).
 
-Logged steps: the first, every ``train.eval_every`` (where validation runs) and the last. Everything is
-written as soon as its step is logged (appended and flushed), so the files grow during training. Only
-values the run computed anyway are read: logging never changes a random draw or a result.
+Logged steps: the first, every ``train.log_every`` and the last (the steps history.json records);
+validation at every ``train.eval_every``. Everything is written as soon as its step is logged (appended and
+flushed), so the files grow during training. Only values the run computed anyway are read: logging never
+changes a random draw or a result.
+
+A resumed run (``pipeline.engine.checkpoint``) rebuilds the files from what the checkpoint recorded (``state``,
+``restore``): every step logged up to the checkpoint, once, whatever an interrupted run wrote after it.
 """
 from __future__ import annotations
 
@@ -55,13 +59,14 @@ def _number(value: Any) -> float | None:
 
 class LiveLogger:
     """The live series of one seed's run (see the module doc). ``train_run`` calls :meth:`train_step` every
-    step and :meth:`validation` at every evaluation; :meth:`close` at the end."""
+    step and :meth:`validation` at every evaluation; :meth:`close` at the end. ``log_every``: ``train_run``
+    sets it to ``train.log_every``."""
 
-    def __init__(self, seed: int, task_names: Sequence[str], steps: int, eval_every: int,
+    def __init__(self, seed: int, task_names: Sequence[str], steps: int, log_every: int,
                  live_dir: Path | str = LIVE, metrics_path: Path | str | None = LIVE_METRICS) -> None:
         from dvclive import Live
 
-        self.seed, self.steps, self.eval_every = seed, steps, max(1, int(eval_every))
+        self.seed, self.steps, self.log_every = seed, steps, max(1, int(log_every))
         self.task_names = list(task_names)
         self.dir = Path(live_dir)
         self.metrics_path = Path(metrics_path) if metrics_path is not None else None
@@ -72,9 +77,11 @@ class LiveLogger:
         self._sum: Tensor | None = None
         self._count = 0
         self._latest: dict[str, Any] = {"seed": seed, "step": 0, "main_loss": None, "val_loss": None}
+        # every logged event, as plain values, so that a resumed run rewrites exactly these (``restore``)
+        self._events: list[dict[str, Any]] = []
 
     def due(self, step: int) -> bool:
-        return step == 1 or step % self.eval_every == 0 or step == self.steps
+        return step == 1 or step % self.log_every == 0 or step == self.steps
 
     def _names(self, count: int) -> list[str]:
         names = self.task_names[:count]
@@ -90,6 +97,10 @@ class LiveLogger:
             return
         losses = (self._sum / self._count).cpu().tolist()
         self._sum, self._count = None, 0
+        self._write_train(step, losses, None if weights is None else [float(w) for w in weights])
+
+    def _write_train(self, step: int, losses: list[float], weights: list[float] | None) -> None:
+        self._events.append({"kind": "train", "step": step, "losses": losses, "weights": weights})
         self.live.step = step
         rows: dict[str, list[str]] = {"task_loss": [], "task_weight": []}
         for name, value in zip(self._names(len(losses)), losses):
@@ -103,6 +114,8 @@ class LiveLogger:
         self._flush(rows)
 
     def validation(self, step: int, val_loss: float, val_metric: float | None = None) -> None:
+        self._events.append({"kind": "val", "step": step, "val_loss": float(val_loss),
+                             "val_metric": None if val_metric is None else float(val_metric)})
         self.live.step = step
         self.live.log_metric("val/main_loss", float(val_loss))
         if val_metric is not None:
@@ -116,6 +129,7 @@ class LiveLogger:
         scalars = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if not scalars:
             return
+        self._events.append({"kind": "method", "step": step, "logs": {k: float(v) for k, v in scalars.items()}})
         self.live.step = step
         for key, value in scalars.items():
             self.live.log_metric(f"method/{key}", float(value))
@@ -141,6 +155,23 @@ class LiveLogger:
 
     def close(self) -> None:
         self.live.make_summary()
+
+    def state(self) -> dict[str, Any]:
+        """Everything logged so far (plain lists and dicts) and the losses summed since the last logged step."""
+        return {"events": [dict(e) for e in self._events], "count": self._count,
+                "sum": None if self._sum is None else self._sum.detach().cpu().clone()}
+
+    def restore(self, state: dict[str, Any], device: Any = None) -> None:
+        """Write the logged events of ``state`` again, in their order, into this (fresh) logger's files."""
+        for event in state["events"]:
+            if event["kind"] == "train":
+                self._write_train(event["step"], event["losses"], event["weights"])
+            elif event["kind"] == "val":
+                self.validation(event["step"], event["val_loss"], event["val_metric"])
+            else:
+                self.method_log(event["step"], event["logs"])
+        self._count = state["count"]
+        self._sum = None if state["sum"] is None else state["sum"].to(device or "cpu")
 
 
 def read_series(path: Path | str) -> list[tuple[int, float]]:

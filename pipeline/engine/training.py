@@ -1,10 +1,13 @@
 """One training run: a method, a dataset, a seed. Shared by every method and dataset."""
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -13,9 +16,12 @@ from tqdm import tqdm
 
 from pipeline.datasets.shared.base import Dataset, TaskData
 from pipeline.datasets.shared.base import reduce_pixels
+from pipeline.engine.checkpoint import Checkpointer, load_role_state, role_state, rng_state, set_rng_state
 from pipeline.core import distributed
 from pipeline.core.faults import TrainingGuard
-from pipeline.methods.base import Batch, Method, SharedTrunk, StepContext, build_method, scale_losses
+from pipeline.core.io import Interrupted, critical_section
+from pipeline.methods.base import (Batch, LossCombiner, Method, SharedTrunk, StepContext, build_method,
+                                   scale_losses)
 from pipeline.metrics.summary import higher_is_better
 from pipeline.core.progress import ProgressLines
 
@@ -93,6 +99,14 @@ class BatchStream:
         idx = distributed.shard(idx)  # every process draws the same batch and keeps its part
         return self.inputs[idx], self.targets[idx], self.rows[idx], self.labelled[idx]
 
+    def state(self) -> dict[str, Any]:
+        """Where the stream is in its epoch (its generator is saved with the run's random states)."""
+        return {"order": None if self._order is None else self._order.cpu().clone(), "pos": self._pos}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._order = None if state["order"] is None else state["order"].to(self.inputs.device)
+        self._pos = state["pos"]
+
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.inputs) / self.batch_size)
@@ -144,33 +158,125 @@ def _state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
+def logged_step(step: int, every: int, steps: int) -> bool:
+    """The steps whose training values are read from the device and recorded: the first, every ``every``
+    (``train.log_every``) and the last."""
+    return step == 1 or step % every == 0 or step == steps
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """W's forward pass under ``train.amp`` (``none``: as it is)."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def check_amp(method: Method, amp: str, key: str) -> None:
+    """fp16's gradient scaler scales the per-task losses' gradients; a combiner that takes gradients itself, or
+    parameters trained with W outside the losses, would see them scaled: refused, naming the key."""
+    if amp != "fp16":
+        return
+    own_backward = type(method.combiner).backward is not LossCombiner.backward
+    if own_backward or method.joint_parameters():
+        why = "computes gradients itself" if own_backward else "trains its own parameters with W"
+        raise ValueError(f"{key}: fp16 needs a gradient scaler, which method {method.name} does not allow (it {why});"
+                         f" use {key}: bf16 (no scaler) or none")
+
+
+def scaled_for_backward(losses: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:
+    """``losses`` unchanged in value, with their gradient multiplied by the scaler's factor (a power of two,
+    so unscaling is exact): the combiner differentiates them as they are."""
+    if scaler is None:
+        return losses
+    scaled = scaler.scale(losses)
+    return losses.detach() + (scaled - scaled.detach())
+
+
+class CompiledNetwork:
+    """The primary network as W's step calls it (``encode``/``decode``) through ``torch.compile``; every other
+    attribute is the network's own. The outer updates keep the eager network: they differentiate twice,
+    which compiled graphs do not support."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+        self.encode = torch.compile(model.encode)
+        self.decode = torch.compile(model.decode)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+class _Log:
+    """Values recorded at logged steps and method logs, kept on the device until ``settle`` reads them all in
+    one transfer (no host synchronisation in the steps between)."""
+
+    def __init__(self, history: dict[str, list], live: Any) -> None:
+        self.history, self.live = history, live
+        self.pending: list[tuple[str, int, dict[str, Any]]] = []
+
+    def settle(self) -> None:
+        if not self.pending:
+            return
+        tensors = [v.detach().float().reshape(-1) for _, _, d in self.pending for v in d.values()
+                   if isinstance(v, Tensor)]
+        flat = iter(torch.cat(tensors).tolist()) if tensors else iter(())
+        for kind, step, values in self.pending:
+            plain = {k: ([next(flat) for _ in range(v.numel())] if v.dim() else next(flat))
+                     if isinstance(v, Tensor) else v for k, v in values.items()}
+            if kind == "train":
+                self.history["step"].append(step)
+                for key in ("train_loss", "main_loss", "weights"):
+                    self.history[key].append(plain[key])
+                if self.live is not None:
+                    self.live.train_step(step, values["task_losses"], plain["weights"])
+            else:
+                if "hypergrad_norm" in plain:
+                    self.history["hyper_step"].append(step)
+                    self.history["hypergrad_norm"].append(plain["hypergrad_norm"])
+                self.history["method_log"].append({"step": step, **plain})
+                if self.live is not None:
+                    self.live.method_log(step, plain)
+        self.pending = []
+
+
 def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], params: Any, seed: int,
-              device: torch.device | None = None, progress: bool = False, live: Any = None) -> RunResult:
+              device: torch.device | None = None, progress: bool = False, live: Any = None,
+              checkpoint: Checkpointer | None = None, after_step: Callable[[int], None] | None = None) -> RunResult:
     """Train ``params.method`` with ``seed``; keeps the model that is best on the validation main loss.
 
     ``progress``: a tqdm bar with the main and validation losses on a terminal, plain lines
-    (``pipeline.core.progress``) elsewhere. ``live``: a ``pipeline.engine.live.LiveLogger`` given each step's per-task
-    losses and weights and each validation. Both only read values the run computes anyway."""
+    (``pipeline.core.progress``) elsewhere. ``live``: a ``pipeline.engine.live.LiveLogger`` given each logged step's
+    per-task losses and weights and each validation. Both only read values the run computes anyway.
+    ``checkpoint``: resume from its file when there is one (refused if from other settings), write one every
+    ``checkpoint.every`` steps and when SIGTERM/SIGINT arrives (``pipeline.core.io.Interrupted``, at the end of
+    the step in progress), and a finished one at the end. ``after_step``: called after each step completes
+    (an observer; tests inject interruptions with it)."""
     device = device or resolve_device(params.device)
     seed_everything(seed)
+    cfg = params.train
     # The method first, from its own seeded stream (its φ, label networks and random labels never shift W's
     # draws); then the model, once, with the head the method needs, from the run's seed.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(stream_seed(seed, "method")))
         method: Method = build_method(params.method, data.num_tasks, params, dataset, data).to(device)
+    check_amp(method, cfg.amp, f"datasets.{dataset.name}.train.amp")
     model = dataset.build_model(data, params.profile.model, aux_outputs=method.head_outputs()).to(device)
-    cfg = params.train
+    w_model = CompiledNetwork(model) if cfg.compile else model
     if live is not None:  # a generated task replaces the given auxiliaries in the loss columns
         live.task_names = method.loss_names(data.task_names)
+        live.log_every = cfg.log_every
 
     train_idx = splits["train"] if method.uses_aux_set else np.concatenate([splits["train"], splits["aux"]])
     unlabelled = splits.get("unlabelled")
-    weights_gen, outer_gen, diagnostics_gen = (stream_generator(seed, role) for role in STREAM_ROLES)
+    generators = {role: stream_generator(seed, role) for role in STREAM_ROLES}
+    weights_gen, outer_gen, diagnostics_gen = (generators[role] for role in STREAM_ROLES)
     train_stream = BatchStream(data, train_idx, cfg.batch_size, weights_gen, device, unlabelled)
     outer_train_size, outer_aux_size = method.outer_batch_sizes(cfg.batch_size)
     outer_train_stream = BatchStream(data, train_idx, outer_train_size, outer_gen, device, unlabelled)
     aux_stream = BatchStream(data, splits["aux"], outer_aux_size, outer_gen, device)
     diagnostic_stream = BatchStream(data, train_idx, cfg.batch_size, diagnostics_gen, device, unlabelled)
+    streams = {"weights": train_stream, "outer_train": outer_train_stream, "aux": aux_stream,
+               "diagnostics": diagnostic_stream}
     val_idx = torch.as_tensor(splits["val"])
     val_data = TaskData(data.inputs[val_idx].to(device), data.targets[val_idx].to(device), data.task_names, data.meta)
     all_val = torch.arange(len(val_idx), device=device)
@@ -182,8 +288,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         x, y = dataset.batch_transform(x, y, train=True, generator=stream.generator)
         return Batch(x, y, rows, labelled)
 
-    def scaled_losses(batch: Batch, track_hparams: bool = False) -> tuple[Tensor, Tensor]:
-        return batch_objective(method, model, dataset, batch, scale, track_hparams)
+    def scaled_losses(batch: Batch, track_hparams: bool = False, net: Any = model) -> tuple[Tensor, Tensor]:
+        return batch_objective(method, net, dataset, batch, scale, track_hparams)
 
     w_params = [p for p in model.parameters() if p.requires_grad]
     shared, last_shared = model.shared_parameters(), model.last_shared_parameters()
@@ -191,16 +297,55 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     optimizer = make_optimizer(optimizer_params, cfg)
     distributed.broadcast_parameters([*optimizer_params, *method.parameters()])  # one start for every process
     schedule = make_lr_schedule(optimizer, cfg)
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     history: dict[str, list] = {"step": [], "train_loss": [], "main_loss": [], "weights": [],
                                 "val_step": [], "val_main_loss": [], "hyper_step": [], "hypergrad_norm": [],
                                 "method_log": [], "epoch_seconds": []}
     best_val, best_state = math.inf, _state(model)
     ctx_common = dict(model=model, dataset=dataset, train_batch=lambda: next_batch(outer_train_stream),
                       loss_scale=scale, optimizer=optimizer, diagnostic_batch=lambda: next_batch(diagnostic_stream))
-    epoch_start, epoch_len = time.perf_counter(), train_stream.steps_per_epoch
     # Non-finite losses stop the run at the step they appear, with their cause named (pipeline/core/faults.py).
     guard = TrainingGuard(dataset, data, method, model, params, seed)
     val_rows = torch.as_tensor(splits["val"])
+    log = _Log(history, live)
+    shown: dict[str, float | None] = {"main": None, "val": None}
+    initial_method_state: dict[str, Tensor] = {}
+    first = 1
+
+    def snapshot(step: int, done: bool) -> dict[str, Any]:
+        return {"step": step, "done": done, "model": _state(model), "method": _state(method),
+                "method_roles": role_state(method), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rng_state(generators), "streams": {k: v.state() for k, v in streams.items()},
+                "history": history, "best_val": best_val, "best_state": best_state,
+                "initial_method_state": initial_method_state, "guard": guard.state(), "shown": dict(shown),
+                "live": live.state() if live is not None else None}
+
+    resumed = checkpoint.load() if checkpoint is not None else None
+    if resumed is not None:
+        where = str(checkpoint.path)
+        model.load_state_dict(resumed["model"])
+        method.load_state_dict(resumed["method"])
+        load_role_state(method, resumed["method_roles"], device, where)
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["schedule"])
+        if scaler is not None:
+            scaler.load_state_dict(resumed["scaler"])
+        for key, stream in streams.items():
+            stream.load_state(resumed["streams"][key])
+        history.update(resumed["history"])
+        best_val, best_state = resumed["best_val"], resumed["best_state"]
+        initial_method_state = resumed["initial_method_state"]
+        guard.load_state(resumed["guard"])
+        shown.update(resumed["shown"])
+        if live is not None and resumed["live"] is not None:
+            live.restore(resumed["live"], device)
+        set_rng_state(resumed["rng"], generators)  # last: restoring the rest draws nothing, but be sure
+        first = resumed["step"] + 1
+        if resumed["done"]:
+            if live is not None:
+                live.close()
+            return RunResult(best_state, initial_method_state, _state(method), history)
 
     def outer_losses(stream: BatchStream, step: int, what: str) -> Tensor:
         batch = next_batch(stream)
@@ -209,80 +354,115 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         return losses
 
     label = f"{params.method} seed {seed}"
-    bar = tqdm(range(1, cfg.steps + 1), desc=label, disable=None if progress else True)
+    bar = tqdm(range(first, cfg.steps + 1), desc=label, disable=None if progress else True,
+               initial=first - 1, total=cfg.steps)
     lines = ProgressLines(label, cfg.steps) if progress and bar.disable else None  # no bar drawn: plain lines
-    shown: dict[str, float | None] = {"main": None, "val": None}
-    for step in bar:
-        model.train()
-        batch = next_batch(train_stream)
-        losses, z = scaled_losses(batch)
-        if step == 1:  # a method may calibrate φ at the losses this run sees; φ's initial state is after that
-            method.start(losses.detach())
-            initial_method_state = _state(method)
-            guard.start()
-        optimizer.zero_grad(set_to_none=True)
-        try:
-            train_loss = method.backward(losses, SharedTrunk(shared, last_shared, z))
-        except FloatingPointError as err:  # a combiner's own update (GradNorm's weights) names its key
-            raise guard.role_failed(step, err, "the loss combiner") from None
-        # L_T and Σ per-task losses in one transfer (the history's float(L_T) took one anyway)
-        train_value, _ = values = guard.step_values(train_loss, losses)
-        guard.finite_step(step, values, batch, losses)  # before W's update: fail fast, at this step
-        distributed.average_gradients(optimizer_params)  # several processes: W's gradient on the whole batch
-        guard.optimiser_step(step, optimizer)
-        schedule.step()
-        history["step"].append(step)
-        history["train_loss"].append(train_value)
-        history["main_loss"].append(float(reduce_pixels(losses)[:, 0].detach().mean()))
-        history["weights"].append(method.task_weights(losses).cpu().tolist())
-        if live is not None:
-            live.train_step(step, reduce_pixels(losses.detach()).mean(0), history["weights"][-1])
+    epoch_start, epoch_len = time.perf_counter(), train_stream.steps_per_epoch
+    step = first - 1
+    try:
+        for step in bar:
+            with critical_section():  # a SIGTERM/SIGINT waits for the step's end, then is checkpointed below
+                model.train()
+                logged = logged_step(step, cfg.log_every, cfg.steps)
+                batch = next_batch(train_stream)
+                with autocast(device, cfg.amp):
+                    losses, z = scaled_losses(batch, net=w_model)
+                if step == 1:  # a method may calibrate φ at the losses this run sees; φ's initial state is after
+                    method.start(losses.detach())
+                    initial_method_state = _state(method)
+                    guard.start()
+                optimizer.zero_grad(set_to_none=True)
+                try:
+                    train_loss = method.backward(scaled_for_backward(losses, scaler), SharedTrunk(shared, last_shared, z))
+                except FloatingPointError as err:  # a combiner's own update (GradNorm's weights) names its key
+                    raise guard.role_failed(step, err, "the loss combiner") from None
+                guard.watch(step, batch, train_loss, losses)
+                if logged:  # one transfer for the steps since the last logged one, before W's update
+                    guard.check()
+                distributed.average_gradients(optimizer_params)  # several processes: W's gradient on the whole batch
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                    guard.optimiser_step(step, optimizer, scaler)
+                    scaler.update()
+                    with warnings.catch_warnings():  # a step the scaler skipped (inf) is expected, not a misuse
+                        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+                        schedule.step()
+                else:
+                    guard.optimiser_step(step, optimizer)
+                    schedule.step()
+                task_losses = reduce_pixels(losses.detach()).mean(0)
+                if logged:  # the effective weights: one extra autograd pass, at logged steps only
+                    weights = method.task_weights(losses).detach()
+                    log.pending.append(("train", step, {
+                        "train_loss": train_loss.detach(), "main_loss": reduce_pixels(losses)[:, 0].detach().mean(),
+                        "weights": weights, "task_losses": task_losses}))
+                elif live is not None:
+                    live.train_step(step, task_losses, None)  # summed on the device, read at a logged step
 
-        ctx = StepContext(step, w_params, lambda: outer_losses(outer_train_stream, step, "outer training batch"),
-                          lambda: outer_losses(aux_stream, step, "auxiliary-set batch"), batch=batch, **ctx_common)
-        try:
-            logs = method.after_step(ctx)
-        except FloatingPointError as err:  # φ, its hypergradient, θ2: the outer update names its keys
-            raise guard.role_failed(step, err, "the outer update") from None
-        if logs and any(k in logs for k in ("hypergrad_norm", "meta_loss")):
-            guard.last_outer_step = step
-        if "hypergrad_norm" in logs:
-            history["hyper_step"].append(step)
-            history["hypergrad_norm"].append(logs["hypergrad_norm"])
-        if logs:
-            history["method_log"].append({"step": step, **logs})
-            if live is not None:
-                live.method_log(step, logs)
-        if step % epoch_len == 0:  # wall time per pass over the training set, for method cost comparisons
-            now = time.perf_counter()
-            history["epoch_seconds"].append(now - epoch_start)
-            epoch_start = now
+                ctx = StepContext(step, w_params, lambda: outer_losses(outer_train_stream, step, "outer training batch"),
+                                  lambda: outer_losses(aux_stream, step, "auxiliary-set batch"), batch=batch,
+                                  **ctx_common)
+                try:
+                    logs = method.after_step(ctx)
+                except FloatingPointError as err:  # φ, its hypergradient, θ2: the outer update names its keys
+                    raise guard.role_failed(step, err, "the outer update") from None
+                if logs and any(k in logs for k in ("hypergrad_norm", "meta_loss")):
+                    guard.last_outer_step = step
+                if logs:
+                    log.pending.append(("method", step, dict(logs)))
+                if logged:
+                    log.settle()
+                if step % epoch_len == 0:  # wall time per pass over the training set, for method cost comparisons
+                    now = time.perf_counter()
+                    history["epoch_seconds"].append(now - epoch_start)
+                    epoch_start = now
 
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            model.eval()
-            eval_start = time.perf_counter()
-            val = dataset.main_loss(model, val_data, all_val)
-            history["val_step"].append(step)
-            history["val_main_loss"].append(val)
-            guard.validation(step, val, val_rows)  # names train.lr only when W is the cause
-            score = val
-            if cfg.select_by == "val_metric":  # the reference's choice: the best validation mIoU / accuracy
-                name, value = next(iter(dataset.metrics(model, val_data, all_val).items()))
-                history.setdefault("val_main_metric", []).append(value)
-                score = -value if higher_is_better(name) else value
-            if score < best_val:
-                best_val, best_state = score, _state(model)
-            if live is not None:
-                live.validation(step, val, history["val_main_metric"][-1] if cfg.select_by == "val_metric" else None)
-            shown["val"] = val
-            epoch_start += time.perf_counter() - eval_start  # epoch times count training only
-        if progress:
-            shown["main"] = history["main_loss"][-1]
-            if not bar.disable:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items() if v is not None}, refresh=False)
-            elif lines is not None:
-                lines.update(step, main_loss=shown["main"], val_loss=shown["val"])
-
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    guard.check()
+                    log.settle()
+                    model.eval()
+                    eval_start = time.perf_counter()
+                    val = dataset.main_loss(model, val_data, all_val)
+                    history["val_step"].append(step)
+                    history["val_main_loss"].append(val)
+                    guard.validation(step, val, val_rows)  # names train.lr only when W is the cause
+                    score = val
+                    if cfg.select_by == "val_metric":  # the reference's choice: the best validation mIoU / accuracy
+                        name, value = next(iter(dataset.metrics(model, val_data, all_val).items()))
+                        history.setdefault("val_main_metric", []).append(value)
+                        score = -value if higher_is_better(name) else value
+                    if score < best_val:
+                        best_val, best_state = score, _state(model)
+                    if live is not None:
+                        live.validation(step, val, history["val_main_metric"][-1] if cfg.select_by == "val_metric"
+                                        else None)
+                    shown["val"] = val
+                    epoch_start += time.perf_counter() - eval_start  # epoch times count training only
+                if progress:
+                    if logged:
+                        shown["main"] = history["main_loss"][-1]
+                    if not bar.disable:
+                        bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items() if v is not None}, refresh=False)
+                    elif lines is not None:
+                        lines.update(step, main_loss=shown["main"], val_loss=shown["val"])
+                if checkpoint is not None and checkpoint.due(step) and step < cfg.steps:
+                    guard.check()
+                    log.settle()
+                    checkpoint.save(snapshot(step, done=False))
+            if after_step is not None:
+                after_step(step)
+    except Interrupted:
+        # The step in progress has ended (critical section): keep everything up to it, then stop.
+        if checkpoint is not None and checkpoint.enabled and step >= first:
+            with critical_section():
+                guard.check()
+                log.settle()
+                checkpoint.save(snapshot(step, done=False))
+        raise
+    guard.check()
+    log.settle()
+    if checkpoint is not None and checkpoint.enabled:
+        checkpoint.save(snapshot(cfg.steps, done=True))  # supersedes the partial ones: a re-run skips the seed
     if live is not None:
         live.close()
     return RunResult(best_state, initial_method_state, _state(method), history)

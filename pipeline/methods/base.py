@@ -174,7 +174,7 @@ def scale_losses(losses: Tensor, scale: Tensor | None, labelled: Tensor | None =
     the report alike."""
     if scale is not None:
         losses = losses * scale.view(1, -1, *([1] * (losses.dim() - 2)))
-    if labelled is not None and not labelled.all():
+    if labelled is not None:  # no `labelled.all()` test: a host sync per batch; all labelled gives × 1.0 exactly
         keep = labelled.to(losses.dtype) * (len(labelled) / labelled.sum().clamp_min(1))
         keep = keep.view(-1, *([1] * (losses.dim() - 2)))
         losses = torch.cat([(losses[:, 0] * keep)[:, None], losses[:, 1:]], dim=1)

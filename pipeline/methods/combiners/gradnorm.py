@@ -40,7 +40,9 @@ class GradNorm(WeightedSum):
         # Not in joint_parameters: w is trained only by its own optimiser on L_grad, never on L_T.
         self.weights = nn.Parameter(torch.ones(num_tasks))
         self.register_buffer("initial_losses", torch.full((num_tasks,), float("nan")))  # L_i(0)
-        self._optimizer: torch.optim.Optimizer | None = None  # built lazily, after the module is moved
+        # Built now (moving the module keeps its Parameter objects), so that a resumed run can load its state.
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._weight_optimizer()
         self.last_grad_loss = float("nan")
 
     def _weight_optimizer(self) -> torch.optim.Optimizer:
@@ -59,8 +61,10 @@ class GradNorm(WeightedSum):
 
     def backward(self, losses: Tensor, shared: SharedTrunk) -> Tensor:
         task_losses = losses.mean(0)
-        if torch.isnan(self.initial_losses).any():
-            self.initial_losses.copy_(task_losses.detach())
+        # L_i(0) at the first step, chosen on the device (no host synchronisation in the hot loop)
+        first = torch.isnan(self.initial_losses)
+        self.initial_losses.copy_(torch.where(first, task_losses.detach().to(self.initial_losses.dtype),
+                                              self.initial_losses))
         grad_norms = per_term_gradient_norms(task_losses, shared.last_params, self.cfg.chunk_size)
         # W's update uses w(t), the weights before this step's update of w.
         loss = self.apply_weights(losses, self.weights.detach())
@@ -74,10 +78,10 @@ class GradNorm(WeightedSum):
         with torch.no_grad():
             w = self.weights.clamp_min(self.cfg.min_weight)
             self.weights.copy_(w * (self.num_tasks / w.sum()))
-        self.last_grad_loss = float(grad_loss.detach())
+        self.last_grad_loss = grad_loss.detach()  # read by the trainer at its logged steps only
         return loss
 
-    def step_log(self) -> dict[str, float]:
+    def step_log(self) -> dict[str, float | Tensor]:
         return {"gradnorm_loss": self.last_grad_loss}
 
     def fault_suspects(self, keys: FaultKeys, step: int) -> list[Suspect]:

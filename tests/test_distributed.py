@@ -162,3 +162,19 @@ def test_train_stage_launches_torchrun_and_process_zero_writes(tmp_path):
     two = torch.load(repo / "models/seed_0/model.pt", weights_only=True)
     for key, value in one.items():
         torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_auto_device_takes_the_gpu_with_most_free_memory(monkeypatch):
+    """Concurrent queue workers spread over the GPUs: `auto` (and `cuda`) picks the freest one."""
+    from pipeline.engine.training import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    free = {0: 5, 1: 9, 2: 9}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (free[i], 10))
+    assert resolve_device("auto") == torch.device("cuda", 1)  # the first of the freest
+    free[2] = 10
+    assert resolve_device("cuda") == torch.device("cuda", 2)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_device("auto") == torch.device("cuda")  # torchrun: distributed.setup picks the local rank's

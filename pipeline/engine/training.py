@@ -27,10 +27,16 @@ from pipeline.core.progress import ProgressLines
 
 
 def resolve_device(preference: str) -> torch.device:
+    """``cpu``; ``cuda``; ``auto``: a GPU when torch sees one. With several GPUs visible, a one-process run takes
+    the one with the most free memory, so that concurrent queue workers (`dvc queue start -j N`) spread over
+    the GPUs instead of sharing the first (torchrun processes take their local rank's GPU instead)."""
     if preference == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: cuda was asked for but torch sees no GPU (set device: auto or cpu)")
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
+    if preference == "cuda" and torch.cuda.device_count() > 1 and not distributed.launched_by_torchrun():
+        free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+        return torch.device("cuda", max(range(len(free)), key=lambda i: (free[i], -i)))
     return torch.device(preference)
 
 

@@ -419,3 +419,25 @@ def test_cub_aux_label_noise_flips_training_attributes_only_at_the_ratio():
     assert np.array_equal(noisy, corrupt_attributes(attributes, is_train, 0.2, seed=3))  # seeded
     assert not np.array_equal(noisy, corrupt_attributes(attributes, is_train, 0.2, seed=4))
     assert np.array_equal(corrupt_attributes(attributes, is_train, 0.0, seed=3), attributes)
+
+
+def test_cub_prepare_corrupts_the_training_images_attributes_only(tmp_path):
+    from pipeline.config import parse_params
+    from pipeline.registry import DATASETS
+
+    def prepared(folder, **prepare):
+        settings = {"image_size": 16, "standin_num_classes": 4, "standin_images_per_class": 8, **prepare}
+        params = parse_params({"dataset": "cub", "datasets": {"cub": {"prepare": settings}}})
+        ds = DATASETS.get("cub")()
+        (tmp_path / folder).mkdir()
+        ds.prepare(params.dataset_config, tmp_path / folder)
+        return ds.load(tmp_path / folder)
+
+    clean, noisy = prepared("clean"), prepared("noisy", aux_label_noise=0.5, aux_label_noise_seed=1)
+    train = torch.as_tensor(clean.meta["is_train"])
+    assert torch.equal(noisy.inputs, clean.inputs) and torch.equal(noisy.targets[:, 0], clean.targets[:, 0])
+    assert torch.equal(noisy.targets[~train], clean.targets[~train])  # official test: validation and test
+    flipped = (noisy.targets[train, 1:] != clean.targets[train, 1:]).float().mean()
+    assert 0.35 < float(flipped) < 0.65
+    with pytest.raises(Exception, match="aux_label_noise"):
+        parse_params({"dataset": "cub", "datasets": {"cub": {"prepare": {"aux_label_noise": 1.5}}}})

@@ -21,8 +21,8 @@ tensor of ≥ 2 dimensions, with the 1-D tensors after it) and the layers into `
 ([C] uses 5 for its ConvNet-4: the four convolutions and the rest; ``modules`` larger than the trunk's layer count
 gives one module per layer).
 
-**Cost.** W's step takes the K + 1 per-task gradients of the trunk in one batched (vmapped) backward, plus one
-ordinary backward for the heads.
+**Cost.** W's step takes one backward per task through the trunk (K + 1) plus one through the heads, instead
+of one.
 """
 from __future__ import annotations
 
@@ -94,12 +94,12 @@ class ModuleImportance(LossCombiner):
         """G for ``params`` from the batch's per-task losses [B, T]: one gradient per task, combined per module."""
         task_losses = losses.mean(0)
         coefs = self.coefficients(params, shared)
-        # every task's gradient in one batched backward (vmap over the rows of I): [T, *p.shape] per parameter
-        eye = torch.eye(self.num_tasks, dtype=task_losses.dtype, device=task_losses.device)
-        grads = torch.autograd.grad(task_losses, list(params), grad_outputs=eye, retain_graph=True,
-                                    allow_unused=True, create_graph=create_graph, is_grads_batched=True)
-        return [torch.zeros_like(p) if g is None else torch.tensordot(c, g, dims=1)
-                for p, g, c in zip(params, grads, coefs)]
+        out = [torch.zeros_like(p) for p in params]
+        for t in range(self.num_tasks):
+            grads = torch.autograd.grad(task_losses[t], list(params), retain_graph=True, allow_unused=True,
+                                        create_graph=create_graph)
+            out = [o if g is None else o + c[t] * g for o, g, c in zip(out, grads, coefs)]
+        return out
 
     def backward(self, losses: Tensor, shared: SharedTrunk) -> Tensor:
         # the heads (and any parameter outside the trunk) take the uniform c-weighted gradient by one backward;

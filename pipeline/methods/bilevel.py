@@ -110,11 +110,18 @@ class TensorNormalizedSGD(torch.optim.Optimizer):
 
 
 class TrainCurvature:
-    """∇W L_T kept in the graph, so vector-Hessian products H·v cost one backward each."""
+    """∇W L_T kept in the graph, so vector-Hessian products H·v cost one backward each.
 
-    def __init__(self, train_loss: Tensor, params: Sequence[Tensor]) -> None:
+    ``train_loss`` may instead be the lower level's update direction G(W, φ) itself, one tensor per parameter
+    built with ``create_graph`` (a lower step that is not the gradient of one scalar, e.g. MAOAL's per-module
+    scaled gradients): the IFT of G(W*, φ) = 0 then uses ∂G/∂W (vector-Jacobian products) for the Hessian."""
+
+    def __init__(self, train_loss: Tensor | Sequence[Tensor], params: Sequence[Tensor]) -> None:
         self.params = list(params)
-        self.gradient = _grads(train_loss, self.params, create_graph=True)
+        if isinstance(train_loss, Tensor):
+            self.gradient = _grads(train_loss, self.params, create_graph=True)
+        else:
+            self.gradient = list(train_loss)
 
     def hvp(self, v: Sequence[Tensor]) -> list[Tensor]:
         return mean_across([h.detach() for h in _grads(_dot(self.gradient, v), self.params, retain_graph=True)])
@@ -252,7 +259,8 @@ class HyperOptimizer:
             self._warned = True
         return product
 
-    def step(self, train_loss: Tensor, aux_loss: Tensor, params: Sequence[Tensor]) -> HyperStepStats:
+    def step(self, train_loss: Tensor | Sequence[Tensor], aux_loss: Tensor, params: Sequence[Tensor]
+             ) -> HyperStepStats:
         params = list(params)
         direct = mean_across(_grads(aux_loss, self.hparams, retain_graph=True))
         v = mean_across([g.detach() for g in _grads(aux_loss, params, retain_graph=True)])

@@ -29,6 +29,10 @@ class Config(StrictModel):
     standin_seed: int = Field(0, description="stand-in only: seed of the generator (same seed, same files)")
     standin_attribute_noise: float = Field(
         0.1, ge=0, lt=0.5, description="stand-in only: probability that each per-image attribute label is flipped")
+    aux_label_noise: float = Field(
+        0.0, ge=0, le=1, description="JTDS's noisy-label setting: each attribute label of an official-train image "
+        "(so of the training split, never of validation or test) is flipped with this probability; 0 = unchanged")
+    aux_label_noise_seed: int = Field(0, description="seed of aux_label_noise's flips")
 
     @model_validator(mode="after")
     def _check(self) -> "Config":

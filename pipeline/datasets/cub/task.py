@@ -33,6 +33,16 @@ EVAL_CHUNK = 256  # images per forward pass in evaluation: bounded memory for Re
 CROP_FRACTION = 224 / 256  # App. B.1: 256-px images, 224-px crops
 
 
+def corrupt_attributes(attributes: np.ndarray, is_train: np.ndarray, ratio: float, seed: int) -> np.ndarray:
+    """JTDS's noisy setting for the auxiliaries: a copy of the 0/1 attributes [N, A] in which each label of a
+    training image (``is_train``) is flipped with probability ``ratio``, independently, from ``seed``. The
+    validation and test images (official test split) keep theirs. (The JTDS code corrupts the species labels of
+    the training images outside the aux set instead; this is the auxiliary-label version.)"""
+    flips = np.random.default_rng(seed).random(attributes.shape) < ratio
+    flips &= np.asarray(is_train, bool)[:, None]
+    return np.where(flips, 1 - attributes, attributes).astype(attributes.dtype)
+
+
 @DATASETS.register("cub")
 class Cub(Dataset):
     """CUB-200-2011 (or its procedural stand-in): species classification with attribute auxiliaries."""
@@ -65,7 +75,13 @@ class Cub(Dataset):
         else:
             root = source_root(self.name, cfg.source, cfg.root, EXPECTED)
             source = "CUB-200-2011"
-        write_prepared(read_cub_index(root), out_dir / H5_NAME, cfg.resolved_image_size, {"source": source})
+        index = read_cub_index(root)
+        attrs = {"source": source}
+        if cfg.aux_label_noise > 0:
+            index.attributes = corrupt_attributes(index.attributes, index.is_train, cfg.aux_label_noise,
+                                                  cfg.aux_label_noise_seed)
+            attrs.update(aux_label_noise=cfg.aux_label_noise, aux_label_noise_seed=cfg.aux_label_noise_seed)
+        write_prepared(index, out_dir / H5_NAME, cfg.resolved_image_size, attrs)
 
     def load(self, folder: Path) -> TaskData:
         """cub.h5 as TaskData: targets [N, 1 + A] (species, then the attributes); ``meta`` holds the official

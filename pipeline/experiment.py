@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.datasets.base import Dataset, TaskData
+from pipeline.datasets.shared.loading import load_data
 from pipeline.registry import DATASETS
 from pipeline.io import sha256_file, torch_load, verify_manifest
 from pipeline.paths import SPLITS, prepared_dir, seed_dir
@@ -35,7 +36,7 @@ def load_experiment(params: Any) -> Experiment:
     ):
         raise ValueError(f"{SPLITS} was made for dataset {info.get('dataset')!r} or older data: run `dvc repro split`")
     dataset = DATASETS.get(params.dataset)(params.profile.model)
-    data = dataset.load(folder)
+    data = load_data(dataset, folder, params.data_loading, params.stream_above_mb)
     return Experiment(dataset, data, load_splits(SPLITS, num_samples=len(data)))
 
 

@@ -1,6 +1,7 @@
 """One training run: a method, a dataset, a seed. Shared by every method and dataset."""
 from __future__ import annotations
 
+import collections
 import math
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from tqdm import tqdm
 
 from pipeline.datasets.base import Dataset, TaskData
 from pipeline.datasets.base import reduce_pixels
+from pipeline.datasets.shared.loading import EpochOrder, LoaderRows, evaluation_view
+from pipeline.datasets.shared.rows import is_file_backed
 from pipeline.faults import TrainingGuard
 from pipeline.methods.base import Batch, Method, SharedTrunk, StepContext, build_method, scale_losses
 from pipeline.metrics.summary import higher_is_better
@@ -60,37 +63,43 @@ def stream_generator(seed: int, role: str) -> torch.Generator:
 
 
 class BatchStream:
-    """Endless mini-batches over ``indices``, reshuffled every epoch by a seeded generator (0 = full batch)."""
+    """Endless mini-batches over ``indices``, reshuffled every epoch by a seeded generator (0 = full batch;
+    the order: ``EpochOrder``). In-memory data is held on ``device``; file-backed data (``data_loading:
+    stream``) is read an epoch at a time by a ``DataLoader`` with ``workers`` processes. Same batches either way."""
 
     def __init__(self, data: TaskData, indices: np.ndarray, batch_size: int, generator: torch.Generator,
-                 device: torch.device, main_unlabelled: np.ndarray | None = None) -> None:
-        if len(indices) == 0:
-            raise ValueError("a batch stream needs at least one sample")
-        self.inputs = data.inputs[torch.as_tensor(indices)].to(device)
-        self.targets = data.targets[torch.as_tensor(indices)].to(device)
+                 device: torch.device, main_unlabelled: np.ndarray | None = None, workers: int = 0) -> None:
+        self.order = EpochOrder(len(indices), batch_size, generator)
+        self.batch_size, self.generator = self.order.batch_size, generator
         self.rows = torch.as_tensor(indices).to(device)
         hidden = np.zeros(len(indices), bool) if main_unlabelled is None else np.isin(indices, main_unlabelled)
         self.labelled = torch.as_tensor(~hidden).to(device)  # whether the main-task label may be used
-        self.batch_size = batch_size if 0 < batch_size < len(indices) else len(indices)
-        self.generator = generator
-        self._order: Tensor | None = None
-        self._pos = 0
+        self.loader = LoaderRows(data, indices, device, workers) if is_file_backed(data) else None
+        if self.loader is None:
+            self.inputs = data.inputs[torch.as_tensor(indices)].to(device)
+            self.targets = data.targets[torch.as_tensor(indices)].to(device)
+        self._pending: collections.deque[Tensor] = collections.deque()
 
     def next(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Inputs, targets, dataset rows, and a mask of the samples whose main-task label is known."""
-        n = len(self.inputs)
-        if self.batch_size == n:
+        if self.loader is None and self.order.full_batch:
             return self.inputs, self.targets, self.rows, self.labelled
-        if self._order is None or self._pos + self.batch_size > n:
-            self._order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
-            self._pos = 0
-        idx = self._order[self._pos : self._pos + self.batch_size]
-        self._pos += self.batch_size
-        return self.inputs[idx], self.targets[idx], self.rows[idx], self.labelled[idx]
+        if not self._pending:
+            batches = self.order.next_epoch()
+            if self.loader is not None:
+                self.loader.start(batches)
+            # one copy of the epoch's positions to the device, not one per step
+            self._pending.extend(torch.cat(batches).to(self.rows.device).split(self.order.batch_size))
+        idx = self._pending.popleft()
+        if self.loader is not None:
+            x, y = self.loader.take()
+        else:
+            x, y = self.inputs[idx], self.targets[idx]
+        return x, y, self.rows[idx], self.labelled[idx]
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.inputs) / self.batch_size)
+        return self.order.steps_per_epoch
 
 
 def task_scale(num_tasks: int, aux_loss_scale: float) -> Tensor:
@@ -161,14 +170,13 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     train_idx = splits["train"] if method.uses_aux_set else np.concatenate([splits["train"], splits["aux"]])
     unlabelled = splits.get("unlabelled")
     weights_gen, outer_gen, diagnostics_gen = (stream_generator(seed, role) for role in STREAM_ROLES)
-    train_stream = BatchStream(data, train_idx, cfg.batch_size, weights_gen, device, unlabelled)
+    workers = params.workers
+    train_stream = BatchStream(data, train_idx, cfg.batch_size, weights_gen, device, unlabelled, workers)
     outer_train_size, outer_aux_size = method.outer_batch_sizes(cfg.batch_size)
-    outer_train_stream = BatchStream(data, train_idx, outer_train_size, outer_gen, device, unlabelled)
-    aux_stream = BatchStream(data, splits["aux"], outer_aux_size, outer_gen, device)
-    diagnostic_stream = BatchStream(data, train_idx, cfg.batch_size, diagnostics_gen, device, unlabelled)
-    val_idx = torch.as_tensor(splits["val"])
-    val_data = TaskData(data.inputs[val_idx].to(device), data.targets[val_idx].to(device), data.task_names, data.meta)
-    all_val = torch.arange(len(val_idx), device=device)
+    outer_train_stream = BatchStream(data, train_idx, outer_train_size, outer_gen, device, unlabelled, workers)
+    aux_stream = BatchStream(data, splits["aux"], outer_aux_size, outer_gen, device, workers=workers)
+    diagnostic_stream = BatchStream(data, train_idx, cfg.batch_size, diagnostics_gen, device, unlabelled, workers)
+    val_data, all_val = evaluation_view(data, splits["val"], device)  # file-backed: read in chunks
 
     scale = task_scale(method.num_tasks, cfg.aux_loss_scale).to(device)
 

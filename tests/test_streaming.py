@@ -135,3 +135,23 @@ def test_data_loading_picks_the_path_and_validation_names_the_key():
     with pytest.raises(ParamsError, match="workers"):
         make_params(workers=-1)
     assert make_params(dataset="cub", data_loading="stream", workers=0).workers == 0
+
+
+@pytest.mark.cuda
+def test_streamed_batches_on_cuda_equal_the_in_memory_ones():
+    """On a GPU: pinned memory, non-blocking copies and two workers give the in-memory path's batches, augmented
+    on the device alike."""
+    ds, _, memory, files, splits = _prepared("cub")
+    gpu = torch.device("cuda")
+    rows = splits["train"]
+    for data, workers in ((memory, 0), (files, 2)):
+        gen = stream_generator(2, "weights")
+        stream = BatchStream(data, rows, 5, gen, gpu, None, workers)
+        got = []
+        for _ in range(len(rows) // 5 * 2 + 1):
+            x, y, r, labelled = stream.next()
+            assert x.is_cuda and y.is_cuda
+            got.append([t.cpu() for t in (*ds.batch_transform(x, y, train=True, generator=gen), r, labelled)])
+        if workers == 0:
+            want = got
+    assert all(torch.equal(u, v) for a, b in zip(want, got) for u, v in zip(a, b))

@@ -189,7 +189,7 @@ def nyuv2_epoch(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def resnet_steps(args: argparse.Namespace, device: torch.device) -> None:
-    size, n_train, batch, steps = (64, 16, 4, 3) if args.smoke else (256, 320, 32, 20)
+    size, n_train, batch, steps = (32, 8, 4, 2) if args.smoke else (256, 320, 32, 20)
     classes = 8 if args.smoke else 200
     say(f"## 3. CUB-sized ResNet-18 step: {size} x {size} images, {classes} classes, batch {batch}, mean of {steps} "
         f"timed steps, on {device}")

@@ -1,7 +1,6 @@
 """One training run: a method, a dataset, a seed. Shared by every method and dataset."""
 from __future__ import annotations
 
-import collections
 import math
 import time
 from dataclasses import dataclass, field
@@ -78,24 +77,41 @@ class BatchStream:
         if self.loader is None:
             self.inputs = data.inputs[torch.as_tensor(indices)].to(device)
             self.targets = data.targets[torch.as_tensor(indices)].to(device)
-        self._pending: collections.deque[Tensor] = collections.deque()
+        self._order: Tensor | None = None  # the current epoch's permutation, on the CPU
+        self._pos = 0
+        self._device_order: Tensor | None = None  # the same on the device: one copy per epoch, not per step
 
     def next(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Inputs, targets, dataset rows, and a mask of the samples whose main-task label is known."""
-        if self.loader is None and self.order.full_batch:
-            return self.inputs, self.targets, self.rows, self.labelled
-        if not self._pending:
-            batches = self.order.next_epoch()
-            if self.loader is not None:
-                self.loader.start(batches)
-            # one copy of the epoch's positions to the device, not one per step
-            self._pending.extend(torch.cat(batches).to(self.rows.device).split(self.order.batch_size))
-        idx = self._pending.popleft()
-        if self.loader is not None:
-            x, y = self.loader.take()
+        if self.order.full_batch:
+            if self.loader is None:
+                return self.inputs, self.targets, self.rows, self.labelled
+            idx = torch.arange(self.order.n, device=self.rows.device)
+            self.loader.start([idx.cpu()])
         else:
-            x, y = self.inputs[idx], self.targets[idx]
+            if self._order is None or self.order.exhausted(self._pos):
+                self._order, self._pos = self.order.permutation(), 0
+                self._start_epoch()
+            idx = self._device_order[self._pos: self._pos + self.batch_size]
+            self._pos += self.batch_size
+        x, y = self.loader.take() if self.loader is not None else (self.inputs[idx], self.targets[idx])
         return x, y, self.rows[idx], self.labelled[idx]
+
+    def _start_epoch(self) -> None:
+        self._device_order = self._order.to(self.rows.device)
+        if self.loader is not None:  # the loader reads this epoch's remaining batches ahead
+            self.loader.start(self.order.batches(self._order, self._pos))
+
+    def state(self) -> dict[str, Any]:
+        """Where the stream is in its epoch (its generator's state is saved apart)."""
+        return {"order": None if self._order is None else self._order.clone(), "pos": self._pos}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._order, self._pos = state["order"], int(state["pos"])
+        if self._order is not None:
+            self._order = self._order.cpu()
+            if not self.order.exhausted(self._pos):
+                self._start_epoch()
 
     @property
     def steps_per_epoch(self) -> int:

@@ -155,3 +155,27 @@ def test_streamed_batches_on_cuda_equal_the_in_memory_ones():
         if workers == 0:
             want = got
     assert all(torch.equal(u, v) for a, b in zip(want, got) for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("stop", [3, 4])  # mid-epoch, and at an epoch's end (4 batches of 5 in 22 rows)
+def test_a_stream_resumes_from_its_state_on_either_path(stop):
+    """``state()`` + the generator's state, loaded into a fresh stream (in memory or read from the file), give
+    the batches the uninterrupted stream goes on to give."""
+    ds, _, memory, files, splits = _prepared("cub")
+    rows = splits["train"][:22]
+    whole, _ = _batches(ds, memory, rows, 5, 4, "weights", stop + 6)
+    gen = stream_generator(4, "weights")
+    first = BatchStream(memory, rows, 5, gen, CPU)
+    for _ in range(stop):
+        x, y, _, _ = first.next()
+        ds.batch_transform(x, y, train=True, generator=gen)
+    saved, gen_state = first.state(), gen.get_state()
+    for data in (memory, files):
+        gen2 = torch.Generator()
+        gen2.set_state(gen_state)
+        resumed = BatchStream(data, rows, 5, gen2, CPU)
+        resumed.load_state(saved)
+        for want in whole[stop:]:
+            x, y, r, labelled = resumed.next()
+            got = (*ds.batch_transform(x, y, train=True, generator=gen2), r, labelled)
+            assert all(torch.equal(u, v) for u, v in zip(want, got))

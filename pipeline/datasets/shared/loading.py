@@ -50,7 +50,8 @@ def load_data(dataset: Dataset, folder: Path, mode: DataLoading, stream_above_mb
 
 
 class EpochOrder:
-    """The batch order of one stream over ``n`` rows (positions 0..n-1), drawn from ``generator``."""
+    """The batch order of one stream over ``n`` rows (positions 0..n-1), drawn from ``generator``: an epoch is a
+    permutation cut into full batches from position 0 on (a tail that does not fill one is skipped)."""
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
         if n == 0:
@@ -62,12 +63,17 @@ class EpochOrder:
     def full_batch(self) -> bool:
         return self.batch_size == self.n
 
-    def next_epoch(self) -> list[Tensor]:
-        """The next epoch's batches (CPU int64 positions); draws the permutation now, unless full batch."""
-        if self.full_batch:
-            return [torch.arange(self.n)]
-        order = torch.randperm(self.n, generator=self.generator)
-        return list(order[: self.n - self.n % self.batch_size].split(self.batch_size))
+    def permutation(self) -> Tensor:
+        """The next epoch's order (CPU int64); drawn now, from the stream's generator."""
+        return torch.randperm(self.n, generator=self.generator)
+
+    def exhausted(self, pos: int) -> bool:
+        """Whether an epoch at ``pos`` has no full batch left (the next batch starts a new epoch)."""
+        return pos + self.batch_size > self.n
+
+    def batches(self, order: Tensor, pos: int) -> list[Tensor]:
+        """The batches of the epoch ``order`` from position ``pos`` on."""
+        return list(order[pos: self.n - (self.n - pos) % self.batch_size].split(self.batch_size))
 
     @property
     def steps_per_epoch(self) -> int:

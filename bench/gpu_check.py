@@ -11,8 +11,9 @@ in one run, with their ratios.
 4. the peak GPU memory of each (``torch.cuda.max_memory_allocated``);
 5. a 2-process DDP smoke run when more than one GPU is visible (else 'skipped: 1 GPU visible').
 
-Each timed run follows a 3-step warm-up run of the same configuration; a run's time includes its one
-validation pass (a small validation split). Data is random (shapes, label ranges and normals valid): the
+Each configuration runs a 3-step warm-up first. The epoch time is a whole run's (with its one validation pass
+over a small validation split); a step's time is the difference of a long and a 3-step run over their step
+counts. Data is random (shapes, label ranges and normals valid): the
 figures are costs, not results. ``--smoke``: tiny sizes on whatever device there is (the CPU here).
 """
 from __future__ import annotations
@@ -95,26 +96,34 @@ def amp_available() -> bool:
 
 def measure(dataset_name: str, method: str, data: TaskData, splits: dict[str, np.ndarray], steps: int,
             model: dict, train: dict, device: torch.device) -> dict[str, float]:
-    """A 3-step warm-up run, then the timed ``steps``-step run: seconds, seconds per step, peak GPU memory."""
+    """A 3-step warm-up run, then timed runs of ``short`` and ``steps`` steps: the long run's seconds and peak GPU
+    memory, and the seconds per step from the difference of the two (so the fixed cost of a run, its
+    construction and its one validation pass, is not counted in the step)."""
     def params(n: int) -> Any:
         return parse_params({"dataset": dataset_name, "method": method, "seeds": [0], "device": device.type,
                              "data_loading": "memory",
                              "datasets": {dataset_name: {"model": model, "train": {**train, "steps": n,
                                                                                     "eval_every": n}}}})
     dataset = DATASETS.get(dataset_name)(params(1).profile.model)
-    train_run(dataset, data, splits, params(3), 0, device=device)  # warm-up: kernels, allocator, cudnn choice
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    train_run(dataset, data, splits, params(steps), 0, device=device)
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+
+    def timed(n: int) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        train_run(dataset, data, splits, params(n), 0, device=device)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    train_run(dataset, data, splits, params(3), 0, device=device)  # warm-up: kernels, allocator, cudnn choice
+    short = max(1, min(3, steps - 1))
+    t_short = timed(short)
+    seconds = timed(steps)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
-    return {"seconds": seconds, "per_step": seconds / steps, "peak_mb": peak}
+    return {"seconds": seconds, "per_step": (seconds - t_short) / (steps - short), "peak_mb": peak}
 
 
 def table(rows: list[tuple[str, dict[str, float] | str]], base: str, unit: str) -> None:
@@ -189,10 +198,10 @@ def nyuv2_epoch(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def resnet_steps(args: argparse.Namespace, device: torch.device) -> None:
-    size, n_train, batch, steps = (32, 8, 4, 2) if args.smoke else (256, 320, 32, 20)
+    size, n_train, batch, steps = (32, 8, 4, 3) if args.smoke else (256, 320, 32, 20)
     classes = 8 if args.smoke else 200
-    say(f"## 3. CUB-sized ResNet-18 step: {size} x {size} images, {classes} classes, batch {batch}, mean of {steps} "
-        f"timed steps, on {device}")
+    say(f"## 3. CUB-sized ResNet-18 step: {size} x {size} images, {classes} classes, batch {batch}; a step's time from "
+        f"a {steps}-step run less a 3-step run, on {device}")
     splits = splits_of(n_train, batch, batch)
     n = n_train + 3 * batch
     cub = image_data(n, size, classes, attributes=8 if args.smoke else 312)

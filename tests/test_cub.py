@@ -360,7 +360,7 @@ def test_batch_transform_crops_flips_and_normalises(tiny_loaded):
     assert not torch.equal(c, d)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.cuda
 def test_batch_transform_on_cuda_matches_cpu(tiny_loaded):
     ds, data, _ = tiny_loaded
     x = data.inputs

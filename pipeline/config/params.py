@@ -100,6 +100,15 @@ def _build_params_model() -> type[BaseModel]:
         device: Literal["auto", "cpu", "cuda"] = "auto"
         threads: int = Field(1, ge=1, description="CPU intra-op threads of every stage (torch.set_num_threads): "
                                                  "fixed, so results do not depend on the machine's core count")
+        data_loading: Literal["auto", "memory", "stream"] = Field(
+            "auto", description="memory: every split held as tensors on the device; stream: batches read from the "
+                                "prepared file by a DataLoader, evaluation in chunks (datasets with a file-backed "
+                                "reader: cub, nyuv2, cifar10, cifar100, svhn); auto: stream when the dataset would "
+                                "take more than stream_above_mb in memory. The same batches either way")
+        workers: int = Field(2, ge=0, description="DataLoader worker processes of a streamed run (0: read in the "
+                                                  "training process)")
+        stream_above_mb: float = Field(1024.0, gt=0, description="data_loading: auto streams a dataset whose "
+                                                                  "inputs and targets exceed this many MiB")
         datasets: datasets_section = Field(default_factory=datasets_section)  # type: ignore[valid-type]
         methods: methods_section = Field(default_factory=methods_section)  # type: ignore[valid-type]
         usefulness: UsefulnessConfig = Field(default_factory=UsefulnessConfig)
@@ -140,6 +149,15 @@ def _build_params_model() -> type[BaseModel]:
                 fits = [name for name, cls in DATASETS.items() if not spec.missing(cls)]
                 raise ValueError(f"method {self.method} needs a dataset with {', '.join(sorted(missing))}, which "
                                  f"dataset {self.dataset} does not have; datasets that fit: {', '.join(fits)}")
+            return self
+
+        @model_validator(mode="after")
+        def _streaming_fits_dataset(self) -> "Params":
+            if self.data_loading == "stream" and not DATASETS.get(self.dataset).streams():
+                fits = [name for name, cls in DATASETS.items() if cls.streams()]
+                raise ValueError(f"data_loading: stream needs a dataset with a file-backed reader, which dataset "
+                                 f"{self.dataset} does not have (it is held in memory: use auto or memory); "
+                                 f"datasets that stream: {', '.join(fits)}")
             return self
 
         @model_validator(mode="after")

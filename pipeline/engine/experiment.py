@@ -13,6 +13,7 @@ from pipeline.core.registry import DATASETS
 from pipeline.core.io import sha256_file, torch_load, verify_manifest
 from pipeline.core.paths import SPLITS, prepared_dir, seed_dir
 from pipeline.datasets.shared.splits import load_splits
+from pipeline.datasets.shared.loading import load_data
 from pipeline.methods.base import build_method
 
 
@@ -35,7 +36,7 @@ def load_experiment(params: Any) -> Experiment:
     ):
         raise ValueError(f"{SPLITS} was made for dataset {info.get('dataset')!r} or older data: run `dvc repro split`")
     dataset = DATASETS.get(params.dataset)(params.profile.model)
-    data = dataset.load(folder)
+    data = load_data(dataset, folder, params.data_loading, params.stream_above_mb)
     return Experiment(dataset, data, load_splits(SPLITS, num_samples=len(data)))
 
 

@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from pipeline.datasets.shared.base import Dataset, TaskData
 from pipeline.datasets.shared.base import reduce_pixels
+from pipeline.datasets.shared.loading import EpochOrder, LoaderRows, evaluation_view
+from pipeline.datasets.shared.rows import is_file_backed
 from pipeline.engine.checkpoint import Checkpointer, load_role_state, role_state, rng_state, set_rng_state
 from pipeline.core import distributed
 from pipeline.core.faults import TrainingGuard
@@ -73,49 +75,62 @@ def stream_generator(seed: int, role: str) -> torch.Generator:
 
 
 class BatchStream:
-    """Endless mini-batches over ``indices``, reshuffled every epoch by a seeded generator (0 = full batch)."""
+    """Endless mini-batches over ``indices``, reshuffled every epoch by a seeded generator (0 = full batch;
+    the order: ``EpochOrder``). In-memory data is held on ``device``; file-backed data (``data_loading:
+    stream``) is read an epoch at a time by a ``DataLoader`` with ``workers`` processes. Same batches either way.
+    With several processes (``pipeline.core.distributed``) each draws the same batch and keeps its shard."""
 
     def __init__(self, data: TaskData, indices: np.ndarray, batch_size: int, generator: torch.Generator,
-                 device: torch.device, main_unlabelled: np.ndarray | None = None) -> None:
-        if len(indices) == 0:
-            raise ValueError("a batch stream needs at least one sample")
-        self.inputs = data.inputs[torch.as_tensor(indices)].to(device)
-        self.targets = data.targets[torch.as_tensor(indices)].to(device)
+                 device: torch.device, main_unlabelled: np.ndarray | None = None, workers: int = 0) -> None:
+        self.order = EpochOrder(len(indices), batch_size, generator)
+        self.batch_size, self.generator = self.order.batch_size, generator
         self.rows = torch.as_tensor(indices).to(device)
         hidden = np.zeros(len(indices), bool) if main_unlabelled is None else np.isin(indices, main_unlabelled)
         self.labelled = torch.as_tensor(~hidden).to(device)  # whether the main-task label may be used
-        self.batch_size = batch_size if 0 < batch_size < len(indices) else len(indices)
-        self.generator = generator
-        self._order: Tensor | None = None
+        self.loader = LoaderRows(data, indices, device, workers) if is_file_backed(data) else None
+        if self.loader is None:
+            self.inputs = data.inputs[torch.as_tensor(indices)].to(device)
+            self.targets = data.targets[torch.as_tensor(indices)].to(device)
+        self._order: Tensor | None = None  # the current epoch's permutation, on the CPU
         self._pos = 0
+        self._device_order: Tensor | None = None  # the same on the device: one copy per epoch, not per step
 
     def next(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Inputs, targets, dataset rows, and a mask of the samples whose main-task label is known."""
-        n = len(self.inputs)
-        if self.batch_size == n:
-            if not distributed.active():
+        if self.order.full_batch:
+            if self.loader is None and not distributed.active():
                 return self.inputs, self.targets, self.rows, self.labelled
-            idx = torch.arange(n, device=self.inputs.device)
+            idx = distributed.shard(torch.arange(self.order.n, device=self.rows.device))
+            if self.loader is not None:
+                self.loader.start([idx.cpu()])
         else:
-            if self._order is None or self._pos + self.batch_size > n:
-                self._order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
-                self._pos = 0
-            idx = self._order[self._pos : self._pos + self.batch_size]
+            if self._order is None or self.order.exhausted(self._pos):
+                self._order, self._pos = self.order.permutation(), 0
+                self._start_epoch()
+            idx = distributed.shard(self._device_order[self._pos: self._pos + self.batch_size])
             self._pos += self.batch_size
-        idx = distributed.shard(idx)  # every process draws the same batch and keeps its part
-        return self.inputs[idx], self.targets[idx], self.rows[idx], self.labelled[idx]
+        x, y = self.loader.take() if self.loader is not None else (self.inputs[idx], self.targets[idx])
+        return x, y, self.rows[idx], self.labelled[idx]
+
+    def _start_epoch(self) -> None:
+        self._device_order = self._order.to(self.rows.device)
+        if self.loader is not None:  # the loader reads this epoch's remaining batches (this process's shards) ahead
+            self.loader.start([distributed.shard(b) for b in self.order.batches(self._order, self._pos)])
 
     def state(self) -> dict[str, Any]:
-        """Where the stream is in its epoch (its generator is saved with the run's random states)."""
-        return {"order": None if self._order is None else self._order.cpu().clone(), "pos": self._pos}
+        """Where the stream is in its epoch (its generator's state is saved apart)."""
+        return {"order": None if self._order is None else self._order.clone(), "pos": self._pos}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self._order = None if state["order"] is None else state["order"].to(self.inputs.device)
-        self._pos = state["pos"]
+        self._order, self._pos = state["order"], int(state["pos"])
+        if self._order is not None:
+            self._order = self._order.cpu()
+            if not self.order.exhausted(self._pos):
+                self._start_epoch()
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.inputs) / self.batch_size)
+        return self.order.steps_per_epoch
 
 
 def task_scale(num_tasks: int, aux_loss_scale: float) -> Tensor:
@@ -276,16 +291,15 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     unlabelled = splits.get("unlabelled")
     generators = {role: stream_generator(seed, role) for role in STREAM_ROLES}
     weights_gen, outer_gen, diagnostics_gen = (generators[role] for role in STREAM_ROLES)
-    train_stream = BatchStream(data, train_idx, cfg.batch_size, weights_gen, device, unlabelled)
+    workers = params.workers
+    train_stream = BatchStream(data, train_idx, cfg.batch_size, weights_gen, device, unlabelled, workers)
     outer_train_size, outer_aux_size = method.outer_batch_sizes(cfg.batch_size)
-    outer_train_stream = BatchStream(data, train_idx, outer_train_size, outer_gen, device, unlabelled)
-    aux_stream = BatchStream(data, splits["aux"], outer_aux_size, outer_gen, device)
-    diagnostic_stream = BatchStream(data, train_idx, cfg.batch_size, diagnostics_gen, device, unlabelled)
+    outer_train_stream = BatchStream(data, train_idx, outer_train_size, outer_gen, device, unlabelled, workers)
+    aux_stream = BatchStream(data, splits["aux"], outer_aux_size, outer_gen, device, workers=workers)
+    diagnostic_stream = BatchStream(data, train_idx, cfg.batch_size, diagnostics_gen, device, unlabelled, workers)
     streams = {"weights": train_stream, "outer_train": outer_train_stream, "aux": aux_stream,
                "diagnostics": diagnostic_stream}
-    val_idx = torch.as_tensor(splits["val"])
-    val_data = TaskData(data.inputs[val_idx].to(device), data.targets[val_idx].to(device), data.task_names, data.meta)
-    all_val = torch.arange(len(val_idx), device=device)
+    val_data, all_val = evaluation_view(data, splits["val"], device)  # file-backed: read in chunks
 
     scale = task_scale(method.num_tasks, cfg.aux_loss_scale).to(device)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.datasets.shared.base import DataError
 from pipeline.datasets.shared.h5 import TEXT, file_attrs, open_prepared, put, put_attrs, text
+from pipeline.datasets.shared.rows import H5Rows
 from pipeline.datasets.cub.sources import CubIndex, image_path, read_image
 from pipeline.core.progress import counted
 
@@ -65,7 +66,7 @@ def write_prepared(index: CubIndex, out_file: Path | str, image_size: int, attrs
 class PreparedCub:
     """``cub.h5`` in memory, checked for consistency."""
 
-    images: np.ndarray  # uint8 [N, 3, S, S]
+    images: np.ndarray | H5Rows  # uint8 [N, 3, S, S]; H5Rows: read on demand (``read_prepared(lazy=True)``)
     labels: np.ndarray  # int64 [N], 0-based
     attributes: np.ndarray  # uint8 [N, A], 0/1
     is_train: np.ndarray  # uint8 [N]
@@ -84,23 +85,27 @@ def _stats_problem(mean: np.ndarray, std: np.ndarray) -> str | None:
     return None
 
 
-def read_prepared(folder: Path | str) -> PreparedCub:
-    """Read and validate ``<folder>/cub.h5``; any problem is a ``DataError`` naming the file."""
+def read_prepared(folder: Path | str, lazy: bool = False) -> PreparedCub:
+    """Read and validate ``<folder>/cub.h5``; any problem is a ``DataError`` naming the file. ``lazy``: the
+    images stay in the file (``H5Rows``; real CUB's are 2.2 GB at 256 px), everything else is read."""
     path = Path(folder) / H5_NAME
     with open_prepared(path, "prepare") as f:
         absent = [k for k in _ARRAYS if k not in f] + [k for k in ("mean", "std") if k not in f.attrs]
         if absent:
             raise DataError(f"{path}: missing {', '.join(absent)}")
-        images, labels, attributes = f["images"][...], f["labels"][...], f["attributes"][...]
+        stored = f["images"]
+        shape, dtype = stored.shape, stored.dtype  # checked below, whether or not the images are read
+        images = None if lazy else stored[...]
+        labels, attributes = f["labels"][...], f["attributes"][...]
         is_train, image_ids = f["is_train"][...], f["image_ids"][...]
         class_names, attribute_names = text(f["class_names"][...]), text(f["attribute_names"][...])
         mean, std = np.asarray(f.attrs["mean"], dtype=np.float64), np.asarray(f.attrs["std"], dtype=np.float64)
         attrs = file_attrs(f)
-    n = len(images)
+    n = shape[0] if shape else 0
     c, a = len(class_names), len(attribute_names)
     problems = []
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3] or images.dtype != np.uint8:
-        problems.append(f"images should be uint8 [N, 3, S, S], got {images.dtype} {images.shape}")
+    if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3] or dtype != np.uint8:
+        problems.append(f"images should be uint8 [N, 3, S, S], got {dtype} {shape}")
     if labels.shape != (n,) or attributes.shape != (n, a) or is_train.shape != (n,) or image_ids.shape != (n,):
         problems.append(f"labels {labels.shape}, attributes {attributes.shape}, is_train {is_train.shape}, "
                         f"image_ids {image_ids.shape} do not match {n} images and {a} attribute names")
@@ -113,4 +118,6 @@ def read_prepared(folder: Path | str) -> PreparedCub:
         problems.append(stats)
     if problems:
         raise DataError(f"{path}: " + "; ".join(problems))
+    if lazy:
+        images = H5Rows(path, ("images",))
     return PreparedCub(images, labels, attributes, is_train, image_ids, class_names, attribute_names, mean, std, attrs)

@@ -86,7 +86,14 @@ class Cub(Dataset):
     def load(self, folder: Path) -> TaskData:
         """cub.h5 as TaskData: targets [N, 1 + A] (species, then the attributes); ``meta`` holds the official
         train flags, the image ids, the class names, the normalisation statistics and (stand-in) the roles."""
-        p = read_prepared(folder)
+        return self._task_data(folder, lazy=False)
+
+    def open_rows(self, folder: Path) -> TaskData:
+        """As ``load``, the images read on demand from cub.h5 (the targets, 1.3 KB an image, are read)."""
+        return self._task_data(folder, lazy=True)
+
+    def _task_data(self, folder: Path, lazy: bool) -> TaskData:
+        p = read_prepared(folder, lazy=lazy)
         targets = torch.cat([torch.from_numpy(p.labels).float()[:, None], torch.from_numpy(p.attributes).float()], 1)
         meta = {
             "source": p.attrs.get("source", ""),
@@ -102,7 +109,8 @@ class Cub(Dataset):
         roles = read_aux_roles(Path(folder), p.attribute_names)
         if roles is not None:
             meta["aux_roles"] = roles
-        return TaskData(torch.from_numpy(p.images), targets, ["species", *p.attribute_names], meta)
+        images = p.images if lazy else torch.from_numpy(p.images)
+        return TaskData(images, targets, ["species", *p.attribute_names], meta)
 
     # -- splits --------------------------------------------------------------------------------
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
 
 from pipeline.datasets.shared.base import DataError
 from pipeline.datasets.shared.h5 import file_attrs, open_prepared, put, put_attrs
+from pipeline.datasets.shared.rows import H5Rows
 from pipeline.datasets.nyuv2.sources import IGNORE, NUM_CLASSES, Row
 from pipeline.core.progress import counted
 
@@ -26,10 +27,11 @@ NEED = ("images", "labels", "depth", "normals", "is_train", "sample_ids")
 
 @dataclass
 class Prepared:
-    """The prepared file in memory: ``targets`` float32 [N, 5, H, W] = (label, depth, normal x, y, z)."""
+    """The prepared file in memory: ``targets`` float32 [N, 5, H, W] = (label, depth, normal x, y, z); both
+    ``H5Rows`` (read on demand) from ``read_prepared(lazy=True)``."""
 
-    images: np.ndarray
-    targets: np.ndarray
+    images: np.ndarray | H5Rows
+    targets: np.ndarray | H5Rows
     is_train: np.ndarray
     sample_ids: np.ndarray
     source: str
@@ -66,33 +68,46 @@ def write_prepared(out_file: Path, samples: Iterator[Row], count: int, size: tup
         put_attrs(f, attrs)
 
 
-def read_prepared(folder: Path, stage: str = "prepare") -> Prepared:
+def read_prepared(folder: Path, stage: str = "prepare", lazy: bool = False) -> Prepared:
     """``folder/nyuv2.h5``, checked for its datasets, shapes, dtypes and label range; ``DataError`` naming the
-    file (and the ``stage`` that makes it, when it is missing)."""
+    file (and the ``stage`` that makes it, when it is missing). ``lazy``: images and targets stay in the file
+    (``H5Rows``); the label range is still checked over every row, a chunk at a time."""
     path = Path(folder) / H5_NAME
     with open_prepared(path, stage) as f:
         absent = [k for k in NEED if k not in f]
         if absent:
             raise DataError(f"{path}: missing {', '.join(absent)}")
-        images, is_train, sample_ids = f["images"][...], f["is_train"][...], f["sample_ids"][...]
+        stored, is_train, sample_ids = f["images"], f["is_train"][...], f["sample_ids"][...]
         source = file_attrs(f).get("source", "")
-        n = len(images)
-        if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
-            raise DataError(f"{path}: images should be uint8 [N, 3, H, W], got {images.dtype} {images.shape}")
-        hw = images.shape[2:]
+        n = len(stored)
+        if stored.ndim != 4 or stored.shape[1] != 3 or stored.dtype != np.uint8:
+            raise DataError(f"{path}: images should be uint8 [N, 3, H, W], got {stored.dtype} {stored.shape}")
+        hw = stored.shape[2:]
         labels, depth, normals = f["labels"], f["depth"], f["normals"]
         if labels.shape != (n, *hw) or depth.shape != (n, *hw) or normals.shape != (n, 3, *hw) \
                 or is_train.shape != (n,) or sample_ids.shape != (n,):
             raise DataError(f"{path}: labels {labels.shape}, depth {depth.shape}, normals {normals.shape}, "
                             f"is_train {is_train.shape}, sample_ids {sample_ids.shape} do not match images "
-                            f"{images.shape}")
+                            f"{stored.shape}")
+        images = None if lazy else stored[...]
         # Filled in slices straight from the file: real NYUv2 targets are 3.2 GB as float32, and
         # whole-array copies would double that.
-        targets = np.empty((n, 5, *hw), np.float32)
+        targets = None if lazy else np.empty((n, 5, *hw), np.float32)
         for start in range(0, n, LOAD_CHUNK):
             rows = slice(start, start + LOAD_CHUNK)
             lab = labels[rows]
             if lab.min() < IGNORE or lab.max() >= NUM_CLASSES:
                 raise DataError(f"{path}: labels must lie in -1..{NUM_CLASSES - 1}")
-            targets[rows, 0], targets[rows, 1], targets[rows, 2:5] = lab, depth[rows], normals[rows]
+            if targets is not None:
+                targets[rows] = stack_targets((lab, depth[rows], normals[rows]))
+    if lazy:
+        images, targets = H5Rows(path, ("images",)), H5Rows(path, ("labels", "depth", "normals"), stack_targets)
     return Prepared(images, targets, is_train.astype(bool), sample_ids, source)
+
+
+def stack_targets(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """(labels [B, H, W], depth [B, H, W], normals [B, 3, H, W]) -> float32 targets [B, 5, H, W]."""
+    labels, depth, normals = arrays
+    out = np.empty((len(labels), 5, *labels.shape[1:]), np.float32)
+    out[:, 0], out[:, 1], out[:, 2:5] = labels, depth, normals
+    return out

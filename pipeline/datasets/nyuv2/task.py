@@ -101,12 +101,21 @@ class Nyuv2(Dataset):
                 write_prepared(out_file, samples, count, size, attrs)
 
     def load(self, folder: Path) -> TaskData:
-        prepared = read_prepared(folder, "prepare")
+        return self._task_data(folder, lazy=False)
+
+    def open_rows(self, folder: Path) -> TaskData:
+        """As ``load``, images and targets read on demand from nyuv2.h5 (real NYUv2's targets are 3.2 GB)."""
+        return self._task_data(folder, lazy=True)
+
+    def _task_data(self, folder: Path, lazy: bool) -> TaskData:
+        prepared = read_prepared(folder, "prepare", lazy=lazy)
         meta = {"source": prepared.source, "num_classes": NUM_CLASSES, "class_names": list(CLASS_NAMES),
                 "is_train": prepared.is_train, "sample_ids": prepared.sample_ids, "image_size": prepared.image_size}
         roles = read_aux_roles(Path(folder), TASK_NAMES[1:])
         if roles is not None:
             meta["aux_roles"] = roles
+        if lazy:
+            return TaskData(prepared.images, prepared.targets, list(TASK_NAMES), meta)
         return TaskData(torch.from_numpy(prepared.images), torch.from_numpy(prepared.targets), list(TASK_NAMES), meta)
 
     def make_splits(self, data: TaskData, split_cfg: SplitConfig) -> dict[str, np.ndarray]:

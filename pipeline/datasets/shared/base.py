@@ -111,6 +111,18 @@ class Dataset(ABC):
     def metrics(self, model: nn.Module, data: TaskData, indices: Tensor) -> dict[str, float]:
         """Test metrics of the main task on ``data`` restricted to ``indices``."""
 
+    def open_rows(self, folder: Path) -> TaskData:
+        """``load``'s TaskData with the large arrays left in the prepared file: ``inputs`` (and ``targets`` where
+        they are large) are ``pipeline.datasets.shared.rows.H5Rows``, read row by row on demand, so that training
+        streams batches through a ``DataLoader`` and evaluation reads chunks (``data_loading: stream``). Rows
+        read this way equal ``load``'s. Default: not offered (the dataset is small: ``load`` it)."""
+        raise ValueError(f"dataset {self.name} has no file-backed reader: use data_loading: memory")
+
+    @classmethod
+    def streams(cls) -> bool:
+        """Whether the dataset offers ``open_rows``."""
+        return cls.open_rows is not Dataset.open_rows
+
     def make_splits(self, data: TaskData, split_cfg: Any) -> dict[str, np.ndarray]:
         """Default: a seeded random partition. Datasets with official splits override this."""
         return random_splits(len(data), split_cfg.aux, split_cfg.val, split_cfg.test, split_cfg.seed)

@@ -228,6 +228,10 @@ class ImageClassification(Dataset):
     def load(self, folder: Path) -> TaskData:
         return read_prepared(Path(folder) / H5_NAME, self.name)
 
+    def open_rows(self, folder: Path) -> TaskData:
+        """As ``load``, the images read on demand from images.h5."""
+        return read_prepared(Path(folder) / H5_NAME, self.name, lazy=True)
+
     # -- splits --------------------------------------------------------------------------------
 
     def make_splits(self, data: TaskData, split_cfg: ImageSplitConfig) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ import torch
 from pipeline.datasets.shared.base import DataError, TaskData
 from pipeline.datasets.shared.h5 import TEXT, file_attrs, open_prepared, put, text
 from pipeline.datasets.shared.raw_images import RawImages
+from pipeline.datasets.shared.rows import H5Rows
 from pipeline.datasets.shared.standin_shapes import IMAGE_SIZE
 
 
@@ -48,23 +49,27 @@ def write_prepared(raw: RawImages, main: str, out_file: Path, source: str) -> No
         f.attrs["image_size"] = IMAGE_SIZE
 
 
-def read_prepared(path: Path, name: str) -> TaskData:
+def read_prepared(path: Path, name: str, lazy: bool = False) -> TaskData:
     """``images.h5`` of dataset ``name`` as TaskData (uint8 images, the main label as the one target column, and
-    ``meta``); a missing or malformed file is a DataError naming it."""
+    ``meta``); a missing or malformed file is a DataError naming it. ``lazy``: the images stay in the file
+    (``H5Rows``, read on demand)."""
     with open_prepared(path, "prepare") as f:
         absent = [k for k in ("images", "labels", "is_train", "class_names") if k not in f]
         absent += [k for k in ("mean", "std") if k not in f.attrs]
         if absent:
             raise DataError(f"{path}: missing {', '.join(absent)}")
-        images, labels, is_train = f["images"][...], f["labels"][...], f["is_train"][...].astype(bool)
+        stored = f["images"]
+        shape, dtype = stored.shape, stored.dtype  # checked below, whether or not the images are read
+        images = None if lazy else stored[...]
+        labels, is_train = f["labels"][...], f["is_train"][...].astype(bool)
         class_names = text(f["class_names"][...])
         extra = {k: f[k][...] for k in f if k.endswith("_labels") or k.endswith("_names")}
         attrs = file_attrs(f)
     mean, std = np.asarray(attrs["mean"], dtype=np.float64), np.asarray(attrs["std"], dtype=np.float64)
-    n, c = len(images), len(class_names)
+    n, c = (shape[0] if shape else 0), len(class_names)
     problems = []
-    if images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE) or images.dtype != np.uint8:
-        problems.append(f"images should be uint8 [N, 3, 32, 32], got {images.dtype} {images.shape}")
+    if tuple(shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE) or dtype != np.uint8:
+        problems.append(f"images should be uint8 [N, 3, 32, 32], got {dtype} {shape}")
     if labels.shape != (n,) or is_train.shape != (n,):
         problems.append(f"labels {labels.shape} and is_train {is_train.shape} do not match {n} images")
     elif n and (labels.min() < 0 or labels.max() >= c):
@@ -92,4 +97,5 @@ def read_prepared(path: Path, name: str) -> TaskData:
     if "subclass_labels" in meta:
         meta["num_subclasses"] = int(meta["subclass_labels"].max()) + 1 if n else 0
     targets = torch.from_numpy(labels.astype(np.float32))[:, None]
-    return TaskData(torch.from_numpy(images), targets, ["class"], meta)
+    inputs = H5Rows(path, ("images",)) if lazy else torch.from_numpy(images)
+    return TaskData(inputs, targets, ["class"], meta)

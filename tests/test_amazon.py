@@ -264,7 +264,7 @@ def test_dtg_regression_label_is_the_primary_plus_a_learned_shift(tmp_path):
     y = batch.y[:, :1]
     assert torch.allclose(g.bias, y) and torch.allclose(g.label, y + g.scores)
     assert torch.allclose(g.loss, ((gen.head(g.feature) - g.label) ** 2)[:, 0])
-    assert float(gen.regulariser(g)) == pytest.approx(float((g.scores ** 2).mean()))
+    assert float(gen.regulariser(g).detach()) == pytest.approx(float((g.scores.detach() ** 2).mean()))
     losses, _ = method.batch_losses(model, ds, batch)
     assert losses.shape == (16, 3) and set(gen.step_log(type("C", (), {"step": 1})())) == {
         "dtg_score_mean", "dtg_score_std"}
@@ -315,3 +315,16 @@ def test_stage_chain_runs_on_amazon(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
     assert list(metrics["test"])[:2] == ["rmse", "mae"] and math.isfinite(metrics["test"]["rmse"]["mean"])
     assert (tmp_path / "reports/report.md").is_file()
+
+
+def test_dtg_regression_head_starts_at_the_first_batch_mean(tmp_path):
+    ds, data, method, model = _dtg(tmp_path, DTGConfig())
+    gen = method.generator
+    rows = torch.arange(8)
+    batch = Batch(data.inputs[rows], data.targets[rows], rows, torch.ones(8, dtype=torch.bool))
+    assert float(gen.head.bias.detach()) != pytest.approx(float(batch.y[:, 0].mean()))
+    method.batch_losses(model, ds, batch)
+    assert float(gen.head.bias.detach()) == pytest.approx(float(batch.y[:, 0].mean())) and bool(gen.head_calibrated)
+    later = Batch(data.inputs[rows + 8], data.targets[rows + 8], rows + 8, torch.ones(8, dtype=torch.bool))
+    method.batch_losses(model, ds, later)  # once only
+    assert float(gen.head.bias.detach()) == pytest.approx(float(batch.y[:, 0].mean()))

@@ -254,6 +254,8 @@ class DTGGenerator(TaskGenerator):
         self.label_generator = FieldNet(own * (2 if self.pair_labels else 1), c, cfg)
         self.feature_generator = FieldNet([FieldSpec(size=d)] * 2, d, cfg) if cfg.generate_data else None
         self.head = nn.Linear(d, c)  # the generated task's head: θ, not φ
+        if self.regression:  # its bias is set once, at the first lower batch (``batch_losses``); saved with φ
+            self.register_buffer("head_calibrated", torch.tensor(False))
         # π's stream: seeded from the method's seed (the trainer builds methods under their own seeded stream)
         self.pairing_seed = int(torch.randint(0, 2**62, ()))
         self.pair_stream = torch.Generator().manual_seed(self.pairing_seed)
@@ -373,7 +375,15 @@ class DTGGenerator(TaskGenerator):
 
     def batch_losses(self, model: Any, dataset: Any, batch: Batch, track_hparams: bool = False
                      ) -> tuple[Tensor, Tensor]:
-        """W's step: a new pairing π for the batch; the diagnostics of its generated labels are kept."""
+        """W's step: a new pairing π for the batch; the diagnostics of its generated labels are kept.
+
+        A regression primary: at the first batch the generated head's bias is set to the batch's mean primary
+        label, as a primary head starts at the mean rating; from 0 it would need ~mean/lr Adam steps to get
+        there, while its squared error (~mean²) swamps the trunk's gradient."""
+        if self.regression and not bool(self.head_calibrated):
+            with torch.no_grad():
+                self.head.bias.fill_(float(self.label_inputs(dataset, batch)[1].float().mean()))
+                self.head_calibrated.fill_(True)
         losses, z, gen = self.losses(model, dataset, batch, self.new_pairing(batch), track_hparams)
         self._diagnostics = collapse_diagnostics(gen, self.regression)
         return losses, z

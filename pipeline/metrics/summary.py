@@ -7,7 +7,7 @@ from typing import Iterable
 # Which way each metric a dataset reports improves. Explicit names first (every metric of every dataset in
 # pipeline/datasets/), then a naming rule for new ones; a name neither covers raises instead of guessing.
 LOWER_IS_BETTER = frozenset({"main_mse", "weight_error", "main_loss", "depth_abs_err", "depth_rel_err",
-                             "normal_mean_deg", "normal_median_deg"})
+                             "normal_mean_deg", "normal_median_deg", "rmse", "mae"})
 HIGHER_IS_BETTER = frozenset({"top1", "top3", "accuracy", "miou", "pixel_acc", "instance_miou", "class_miou"})
 LOWER_SUFFIXES = ("loss", "mse", "mae", "err", "error", "deg")       # losses, errors, angles
 HIGHER_PATTERNS = ("acc", "miou", "iou", "top", "within", "f1", "auc")  # accuracies, overlaps, shares

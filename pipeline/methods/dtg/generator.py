@@ -11,6 +11,9 @@ Per row (a sample, or a point of a dense primary label):
 - each generator = Σ_n A_n x_n (linear term) + MLP([e_1; …; e_N]) (nonlinear term) over per-field embeddings
   e_n ∈ R^m (``nn.Embedding`` for class labels, ``nn.Linear`` otherwise) ([A §5.5] Wide&Deep; [R] the form).
 - the generated task's head (part of θ, trained by W's optimiser): ℓ_g = soft cross-entropy(head(ĥ_g), ŷ).
+- a regression primary (a real label, e.g. a rating; notes §3 [R]): s ∈ R, ŷ = b + s with b = y_p (or the pair's
+  mean, ``label_bias: pair``), ℓ_g = (head(ĥ_g) − ŷ)², the ``target`` regulariser the mean s² (ŷ's distance from
+  its bias, as KL(b ‖ ŷ) for classes); ``label_form``, β and the ``diversity`` regulariser are for classes only.
 
 Dense primary labels (per point / pixel, [A §5.6]): the generators run on every point's row: the features
 at that point of both samples, the labels at that point.
@@ -225,9 +228,12 @@ class DTGGenerator(TaskGenerator):
         super().__init__()
         self.cfg = cfg
         fields: list[LabelField] = dataset.task_label_fields(data)
-        if fields[0].classes < 2:
-            raise ValueError(f"method dtg_auxl: the main task of dataset {dataset.name} is not a classification "
-                             f"(per sample or per point); regression (ŷ = y_p + s) is not implemented")
+        self.regression = fields[0].classes == 0  # a real primary label: ŷ = y_p + s
+        if fields[0].classes == 1:
+            raise ValueError(f"method dtg_auxl: the main task of dataset {dataset.name} has one class")
+        if self.regression and (cfg.label_form != "softmax_bias" or cfg.reg_kind != "target"):
+            raise ValueError(f"methods.dtg: dataset {dataset.name}'s main task is a regression (ŷ = y_p + s): "
+                             "label_form and reg_kind: diversity apply to a classification main task only")
         given = list(data.task_names[1:])
         chosen = cfg.auxiliaries if cfg.auxiliaries is not None else given
         unknown = [a for a in chosen if a not in given]
@@ -237,17 +243,19 @@ class DTGGenerator(TaskGenerator):
         self.aux_columns = [given.index(a) + 1 for a in chosen]  # columns of the losses and the label fields
         self.aux_names = list(chosen)
         self.aux_classes = [fields[j].classes for j in self.aux_columns]
-        self.num_classes = fields[0].classes
+        self.num_classes = 1 if self.regression else fields[0].classes  # outputs of s and of the generated head
         self.feature_size, self.dense = self._probe(dataset, data, params)
         d, c = self.feature_size, self.num_classes
 
-        own = [FieldSpec(classes=c)]
+        own = [FieldSpec(size=1) if self.regression else FieldSpec(classes=c)]
         if cfg.use_aux_labels:
             own += [FieldSpec(classes=fields[j].classes, size=1) for j in self.aux_columns]
         self.pair_labels = cfg.generate_data and cfg.pair_labels
         self.label_generator = FieldNet(own * (2 if self.pair_labels else 1), c, cfg)
         self.feature_generator = FieldNet([FieldSpec(size=d)] * 2, d, cfg) if cfg.generate_data else None
         self.head = nn.Linear(d, c)  # the generated task's head: θ, not φ
+        if self.regression:  # its bias is set once, at the first lower batch (``batch_losses``); saved with φ
+            self.register_buffer("head_calibrated", torch.tensor(False))
         # π's stream: seeded from the method's seed (the trainer builds methods under their own seeded stream)
         self.pairing_seed = int(torch.randint(0, 2**62, ()))
         self.pair_stream = torch.Generator().manual_seed(self.pairing_seed)
@@ -302,9 +310,13 @@ class DTGGenerator(TaskGenerator):
         out-of-range ids) set to the unknown index C."""
         labels = dataset.task_labels(batch.y)
         c = self.num_classes
-        primary = labels[0].long()
-        known = batch.labelled.view(-1, *([1] * (primary.dim() - 1))) & (primary >= 0) & (primary < c)
-        primary = torch.where(known, primary, torch.full_like(primary, c))
+        primary = labels[0] if self.regression else labels[0].long()
+        known = batch.labelled.view(-1, *([1] * (primary.dim() - 1)))
+        if self.regression:  # an unknown real label reads as 0 (and gives no bias)
+            primary = torch.where(known & torch.isfinite(primary), primary, torch.zeros_like(primary))
+        else:
+            known = known & (primary >= 0) & (primary < c)
+            primary = torch.where(known, primary, torch.full_like(primary, c))
         inputs = [primary]
         if self.cfg.use_aux_labels:
             for j, k in zip(self.aux_columns, self.aux_classes):
@@ -324,19 +336,26 @@ class DTGGenerator(TaskGenerator):
         rows = [label_rows(x) for x in inputs]
         with torch.set_grad_enabled(track_hparams and torch.is_grad_enabled()):
             scores = self.label_generator(rows)
-        own = F.one_hot(label_rows(primary), c + 1)[:, :c].to(scores.dtype)  # unknown -> a zero row
-        if cfg.label_bias == "pair" and cfg.generate_data:
-            other = F.one_hot(label_rows(primary[perm]), c + 1)[:, :c].to(scores.dtype)
-            bias = (own + other) / (own.sum(1, keepdim=True) + other.sum(1, keepdim=True)).clamp_min(1)
+        if self.regression:  # ŷ = b + s, b = y_p (or the pair's mean)
+            bias = label_rows(primary)[:, None].to(scores.dtype)
+            if cfg.label_bias == "pair" and cfg.generate_data:
+                bias = (bias + label_rows(primary[perm])[:, None].to(scores.dtype)) / 2
+            label = bias + scores
         else:
-            bias = own
-        if cfg.label_form == "softmax_bias":
-            label = torch.softmax(scores + cfg.beta * bias, dim=1)
-        else:
-            label = (bias + torch.softmax(scores, dim=1)) / (1 + bias.sum(1, keepdim=True))
+            own = F.one_hot(label_rows(primary), c + 1)[:, :c].to(scores.dtype)  # unknown -> a zero row
+            if cfg.label_bias == "pair" and cfg.generate_data:
+                other = F.one_hot(label_rows(primary[perm]), c + 1)[:, :c].to(scores.dtype)
+                bias = (own + other) / (own.sum(1, keepdim=True) + other.sum(1, keepdim=True)).clamp_min(1)
+            else:
+                bias = own
+            if cfg.label_form == "softmax_bias":
+                label = torch.softmax(scores + cfg.beta * bias, dim=1)
+            else:
+                label = (bias + torch.softmax(scores, dim=1)) / (1 + bias.sum(1, keepdim=True))
         h = to_rows(z)
         feature = self.feature_generator([h, to_rows(z[perm])]) if self.feature_generator is not None else h
-        loss = -(label * F.log_softmax(self.head(feature), dim=1)).sum(1)
+        out = self.head(feature)
+        loss = ((out - label) ** 2).sum(1) if self.regression else -(label * F.log_softmax(out, dim=1)).sum(1)
         loss = loss.view(z.shape[0], *z.shape[2:])
         return Generated(feature, label, scores, bias, loss)
 
@@ -356,13 +375,23 @@ class DTGGenerator(TaskGenerator):
 
     def batch_losses(self, model: Any, dataset: Any, batch: Batch, track_hparams: bool = False
                      ) -> tuple[Tensor, Tensor]:
-        """W's step: a new pairing π for the batch; the diagnostics of its generated labels are kept."""
+        """W's step: a new pairing π for the batch; the diagnostics of its generated labels are kept.
+
+        A regression primary: at the first batch the generated head's bias is set to the batch's mean primary
+        label, as a primary head starts at the mean rating; from 0 it would need ~mean/lr Adam steps to get
+        there, while its squared error (~mean²) swamps the trunk's gradient."""
+        if self.regression and not bool(self.head_calibrated):
+            with torch.no_grad():
+                self.head.bias.fill_(float(self.label_inputs(dataset, batch)[1].float().mean()))
+                self.head_calibrated.fill_(True)
         losses, z, gen = self.losses(model, dataset, batch, self.new_pairing(batch), track_hparams)
-        self._diagnostics = collapse_diagnostics(gen)
+        self._diagnostics = collapse_diagnostics(gen, self.regression)
         return losses, z
 
     def regulariser(self, gen: Generated) -> Tensor:
         """The instance regularisation R(φ) on a generated batch (without λ), as ``reg_kind`` says ([R] §5)."""
+        if self.regression:  # ŷ's squared distance from its bias
+            return (gen.scores ** 2).mean()
         if self.cfg.reg_kind == "target":
             mass = gen.bias.sum(1)
             keep = mass > 0
@@ -378,10 +407,14 @@ class DTGGenerator(TaskGenerator):
         return dict(self._diagnostics) if ctx.step % self.cfg.diagnose_every == 0 else {}
 
 
-def collapse_diagnostics(gen: Generated) -> dict[str, float]:
+def collapse_diagnostics(gen: Generated, regression: bool = False) -> dict[str, float]:
     """Mode collapse ([A §5.4]), per batch: distinct argmax classes and the entropy (nats) of the mean of the
     generated labels ŷ (``dtg_label_*``) and of the learnable part softmax(s) alone (``dtg_score_*``); one class
-    for every input is collapse."""
+    for every input is collapse. A regression primary: the mean and the spread (std over the batch) of the
+    learnable shift s; a spread of 0 is the same collapse (one shift for every input)."""
+    if regression:
+        s = gen.scores.detach()[:, 0]
+        return {"dtg_score_mean": float(s.mean()), "dtg_score_std": float(s.std()) if len(s) > 1 else 0.0}
     with torch.no_grad():
         label, scores = gen.label.detach(), torch.softmax(gen.scores.detach(), dim=1)
         return {"dtg_label_classes": float(label.argmax(1).unique().numel()),

@@ -132,7 +132,8 @@ def test_shards_cover_the_batch_once(monkeypatch):
 @pytest.mark.slow
 def test_train_stage_launches_torchrun_and_process_zero_writes(tmp_path):
     """`distributed.processes: 2` makes the train stage re-run itself under torchrun (two gloo processes on
-    CPU); the models it writes equal a one-process run's (toy2d, even batches), written once."""
+    CPU). Sharing batches, the models equal a one-process run's to float rounding (toy2d, even batches);
+    sharing seeds (each process trains one of the two seeds), they are the same bytes. Written once each."""
     import subprocess
     import sys
 
@@ -141,7 +142,7 @@ def test_train_stage_launches_torchrun_and_process_zero_writes(tmp_path):
     from tests.conftest import copy_repository, small_default_params
 
     params = small_default_params()
-    params.update(method="auxilearn_linear", dataset="toy2d", seeds=[0])
+    params.update(method="auxilearn_linear", dataset="toy2d", seeds=[0, 1])
     params["datasets"]["toy2d"]["train"] = {"steps": 30, "batch_size": 16, "eval_every": 10}
     params["methods"]["bilevel"] = {"hyper_every": 5, "hyper_train_batch": 8, "hyper_aux_batch": 8}
     repo = copy_repository(tmp_path, params)
@@ -153,15 +154,27 @@ def test_train_stage_launches_torchrun_and_process_zero_writes(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
+    def models() -> dict[int, dict[str, torch.Tensor]]:
+        assert sorted(p.name for p in (repo / "models").iterdir()) == ["run.json", "seed_0", "seed_1"]
+        return {s: torch.load(repo / f"models/seed_{s}/model.pt", weights_only=True) for s in (0, 1)}
+
     for name in ("prepare", "split", "train"):
         stage(name)
-    one = torch.load(repo / "models/seed_0/model.pt", weights_only=True)
-    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "distributed": {"processes": 2}}, sort_keys=False))
-    assert "torch.distributed.run --standalone --nproc-per-node=2" in stage("train")
-    assert sorted(p.name for p in (repo / "models").iterdir()) == ["run.json", "seed_0"]
-    two = torch.load(repo / "models/seed_0/model.pt", weights_only=True)
-    for key, value in one.items():
-        torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    one = models()
+    one_bytes = {s: (repo / f"models/seed_{s}/model.pt").read_bytes() for s in (0, 1)}
+    for parallel in ("batches", "seeds"):
+        (repo / "params.yaml").write_text(yaml.safe_dump(
+            {**params, "distributed": {"processes": 2, "parallel": parallel}}, sort_keys=False))
+        assert "torch.distributed.run --standalone --nproc-per-node=2" in stage("train")
+        two = models()
+        for seed, state in one.items():
+            for key, value in state.items():
+                torch.testing.assert_close(two[seed][key], value, rtol=1e-4, atol=1e-5, msg=f"{parallel} {key}")
+        assert not (repo / ".dvc/tmp/train_seeds").exists()
+    assert {s: (repo / f"models/seed_{s}/model.pt").read_bytes() for s in (0, 1)} == one_bytes  # seeds: exact
+    curves = (repo / "reports/live/task_loss.tsv").read_text().splitlines()
+    assert curves[0] == "step\tvalue\tseries" and curves.count(curves[0]) == 1  # one header, both seeds' rows
+    assert {line.split("\t")[2].rsplit(" ", 1)[-1] for line in curves[1:]} == {"0", "1"}
 
 
 def test_auto_device_takes_the_gpu_with_most_free_memory(monkeypatch):

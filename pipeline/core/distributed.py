@@ -13,7 +13,7 @@ With one process (no process group) every function here is the identity.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.distributed as dist
@@ -27,12 +27,31 @@ class DistributedConfig(StrictModel):
     """``distributed``: one training run over several processes (torchrun), one per GPU."""
 
     processes: int = Field(1, ge=1, description="processes on this machine: > 1 launches the train stage with "
-                                                "torchrun, each process a shard of every batch and one GPU "
-                                                "(CPU processes use gloo); several machines: see the README")
+                                                "torchrun, one GPU each (CPU processes use gloo); several "
+                                                "machines: see the README")
+    parallel: Literal["batches", "seeds"] = Field(
+        "batches", description="what the processes share: batches = every seed trained by all, each process a "
+                               "shard of every batch (one run, faster); seeds = each process trains its own "
+                               "seeds (seeds[rank::processes]) whole, results identical to one process")
+
+
+# Whether this run's processes share its batches (``setup``): with ``parallel: seeds`` the process group exists
+# (for barriers) but each process trains alone, so nothing is sharded or averaged.
+_sharing_batches = True
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether several processes share each batch (shards, averaged gradients)."""
+    return _sharing_batches and group_size() > 1
+
+
+def group_size() -> int:
+    """How many processes the run has (whatever they share)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def group_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def world_size() -> int:
@@ -57,9 +76,12 @@ def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(device: torch.device) -> torch.device:
+def setup(device: torch.device, share_batches: bool = True) -> torch.device:
     """Join the process group torchrun describes (nccl on CUDA, gloo on CPU); each process takes the GPU of
-    its local rank. Returns the device this process uses; a no-op outside torchrun."""
+    its local rank. ``share_batches``: whether the processes shard every batch (else each trains alone).
+    Returns the device this process uses; a no-op outside torchrun."""
+    global _sharing_batches
+    _sharing_batches = share_batches
     if not launched_by_torchrun() or dist.is_initialized():
         return device
     if device.type == "cuda":
@@ -70,6 +92,8 @@ def setup(device: torch.device) -> torch.device:
 
 
 def teardown() -> None:
+    global _sharing_batches
+    _sharing_batches = True
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -102,7 +126,7 @@ def broadcast_parameters(params: Sequence[Tensor]) -> None:
 
 
 def barrier() -> None:
-    if active():
+    if group_size() > 1:
         dist.barrier()
 
 

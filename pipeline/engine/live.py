@@ -50,6 +50,15 @@ def reset(live_dir: Path | str = LIVE, metrics_path: Path | str | None = LIVE_ME
         Path(metrics_path).unlink(missing_ok=True)
 
 
+def start_combined(live_dir: Path | str = LIVE) -> None:
+    """The cross-seed files with their header, written once before several processes append to them."""
+    Path(live_dir).mkdir(parents=True, exist_ok=True)
+    for name in COMBINED:
+        path = Path(live_dir) / f"{name}.tsv"
+        if not path.exists():
+            path.write_text("step\tvalue\tseries\n")
+
+
 def _number(value: Any) -> float | None:
     if value is None:
         return None

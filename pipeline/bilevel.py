@@ -136,20 +136,33 @@ class TrainCurvature:
             v = [x / size for x in hv]
         return abs(float(estimate)), v
 
-    def inverse_hvp(self, v: Sequence[Tensor], neumann_steps: int, neumann_lr: float) -> list[Tensor]:
-        """Σ_{j=0..J} (I − αH)^j v: the reference's series; × α it approximates H⁻¹ v."""
-        v = [x.detach() for x in v]
+    def inverse_hvp(self, v: Sequence[Tensor], neumann_steps: int, neumann_lr: float,
+                    overwrite: bool = False) -> list[Tensor]:
+        """Σ_{j=0..J} (I − αH)^j v: the reference's series; × α it approximates H⁻¹ v.
+
+        The terms are updated in place (the same roundings as out of place), so only the sum, the current
+        term and one H·v are alive at a time; ``overwrite``: ``v`` is the caller's to lose (saves a copy)."""
+        v = [x.detach() if overwrite else x.detach().clone() for x in v]
         p = [x.clone() for x in v]
         for _ in range(neumann_steps):
-            v = [vi - neumann_lr * hvi for vi, hvi in zip(v, self.hvp(v))]
-            p = [pi + vi for pi, vi in zip(p, v)]
+            for vi, pi, hvi in zip(v, p, self.hvp(v)):
+                vi.sub_(hvi.mul_(neumann_lr))
+                pi.add_(vi)
         return p
+
+
+def _outer_gradients(aux_loss: Tensor, params: list[Tensor], hparams: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """(∂L_A/∂φ, ∇W L_A) in one backward pass over L_A's graph. The graph is retained: an outer loss may share
+    nodes with L_T (DTG-AuxL's instance regulariser reads the generator's output that L_T is built from)."""
+    grads = [g.detach() for g in _grads(aux_loss, [*hparams, *params], retain_graph=True)]
+    return grads[:len(hparams)], grads[len(hparams):]
 
 
 def _series_hypergradient(direct: list[Tensor], series: list[Tensor], curvature: TrainCurvature,
                           hparams: list[Tensor], neumann_lr: float) -> list[Tensor]:
-    mixed = _grads(_dot(curvature.gradient, [neumann_lr * s for s in series]), hparams)
-    return [(d - m).detach() for d, m in zip(direct, mixed)]
+    """∂L_A/∂φ − α·∇φ(∇W L_T · series); α scales the φ-sized result rather than a W-sized copy of the series."""
+    mixed = _grads(_dot(curvature.gradient, series), hparams)
+    return [(d - neumann_lr * m).detach() for d, m in zip(direct, mixed)]
 
 
 def neumann_hypergradient(
@@ -167,10 +180,9 @@ def neumann_hypergradient(
     hypergradient.
     """
     params, hparams = list(params), list(hparams)
-    direct = _grads(aux_loss, hparams, retain_graph=True)
-    v = [g.detach() for g in _grads(aux_loss, params, retain_graph=True)]
+    direct, v = _outer_gradients(aux_loss, params, hparams)
     curvature = TrainCurvature(train_loss, params)
-    series = curvature.inverse_hvp(v, neumann_steps, neumann_lr)
+    series = curvature.inverse_hvp(v, neumann_steps, neumann_lr, overwrite=True)
     return _series_hypergradient(direct, series, curvature, hparams, neumann_lr)
 
 
@@ -252,16 +264,18 @@ class HyperOptimizer:
 
     def step(self, train_loss: Tensor, aux_loss: Tensor, params: Sequence[Tensor]) -> HyperStepStats:
         params = list(params)
-        direct = _grads(aux_loss, self.hparams, retain_graph=True)
-        v = [g.detach() for g in _grads(aux_loss, params, retain_graph=True)]
+        direct, v = _outer_gradients(aux_loss, params, self.hparams)
         curvature = TrainCurvature(train_loss, params)
         alpha_lambda = self._refresh_curvature(curvature)
         alpha = float(self.neumann_lr)  # type: ignore[arg-type]
-        series = curvature.inverse_hvp(v, self.cfg.neumann_steps, alpha)
+        # the series overwrites v; its finiteness is kept as a lazy flag, read only to explain a failure
+        v_finite = torch.stack([torch.isfinite(x).all() for x in v]).all() if v else torch.tensor(True)
+        series = curvature.inverse_hvp(v, self.cfg.neumann_steps, alpha, overwrite=True)
+        del v
         grads = _series_hypergradient(direct, series, curvature, self.hparams, alpha)
         norm = float(_norm(grads))
         if not math.isfinite(norm):
-            raise FloatingPointError(self._non_finite(norm, aux_loss, direct, v, series, alpha))
+            raise FloatingPointError(self._non_finite(norm, aux_loss, direct, v_finite, series, alpha))
         reference_norm = norm / alpha
         clipped = self.cfg.max_hypergrad_norm is not None and reference_norm > self.cfg.max_hypergrad_norm
         if clipped:
@@ -282,7 +296,7 @@ class HyperOptimizer:
         return HyperStepStats(hypergrad_norm=norm, reference_norm=reference_norm, clipped=clipped,
                               aux_loss=float(aux_loss.detach()), neumann_lr=alpha, alpha_lambda=alpha_lambda)
 
-    def _non_finite(self, norm: float, aux_loss: Tensor, direct: list[Tensor], v: list[Tensor],
+    def _non_finite(self, norm: float, aux_loss: Tensor, direct: list[Tensor], v_finite: Tensor,
                     series: list[Tensor], alpha: float) -> str:
         """Which part of the hypergradient broke, and the key that governs it (called only on failure)."""
         def finite(tensors: Sequence[Tensor]) -> bool:
@@ -290,7 +304,7 @@ class HyperOptimizer:
 
         where = f"{self.key}'s hyper step {self.hyper_steps + 1}: the hypergradient of φ is {norm}"
         phi = max((float(h.detach().abs().max()) for h in self.hparams if h.numel()), default=0.0)
-        if not (math.isfinite(float(aux_loss.detach())) and finite(v)):
+        if not (math.isfinite(float(aux_loss.detach())) and bool(v_finite)):
             return (f"{where}, because the outer loss L_A or its gradient in W is non-finite (L_A = "
                     f"{float(aux_loss.detach()):.3g}): W has diverged (lower the dataset's train.lr) or the "
                     f"auxiliary set's data holds NaN/inf")

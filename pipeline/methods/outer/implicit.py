@@ -52,6 +52,10 @@ class ImplicitOuterUpdate(OuterUpdate):
     def step(self, method: "Method", ctx: StepContext) -> dict[str, float]:
         if not self.hyper.due(ctx.step):
             return {}
+        # W's step has consumed W.grad and the trainer sets it to None before the next backward: release it
+        # now, so that the hyper step's W-sized vectors do not sit on top of a dead copy (peak memory).
+        for p in ctx.params:
+            p.grad = None
         if self.objectives is not None:
             train_loss, outer_loss, logs = self.objectives(method, ctx)
         else:

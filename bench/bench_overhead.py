@@ -236,11 +236,12 @@ def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
     configs = _hyper_configs(spec)
     methods = {}
     for kind, bilevel in configs.items():
-        torch.manual_seed(SEED + 2)  # the same φ in both
+        torch.manual_seed(SEED + 2)  # the same φ in each
         methods[kind] = METHODS.get(METHOD_NAME)(len(TASKS), AuxiLearnConfig(), bilevel).to(device)
     method = methods["hyper_default"]  # the inner step's L_T
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    # a small rate: the timed steps repeat one batch hundreds of times, and W must not diverge (ResNet-18 did at 0.01)
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     # (L_T batch, L_A batch) of each hyper step: a bilevel batch of 0 means B, resp. the whole auxiliary set
     sizes = {kind: m.outer_batch_sizes(spec["batch_size"]) for kind, m in methods.items()}
     sizes = {kind: (bt, ba or spec["aux_batch_size"]) for kind, (bt, ba) in sizes.items()}

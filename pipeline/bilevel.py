@@ -151,10 +151,12 @@ class TrainCurvature:
         return p
 
 
-def _outer_gradients(aux_loss: Tensor, params: list[Tensor], hparams: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-    """(∂L_A/∂φ, ∇W L_A) in one backward pass over L_A's graph. The graph is retained: an outer loss may share
-    nodes with L_T (DTG-AuxL's instance regulariser reads the generator's output that L_T is built from)."""
-    grads = [g.detach() for g in _grads(aux_loss, [*hparams, *params], retain_graph=True)]
+def _outer_gradients(aux_loss: Tensor, params: list[Tensor], hparams: list[Tensor], shared_graph: bool = True
+                     ) -> tuple[list[Tensor], list[Tensor]]:
+    """(∂L_A/∂φ, ∇W L_A) in one backward pass over L_A's graph. ``shared_graph``: L_A may share nodes with L_T
+    (DTG-AuxL's instance regulariser reads the generator's output that L_T is built from), so its graph is
+    retained; otherwise its saved activations are freed before ∇W L_T's graph is built (peak memory)."""
+    grads = [g.detach() for g in _grads(aux_loss, [*hparams, *params], retain_graph=shared_graph)]
     return grads[:len(hparams)], grads[len(hparams):]
 
 
@@ -262,9 +264,12 @@ class HyperOptimizer:
             self._warned = True
         return product
 
-    def step(self, train_loss: Tensor, aux_loss: Tensor, params: Sequence[Tensor]) -> HyperStepStats:
+    def step(self, train_loss: Tensor, aux_loss: Tensor, params: Sequence[Tensor],
+             shared_graph: bool = True) -> HyperStepStats:
+        """One φ step. ``shared_graph=False`` promises that ``aux_loss``'s graph shares no node with
+        ``train_loss``'s (separate forwards), so it is freed early."""
         params = list(params)
-        direct, v = _outer_gradients(aux_loss, params, self.hparams)
+        direct, v = _outer_gradients(aux_loss, params, self.hparams, shared_graph)
         curvature = TrainCurvature(train_loss, params)
         alpha_lambda = self._refresh_curvature(curvature)
         alpha = float(self.neumann_lr)  # type: ignore[arg-type]

@@ -62,5 +62,7 @@ class ImplicitOuterUpdate(OuterUpdate):
             train_loss, logs = method.training_loss(ctx.train_losses()), {}
             outer = ctx.aux_losses() if self.hyper_set == "aux" else ctx.train_losses()
             outer_loss = reduce_pixels(outer)[:, 0].mean()
-        stats = self.hyper.step(train_loss, outer_loss, [*ctx.params, *self.lower_params])
+        # the default losses come from separate forwards on separate batches: L_A's graph can go early
+        stats = self.hyper.step(train_loss, outer_loss, [*ctx.params, *self.lower_params],
+                                shared_graph=self.objectives is not None)
         return {**self.hyper.log(stats), **logs}

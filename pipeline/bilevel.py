@@ -142,11 +142,12 @@ class TrainCurvature:
 
         The terms are updated in place (the same roundings as out of place), so only the sum, the current
         term and one H·v are alive at a time; ``overwrite``: ``v`` is the caller's to lose (saves a copy)."""
-        v = [x.detach() if overwrite else x.detach().clone() for x in v]
+        # autograd may hand back expanded views (stride 0), which cannot be written in place: copy those
+        v = [x.detach() if overwrite and x.is_contiguous() else x.detach().clone() for x in v]
         p = [x.clone() for x in v]
         for _ in range(neumann_steps):
             for vi, pi, hvi in zip(v, p, self.hvp(v)):
-                vi.sub_(hvi.mul_(neumann_lr))
+                vi.sub_(neumann_lr * hvi)
                 pi.add_(vi)
         return p
 

@@ -1,22 +1,26 @@
 #!/usr/bin/env python
 """Wall time and peak memory of AuxiLearn relative to plain single-task training (a report, not a test).
 
-For a small MLP and a small CNN, each with a main classification head and K = 5 auxiliary heads,
-this measures
+For a small MLP, a small CNN and a ResNet-18 (torchvision's, 3x32x32 inputs), each with a main classification
+head and K = 5 auxiliary heads, this measures
 
   plain  one STL step: forward, main-task loss, backward, SGD step on W;
   inner  one AuxiLearn inner step: forward, per-sample per-task losses [B, 1+K],
          L_T = method.training_loss(losses) (via ``method.backward``), backward, SGD step on W;
-  hyper  one hypergradient update, as ``AuxiLearn.after_step`` does it when it is due: a forward on a
-         training batch (L_T) and one on an auxiliary batch (main loss), then
-         ``HyperOptimizer.step(train_loss, aux_loss, params)`` (J-term Neumann IFT + SGD on φ);
+  hyper  one hypergradient update, as the trainer runs it when it is due: ``method.after_step(ctx)``, i.e.
+         ``ImplicitOuterUpdate.step``: a forward on a training batch (L_T) and one on an auxiliary batch
+         (main loss), then ``HyperOptimizer.step`` (J-term Neumann IFT + φ's step). It is measured twice: with
+         the default hyper batch (``methods.bilevel.hyper_train_batch`` / ``hyper_aux_batch`` of
+         ``BilevelConfig()``, or ``--hyper-batch``) and with the full batch (B for both);
 
 and prints each one's ratio to ``plain`` from the same run, the amortised AuxiLearn overhead
-(N·inner + hyper) / (N·plain) for N = hyper_every and J = neumann_steps of the method's config, and
-the peak-memory ratios, next to the targets (time ≤ 1.15× STL, peak memory ≤ 1.5× STL).
+(N·inner + hyper) / (N·plain) for N = hyper_every and J = neumann_steps of the method's config, the
+peak-memory ratios next to the targets (time ≤ 1.15× STL, peak memory ≤ 1.5× STL), and where the hyper
+step's time goes (its forwards, L_A's backward, the create-graph gradient, the curvature refresh, the
+Neumann series, the mixed product, the rest).
 
-Time: one fresh ``spawn`` subprocess per workload runs the three measurements interleaved, repeat by
-repeat (so drifting machine load hits all three alike): each repeat times enough back-to-back steps to
+Time: one fresh ``spawn`` subprocess per workload runs the measurements interleaved, repeat by
+repeat (so drifting machine load hits all alike): each repeat times enough back-to-back steps to
 last about 0.25 s with ``time.perf_counter``, after warm-up; reported are the median per-step time and
 the median over repeats of the per-repeat ratio to ``plain``.
 Peak memory: one more fresh ``spawn`` subprocess per measurement, so none sees another's allocations;
@@ -67,8 +71,24 @@ TASKS: list[tuple[str, int]] = [("cls", 10)] + [("reg", 1) if k % 2 == 0 else ("
 WORKLOADS = {
     "mlp": "MLP 64 -> 128 -> 128 (ReLU)",
     "cnn": "CNN 3x32x32, 3x [conv3x3(32) + ReLU], max-pool after the first two, global avg-pool",
+    "resnet18": "ResNet-18 (torchvision, BatchNorm, no pretrained weights) on 3x32x32 inputs, 512-d features",
 }
-KINDS = ("plain", "inner", "hyper")
+# B per workload unless --batch-size is given: ResNet-18 on one CPU core takes ~0.3 s per step at 32 images.
+DEFAULT_BATCH = {"mlp": 128, "cnn": 128, "resnet18": 32}
+# The hyper step with the default hyper batch (BilevelConfig()), the full batch (B and the whole auxiliary set)
+# and a small one (--small-hyper-batch, the reference's range); one that equals an earlier one is not re-run.
+HYPERS = ("hyper_default", "hyper_full", "hyper_small")
+HYPER_LABELS = {"hyper_default": "default hyper batch", "hyper_full": "full batch", "hyper_small": "small hyper batch"}
+# Where the hyper step's time goes: pipeline.methods.bilevel's functions, timed by wrappers in the timing process only.
+PARTS = {
+    "forwards": "2 forwards (L_T batch, L_A batch)",
+    "outer_grad": "L_A backward (dL_A/dphi, grad_W L_A)",
+    "create_graph": "grad_W L_T with create_graph",
+    "curvature": "curvature refresh (power iteration)",
+    "series": "Neumann series (J vHp)",
+    "mixed": "mixed product grad_phi(grad_W L_T . s)",
+    "rest": "phi's step, checks, releases",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +113,13 @@ def _build(workload: str, batch_size: int, aux_batch_size: int, device: Any) -> 
         input_shape: tuple[int, ...] = (64,)
         trunk = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU())
         features = 128
+    elif workload == "resnet18":
+        import torchvision
+
+        input_shape = (3, 32, 32)
+        trunk = torchvision.models.resnet18(weights=None)
+        trunk.fc = nn.Identity()
+        features = 512
     elif workload == "cnn":
         input_shape = (3, 32, 32)
         trunk = nn.Sequential(
@@ -144,11 +171,50 @@ def _reset_rss_peak() -> bool:
         return False
 
 
-def _setup(spec: dict[str, Any]) -> dict[str, Any]:
-    """Build model, data, method and optimiser in this process; return the step callables and facts."""
+def _hyper_configs(spec: dict[str, Any]) -> dict[str, Any]:
+    """The two ``methods.bilevel`` settings compared: the default hyper batch (``BilevelConfig()``, or
+    ``--hyper-batch`` for both batches) and the full batch (B for both)."""
+    from pipeline.methods.bilevel import BilevelConfig
+
+    small = spec["small_hyper_batch"]
+    return {"hyper_default": BilevelConfig(),
+            "hyper_full": BilevelConfig(hyper_train_batch=spec["batch_size"], hyper_aux_batch=spec["aux_batch_size"]),
+            "hyper_small": BilevelConfig(hyper_train_batch=small, hyper_aux_batch=small)}
+
+
+class _PartTimer:
+    """Wraps pipeline.methods.bilevel's pieces of the hyper step so each call's time lands in ``self.parts``."""
+
+    def __init__(self, sync: Any) -> None:
+        import pipeline.methods.bilevel as bilevel
+
+        self.sync = sync
+        self.parts: dict[str, float] = {}
+        bilevel._outer_gradients = self._wrap(bilevel._outer_gradients, "outer_grad")
+        bilevel._series_hypergradient = self._wrap(bilevel._series_hypergradient, "mixed")
+        curvature = bilevel.TrainCurvature
+        curvature.__init__ = self._wrap(curvature.__init__, "create_graph")
+        curvature.inverse_hvp = self._wrap(curvature.inverse_hvp, "series")
+        bilevel.HyperOptimizer._refresh_curvature = self._wrap(bilevel.HyperOptimizer._refresh_curvature,
+                                                               "curvature")
+
+    def _wrap(self, fn: Any, part: str) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self.sync()
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.sync()
+            self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - t0
+            return out
+        return timed
+
+
+def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
+    """Build model, data, methods and optimiser in this process; return the step callables and facts."""
     import torch
 
     from pipeline.core.registry import METHODS
+    from pipeline.methods.base import StepContext
     from pipeline.methods.combiners.auxnet import AuxiLearnConfig
 
     torch.set_num_threads(spec["threads"])
@@ -164,11 +230,22 @@ def _setup(spec: dict[str, Any]) -> dict[str, Any]:
         device = torch.device(spec["device"])
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    timer = _PartTimer(sync) if part_timer else None
 
     model, (x, ys), (x_aux, ys_aux) = _build(spec["workload"], spec["batch_size"], spec["aux_batch_size"], device)
-    method = METHODS.get(METHOD_NAME)(len(TASKS), AuxiLearnConfig()).to(device)
+    configs = _hyper_configs(spec)
+    methods = {}
+    for kind, bilevel in configs.items():
+        torch.manual_seed(SEED + 2)  # the same φ in each
+        methods[kind] = METHODS.get(METHOD_NAME)(len(TASKS), AuxiLearnConfig(), bilevel).to(device)
+    method = methods["hyper_default"]  # the inner step's L_T
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    # a small rate: the timed steps repeat one batch hundreds of times, and W must not diverge (ResNet-18 did at 0.01)
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    # (L_T batch, L_A batch) of each hyper step: a bilevel batch of 0 means B, resp. the whole auxiliary set
+    sizes = {kind: m.outer_batch_sizes(spec["batch_size"]) for kind, m in methods.items()}
+    sizes = {kind: (bt, ba or spec["aux_batch_size"]) for kind, (bt, ba) in sizes.items()}
+    alias = {kind: next(k for k in HYPERS if sizes[k] == sizes[kind]) for kind in HYPERS}  # first equal one
 
     def plain() -> None:  # STL: forward, main-task loss, backward, SGD step
         optimizer.zero_grad(set_to_none=True)
@@ -180,16 +257,30 @@ def _setup(spec: dict[str, Any]) -> dict[str, Any]:
         method.training_loss(_per_task_losses(model(x), ys)).backward()  # what AuxiLearn.backward does
         optimizer.step()
 
-    def hyper() -> tuple[float, float]:  # AuxiLearn.after_step when due; returns (forwards, step) seconds
+    def hyper_step(kind: str) -> Any:
+        """``method.after_step`` at a due step, as train_run calls it; returns this call's parts (seconds)."""
+        m, (bt, ba) = methods[kind], sizes[kind]
+        parts: dict[str, float] = {}
+
+        def forward(inputs: Any, targets: list[Any]) -> Any:
+            sync()
+            t0 = time.perf_counter()
+            losses = _per_task_losses(model(inputs), targets)
+            sync()
+            parts["forwards"] = parts.get("forwards", 0.0) + time.perf_counter() - t0
+            return losses
+
+        ctx = StepContext(m.outer.hyper.every, params, lambda: forward(x[:bt], [y[:bt] for y in ys]),
+                          lambda: forward(x_aux[:ba], [y[:ba] for y in ys_aux]), model=model)
+        if timer is not None:
+            timer.parts = parts
         sync()
         t0 = time.perf_counter()
-        train_loss = method.training_loss(_per_task_losses(model(x), ys))
-        aux_loss = _per_task_losses(model(x_aux), ys_aux)[:, 0].mean()
+        m.after_step(ctx)
         sync()
-        t1 = time.perf_counter()
-        method.outer.hyper.step(train_loss, aux_loss, params)
-        sync()
-        return t1 - t0, time.perf_counter() - t1
+        parts["total"] = time.perf_counter() - t0
+        parts["rest"] = parts["total"] - sum(v for k, v in parts.items() if k != "total")
+        return parts
 
     # One no-grad forward, so that lazy library set-up (kernel selection, thread pools) is done before any
     # memory baseline and not charged to whichever step happens to run first.
@@ -206,10 +297,16 @@ def _setup(spec: dict[str, Any]) -> dict[str, Any]:
         "num_phi": sum(p.numel() for p in method.outer.hyper.hparams),
         "N": method.outer.hyper.every,
         "J": method.outer.hyper.neumann_steps,
+        "curvature_every": configs["hyper_default"].curvature_every,
+        "curvature": f"every {configs['hyper_default'].curvature_every} hyper steps, "
+                     f"{configs['hyper_default'].curvature_iterations} power iterations",
+        "sizes": sizes,
+        "alias": alias,
+        "kinds": ["plain", "inner", *(k for k in HYPERS if alias[k] == k)],
         "auxnet": f"{method.cfg.hidden_layers}x{method.cfg.hidden_units} softplus",
     }
-    return dict(torch=torch, device=device, cuda=cuda, sync=sync, plain=plain, inner=inner, hyper=hyper,
-                facts=facts)
+    steps = {"plain": plain, "inner": inner, **{kind: (lambda k=kind: hyper_step(k)) for kind in HYPERS}}
+    return dict(torch=torch, device=device, cuda=cuda, sync=sync, steps=steps, facts=facts)
 
 
 def _measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
@@ -226,10 +323,10 @@ def _measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
         how = "ru_maxrss growth" + (" (high-water mark reset after setup)" if reset
                                     else " (high-water mark could not be reset)")
     kind = spec["kind"]
-    if kind == "hyper":
-        env["inner"]()  # the state at a hyper step in train_run: W.grad and W's momentum buffers exist
+    if kind in HYPERS:
+        env["steps"]["inner"]()  # the state at a hyper step in train_run: W.grad and W's momentum buffers exist
     for _ in range(WARMUP_ITERS):
-        env[kind]()
+        env["steps"][kind]()
     env["sync"]()
     if env["cuda"]:
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
@@ -239,37 +336,40 @@ def _measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure_time(spec: dict[str, Any]) -> dict[str, Any]:
-    """Per-step time of plain, inner and hyper, interleaved repeat by repeat so that load drift hits all three."""
-    env = _setup(spec)
-    sync = env["sync"]
+    """Per-step time of each kind, interleaved repeat by repeat so that load drift hits all alike."""
+    env = _setup(spec, part_timer=True)
+    sync, steps = env["sync"], env["steps"]
 
-    def timed(kind: str, iters: int) -> tuple[float, float, float]:
-        """Mean seconds per step over ``iters`` steps: (total, forwards, step); the last two only for hyper."""
-        if kind == "hyper":
-            parts = [env["hyper"]() for _ in range(iters)]
-            fwd, stp = sum(p[0] for p in parts) / iters, sum(p[1] for p in parts) / iters
-            return fwd + stp, fwd, stp
+    def timed(kind: str, iters: int) -> dict[str, float]:
+        """Mean seconds per step over ``iters`` steps ({"total": ...}; a hyper step also has its parts)."""
+        if kind in HYPERS:
+            calls = [steps[kind]() for _ in range(iters)]
+            return {k: sum(c.get(k, 0.0) for c in calls) / iters for k in ("total", *PARTS)}
         sync()
         t0 = time.perf_counter()
         for _ in range(iters):
-            env[kind]()
+            steps[kind]()
         sync()
-        return (time.perf_counter() - t0) / iters, 0.0, 0.0
+        return {"total": (time.perf_counter() - t0) / iters}
 
     iters = {}
-    for kind in KINDS:  # plain, inner, hyper: hyper always follows an inner step, as in training
+    kinds = env["facts"]["kinds"]
+    for kind in kinds:  # hyper always follows an inner step, as in training
         for _ in range(WARMUP_ITERS):
-            single = timed(kind, 1)[0]
+            single = timed(kind, 1)["total"]
         iters[kind] = max(1, min(2000, round(REPEAT_SECONDS / max(single, 1e-6))))
-    samples: dict[str, list[tuple[float, float, float]]] = {kind: [] for kind in KINDS}
+        if kind in HYPERS:  # whole curvature-refresh cycles, so the refresh is amortised as in training
+            cycle = env["facts"]["curvature_every"]
+            iters[kind] = cycle * max(1, round(iters[kind] / cycle))
+    samples: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     for _ in range(spec["repeats"]):
-        for kind in KINDS:
+        for kind in kinds:
             gc.collect()
-            if kind != "hyper":
+            if kind not in HYPERS:
                 # One untimed step first: after the previous hyper update freed its memory, the first step
                 # pays page faults that steady-state training does not. A hyper update, which in training
                 # always follows inner steps, is timed cold, as it runs there.
-                env[kind]()
+                steps[kind]()
             samples[kind].append(timed(kind, iters[kind]))
     return {**env["facts"], "iters": iters, "samples": samples}
 
@@ -307,12 +407,9 @@ def _verdict(value: float, target: float) -> str:
 
 def _report(workload: str, timing: dict[str, Any], memory: dict[str, dict[str, Any]]) -> None:
     """Print one workload's table. Ratios are medians over repeats of the per-repeat ratio to plain."""
-    samples, iters, n = timing["samples"], timing["iters"], timing["N"]
-    plain = [t for t, _, _ in samples["plain"]]
-    inner = [t for t, _, _ in samples["inner"]]
-    hyper = [t for t, _, _ in samples["hyper"]]
-    fwd = [f for _, f, _ in samples["hyper"]]
-    step = [s for _, _, s in samples["hyper"]]
+    samples, iters, n, alias = timing["samples"], timing["iters"], timing["N"], timing["alias"]
+    totals = {kind: [s["total"] for s in values] for kind, values in samples.items()}
+    plain, inner = totals["plain"], totals["inner"]
     plain_mem = memory["plain"]["peak_mib"]
 
     def ratio(values: list[float]) -> float:
@@ -323,66 +420,88 @@ def _report(workload: str, timing: dict[str, Any], memory: dict[str, dict[str, A
         rel = f"{peak / plain_mem:8.2f}x" if plain_mem > 0 else "     n/a"
         return f"{peak:10.2f} MiB{rel}"
 
+    def batches(kind: str) -> str:
+        bt, ba = timing["sizes"][kind]
+        return f"L_T batch {bt}, L_A batch {ba}"
+
+    def label(kind: str) -> str:
+        if kind in ("plain", "inner"):
+            return {"plain": "plain step (STL)", "inner": "AuxiLearn inner step"}[kind]
+        same = [HYPER_LABELS[k] for k in HYPERS if alias[k] == kind]
+        return "hyper step, " + " = ".join(same)
+
     click.echo("")
     click.echo(f"[{workload}] {WORKLOADS[workload]}")
-    click.echo(f"  {timing['num_params']:,} parameters in W, {timing['num_phi']:,} in phi")
-    click.echo(f"  {'measurement':<34}{'time/step':>12}{'x plain':>9}{'peak mem':>14}{'x plain':>9}   iters/repeat")
-    for label, kind, values in (("plain step (STL)", "plain", plain), ("AuxiLearn inner step", "inner", inner),
-                                ("hypergradient update (total)", "hyper", hyper)):
-        click.echo(f"  {label:<34}{_ms(_median(values)):>12}{ratio(values):8.2f}x{mem_cols(kind)}   {iters[kind]}")
-    click.echo(f"    {'of which 2 forwards (train, aux)':<32}{_ms(_median(fwd)):>12}{ratio(fwd):8.2f}x")
-    click.echo(f"    {'of which HyperOptimizer.step':<32}{_ms(_median(step)):>12}{ratio(step):8.2f}x")
-
-    amortised = _median([(n * i + h) / (n * p) for p, i, h in zip(plain, inner, hyper)])
-    amortised_step = _median([(n * i + s) / (n * p) for p, i, s in zip(plain, inner, step)])
-    click.echo(f"  amortised time (N*inner + hyper) / (N*plain), N={n}, J={timing['J']}: "
-               f"{amortised:.3f}x   {_verdict(amortised, TIME_TARGET)}")
-    click.echo(f"    (with only HyperOptimizer.step as hyper, its 2 forwards left out: {amortised_step:.3f}x)")
-    if plain_mem > 0:
-        aux_peak = max(memory["inner"]["peak_mib"], memory["hyper"]["peak_mib"])
-        mem = aux_peak / plain_mem
-        click.echo(f"  peak memory max(inner, hyper) / plain: {mem:.2f}x   {_verdict(mem, MEMORY_TARGET)}")
-    else:
-        click.echo("  peak memory ratio: n/a (the plain step showed no measurable growth)")
+    click.echo(f"  {timing['num_params']:,} parameters in W, {timing['num_phi']:,} in phi; "
+               + "; ".join(f"{HYPER_LABELS[k]}: {batches(k)}" for k in HYPERS))
+    click.echo(f"  {'measurement':<58}{'time/step':>12}{'x plain':>9}{'peak mem':>14}{'x plain':>9}   iters/repeat")
+    for kind in timing["kinds"]:
+        click.echo(f"  {label(kind):<58}{_ms(_median(totals[kind])):>12}{ratio(totals[kind]):8.2f}x"
+                   f"{mem_cols(kind)}   {iters[kind]}")
+        if kind in HYPERS:  # where the hyper step's time goes (curvature refresh amortised over its cycle)
+            for part, text in PARTS.items():
+                values = [s[part] for s in samples[kind]]
+                click.echo(f"    {text:<56}{_ms(_median(values)):>12}{ratio(values):8.2f}x")
+    for kind in HYPERS:
+        what, measured = HYPER_LABELS[kind], alias[kind]
+        amortised = _median([(n * i + h) / (n * p) for p, i, h in zip(plain, inner, totals[measured])])
+        click.echo(f"  amortised time (N*inner + hyper) / (N*plain), N={n}, J={timing['J']}, {what} "
+                   f"({batches(kind)}): {amortised:.3f}x   {_verdict(amortised, TIME_TARGET)}")
+        if plain_mem > 0:
+            mem = max(memory["inner"]["peak_mib"], memory[measured]["peak_mib"]) / plain_mem
+            click.echo(f"  peak memory max(inner, hyper) / plain, {what}: {mem:.2f}x   {_verdict(mem, MEMORY_TARGET)}")
+        else:
+            click.echo(f"  peak memory ratio, {what}: n/a (the plain step showed no measurable growth)")
 
 
 @click.command()
-@click.option("--batch-size", default=128, show_default=True, help="training batch size B")
-@click.option("--aux-batch-size", default=None, type=int, help="auxiliary-set batch of the hyper step [default: B]")
+@click.option("--batch-size", default=None, type=int,
+              help="training batch size B [default: mlp 128, cnn 128, resnet18 32]")
+@click.option("--aux-batch-size", default=None, type=int,
+              help="size of the auxiliary set the hyper step draws from [default: B]")
+@click.option("--small-hyper-batch", default=16, show_default=True,
+              help="L_T and L_A batch of the 'small hyper batch' rows (the reference uses 2-16 images)")
 @click.option("--repeats", default=7, show_default=True, help="timed repeats (median reported)")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", default=1, show_default=True, help="torch.set_num_threads in every measurement")
 @click.option("--workload", "workloads", multiple=True, type=click.Choice(list(WORKLOADS)),
               help="run only this workload (repeatable) [default: all]")
-def main(batch_size: int, aux_batch_size: int | None, repeats: int, device: str, threads: int,
-         workloads: tuple[str, ...]) -> None:
+def main(batch_size: int | None, aux_batch_size: int | None, small_hyper_batch: int, repeats: int, device: str,
+         threads: int, workloads: tuple[str, ...]) -> None:
     """Time and peak memory of STL vs AuxiLearn inner and hypergradient steps, with ratios."""
-    for name, value in (("--batch-size", batch_size), ("--repeats", repeats), ("--threads", threads),
-                        ("--aux-batch-size", aux_batch_size or 1)):
+    for name, value in (("--batch-size", batch_size or 1), ("--repeats", repeats), ("--threads", threads),
+                        ("--aux-batch-size", aux_batch_size or 1), ("--small-hyper-batch", small_hyper_batch)):
         if value < 1:
             raise click.BadParameter(f"{name} must be positive")
-    aux_batch_size = aux_batch_size or batch_size
     started = time.perf_counter()
     for index, workload in enumerate(workloads or tuple(WORKLOADS)):
-        spec = dict(workload=workload, batch_size=batch_size, aux_batch_size=aux_batch_size,
+        b = batch_size or DEFAULT_BATCH[workload]
+        if small_hyper_batch > min(b, aux_batch_size or b):
+            raise click.BadParameter(f"--small-hyper-batch {small_hyper_batch} exceeds {workload}'s batch B = {b} "
+                                     f"or auxiliary set {aux_batch_size or b}")
+        spec = dict(workload=workload, batch_size=b, aux_batch_size=aux_batch_size or b,
+                    small_hyper_batch=small_hyper_batch,
                     repeats=repeats, device=device, threads=threads)
         try:
             timing = _run_fresh(_measure_time, spec)
-            memory = {kind: _run_fresh(_measure_memory, {**spec, "kind": kind}, MEMORY_ENV) for kind in KINDS}
+            memory = {kind: _run_fresh(_measure_memory, {**spec, "kind": kind}, MEMORY_ENV)
+                      for kind in timing["kinds"]}
         except RuntimeError as err:
             raise click.ClickException(str(err)) from err
         if index == 0:
             click.echo("AuxiLearn overhead benchmark (a report: nothing is asserted)")
             click.echo(f"  torch {timing['torch']} | device {timing['device']} | threads {timing['threads']} | "
-                       f"batch {batch_size} (aux batch {aux_batch_size}) | seed {SEED}")
+                       f"seed {SEED}")
             click.echo(f"  method {METHOD_NAME} (auxnet {timing['auxnet']}) | K={NUM_AUX} auxiliaries | "
-                       f"N=hyper_every={timing['N']} | J=neumann_steps={timing['J']}")
+                       f"N=hyper_every={timing['N']} | J=neumann_steps={timing['J']} | curvature refresh "
+                       f"{timing['curvature']}")
             click.echo("  tasks: main " + "".join(map(str, TASKS[0])) + ", aux "
                        + ", ".join(f"{k}{d}" if k == "cls" else k for k, d in TASKS[1:]))
             click.echo(f"  time: median of {repeats} interleaved repeats in one process; "
-                       "x plain = median of the per-repeat ratios")
+                       "x plain = median of the per-repeat ratios; hyper rows average whole curvature cycles")
             click.echo(f"  peak memory: {memory['plain']['mem_how']} over the post-setup baseline, "
                        "one fresh process per measurement")
+        click.echo(f"  [{workload}] batch B = {spec['batch_size']}, auxiliary set {spec['aux_batch_size']}")
         _report(workload, timing, memory)
     click.echo("")
     click.echo(f"total benchmark wall time {time.perf_counter() - started:.1f} s")

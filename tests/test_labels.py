@@ -93,7 +93,7 @@ def fake_params(method: str, steps: int = 30, **labels) -> SimpleNamespace:
     ift = {} if hasattr(bilevel, "BilevelConfig") else {"hyper_every": 5}
     cfg = LabelsConfig(**{"psi": 2, "diagnose_every": 10, "maxl_every": 5, **ift, **labels})
     sections = {"labels": cfg, "bilevel": bilevel.BilevelConfig(hyper_every=5) if not ift else None}
-    return SimpleNamespace(method=method, device="cpu", seeds=[0], profile=SimpleNamespace(model=None),
+    return SimpleNamespace(method=method, device="cpu", seeds=[0], profile=SimpleNamespace(model=None), workers=0,
                            train=TrainConfig(steps=steps, batch_size=16, optimizer="sgd", lr=0.1, eval_every=10),
                            method_config=lambda section: sections[section])
 

@@ -144,20 +144,36 @@ class TrainCurvature:
             v = [x / size for x in hv]
         return abs(float(estimate)), v
 
-    def inverse_hvp(self, v: Sequence[Tensor], neumann_steps: int, neumann_lr: float) -> list[Tensor]:
-        """Σ_{j=0..J} (I − αH)^j v: the reference's series; × α it approximates H⁻¹ v."""
-        v = [x.detach() for x in v]
+    def inverse_hvp(self, v: Sequence[Tensor], neumann_steps: int, neumann_lr: float,
+                    overwrite: bool = False) -> list[Tensor]:
+        """Σ_{j=0..J} (I − αH)^j v: the reference's series; × α it approximates H⁻¹ v.
+
+        The terms are updated in place (the same roundings as out of place), so only the sum, the current
+        term and one H·v are alive at a time; ``overwrite``: ``v`` is the caller's to lose (saves a copy)."""
+        # autograd may hand back expanded views (stride 0), which cannot be written in place: copy those
+        v = [x.detach() if overwrite and x.is_contiguous() else x.detach().clone() for x in v]
         p = [x.clone() for x in v]
         for _ in range(neumann_steps):
-            v = [vi - neumann_lr * hvi for vi, hvi in zip(v, self.hvp(v))]
-            p = [pi + vi for pi, vi in zip(p, v)]
+            for vi, pi, hvi in zip(v, p, self.hvp(v)):
+                vi.sub_(neumann_lr * hvi)
+                pi.add_(vi)
         return p
+
+
+def _outer_gradients(aux_loss: Tensor, params: list[Tensor], hparams: list[Tensor], shared_graph: bool = True
+                     ) -> tuple[list[Tensor], list[Tensor]]:
+    """(∂L_A/∂φ, ∇W L_A) in one backward pass over L_A's graph. ``shared_graph``: L_A may share nodes with L_T
+    (DTG-AuxL's instance regulariser reads the generator's output that L_T is built from), so its graph is
+    retained; otherwise its saved activations are freed before ∇W L_T's graph is built (peak memory)."""
+    grads = mean_across([g.detach() for g in _grads(aux_loss, [*hparams, *params], retain_graph=shared_graph)])
+    return grads[:len(hparams)], grads[len(hparams):]
 
 
 def _series_hypergradient(direct: list[Tensor], series: list[Tensor], curvature: TrainCurvature,
                           hparams: list[Tensor], neumann_lr: float) -> list[Tensor]:
-    mixed = mean_across(_grads(_dot(curvature.gradient, [neumann_lr * s for s in series]), hparams))
-    return [(d - m).detach() for d, m in zip(direct, mixed)]
+    """∂L_A/∂φ − α·∇φ(∇W L_T · series); α scales the φ-sized result rather than a W-sized copy of the series."""
+    mixed = mean_across(_grads(_dot(curvature.gradient, series), hparams))
+    return [(d - neumann_lr * m).detach() for d, m in zip(direct, mixed)]
 
 
 def neumann_hypergradient(
@@ -175,10 +191,9 @@ def neumann_hypergradient(
     hypergradient.
     """
     params, hparams = list(params), list(hparams)
-    direct = mean_across(_grads(aux_loss, hparams, retain_graph=True))
-    v = mean_across([g.detach() for g in _grads(aux_loss, params, retain_graph=True)])
+    direct, v = _outer_gradients(aux_loss, params, hparams)
     curvature = TrainCurvature(train_loss, params)
-    series = curvature.inverse_hvp(v, neumann_steps, neumann_lr)
+    series = curvature.inverse_hvp(v, neumann_steps, neumann_lr, overwrite=True)
     return _series_hypergradient(direct, series, curvature, hparams, neumann_lr)
 
 
@@ -259,19 +274,23 @@ class HyperOptimizer:
             self._warned = True
         return product
 
-    def step(self, train_loss: Tensor | Sequence[Tensor], aux_loss: Tensor, params: Sequence[Tensor]
-             ) -> HyperStepStats:
+    def step(self, train_loss: Tensor | Sequence[Tensor], aux_loss: Tensor, params: Sequence[Tensor],
+             shared_graph: bool = True) -> HyperStepStats:
+        """One φ step. ``shared_graph=False`` promises that ``aux_loss``'s graph shares no node with
+        ``train_loss``'s (separate forwards), so it is freed early."""
         params = list(params)
-        direct = mean_across(_grads(aux_loss, self.hparams, retain_graph=True))
-        v = mean_across([g.detach() for g in _grads(aux_loss, params, retain_graph=True)])
+        direct, v = _outer_gradients(aux_loss, params, self.hparams, shared_graph)
         curvature = TrainCurvature(train_loss, params)
         alpha_lambda = self._refresh_curvature(curvature)
         alpha = float(self.neumann_lr)  # type: ignore[arg-type]
-        series = curvature.inverse_hvp(v, self.cfg.neumann_steps, alpha)
+        # the series overwrites v; its finiteness is kept as a lazy flag, read only to explain a failure
+        v_finite = torch.stack([torch.isfinite(x).all() for x in v]).all() if v else torch.tensor(True)
+        series = curvature.inverse_hvp(v, self.cfg.neumann_steps, alpha, overwrite=True)
+        del v
         grads = _series_hypergradient(direct, series, curvature, self.hparams, alpha)
         norm = float(_norm(grads))
         if not math.isfinite(norm):
-            raise FloatingPointError(self._non_finite(norm, aux_loss, direct, v, series, alpha))
+            raise FloatingPointError(self._non_finite(norm, aux_loss, direct, v_finite, series, alpha))
         reference_norm = norm / alpha
         clipped = self.cfg.max_hypergrad_norm is not None and reference_norm > self.cfg.max_hypergrad_norm
         if clipped:
@@ -292,7 +311,7 @@ class HyperOptimizer:
         return HyperStepStats(hypergrad_norm=norm, reference_norm=reference_norm, clipped=clipped,
                               aux_loss=float(aux_loss.detach()), neumann_lr=alpha, alpha_lambda=alpha_lambda)
 
-    def _non_finite(self, norm: float, aux_loss: Tensor, direct: list[Tensor], v: list[Tensor],
+    def _non_finite(self, norm: float, aux_loss: Tensor, direct: list[Tensor], v_finite: Tensor,
                     series: list[Tensor], alpha: float) -> str:
         """Which part of the hypergradient broke, and the key that governs it (called only on failure)."""
         def finite(tensors: Sequence[Tensor]) -> bool:
@@ -300,7 +319,7 @@ class HyperOptimizer:
 
         where = f"{self.key}'s hyper step {self.hyper_steps + 1}: the hypergradient of φ is {norm}"
         phi = max((float(h.detach().abs().max()) for h in self.hparams if h.numel()), default=0.0)
-        if not (math.isfinite(float(aux_loss.detach())) and finite(v)):
+        if not (math.isfinite(float(aux_loss.detach())) and bool(v_finite)):
             return (f"{where}, because the outer loss L_A or its gradient in W is non-finite (L_A = "
                     f"{float(aux_loss.detach()):.3g}): W has diverged (lower the dataset's train.lr) or the "
                     f"auxiliary set's data holds NaN/inf")

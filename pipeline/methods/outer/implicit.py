@@ -52,11 +52,17 @@ class ImplicitOuterUpdate(OuterUpdate):
     def step(self, method: "Method", ctx: StepContext) -> dict[str, float]:
         if not self.hyper.due(ctx.step):
             return {}
+        # W's step has consumed W.grad and the trainer sets it to None before the next backward: release it
+        # now, so that the hyper step's W-sized vectors do not sit on top of a dead copy (peak memory).
+        for p in ctx.params:
+            p.grad = None
         if self.objectives is not None:
             train_loss, outer_loss, logs = self.objectives(method, ctx)
         else:
             train_loss, logs = method.training_loss(ctx.train_losses()), {}
             outer = ctx.aux_losses() if self.hyper_set == "aux" else ctx.train_losses()
             outer_loss = reduce_pixels(outer)[:, 0].mean()
-        stats = self.hyper.step(train_loss, outer_loss, [*ctx.params, *self.lower_params])
+        # the default losses come from separate forwards on separate batches: L_A's graph can go early
+        stats = self.hyper.step(train_loss, outer_loss, [*ctx.params, *self.lower_params],
+                                shared_graph=self.objectives is not None)
         return {**self.hyper.log(stats), **logs}

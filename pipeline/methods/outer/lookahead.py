@@ -2,15 +2,25 @@
 
 ``LookAheadUpdate`` is the exact second-order meta-gradient (through ``torch.func.functional_call``);
 ``FirstOrderLookAhead`` the reference's finite-difference approximation. Options: ``methods.labels`` (see
-``generators/labels.py``, which also documents how each default follows the authors' code)."""
+``generators/labels.py``, which also documents how each default follows the authors' code).
+
+Cost. θ1⁺ = θ1 − α·c·(∇θ1 L_T + wd·θ1) − α·b depends on θ2 only through the generated task's soft labels ȳ(θ2)
+in ∇θ1 L_T. So, with e = α·c·∇θ1⁺ ℓ_main(θ1⁺), the second-order term is
+−∇θ2 [e · ∇θ1 L_T] = −∇θ2 Σ_o (J_o e) · ∂L_T/∂o (o, ȳ(θ2)), where o are the network's outputs at θ1 and J_o e
+their derivative along e: one forward-mode pass, then gradients at the output level only. Both methods share
+the first-order part (∇θ1 L_T without a graph, θ1⁺, e); neither differentiates through a backward pass of W.
+``meta_loss`` keeps the objective as one differentiable graph (its gradient is the same number)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from pipeline.core.distributed import mean_across
 from pipeline.core.faults import FaultKeys, Suspect, all_finite, max_abs, overflow_named
@@ -107,11 +117,48 @@ class LookAheadUpdate(OuterUpdate):
         main_after = self._losses_at(full, ahead, buffers, batch, soft.detach())[:, 0].mean()
         return main_after + self.theta2_terms(soft)
 
+    def lookahead_direction(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None
+                            ) -> "LookAhead":
+        """The first-order part both meta-gradients share: ∇θ1 L_T at θ1 (no graph), θ1⁺, ℓ_main(θ1⁺) and
+        e = α·c·∇θ1⁺ ℓ_main(θ1⁺) per parameter (θ1⁺ moves with θ2 only through −α·c·∇θ1 L_T)."""
+        full, params, buffers = self._functional(model)
+        soft = self.labels.soft_labels(batch, track_hparams=True)
+        current = {k: p.detach() for k, p in params.items()}
+        inner = self._inner(self._losses_at(full, params, buffers, batch, soft.detach()), loss_scale, batch.labelled)
+        grads = torch.autograd.grad(inner, list(params.values()), allow_unused=True)
+        rule = self.lookahead_rule(params, optimizer)
+        ahead = {k: v.detach().requires_grad_(True) for k, v in self.lookahead(current, grads, rule).items()}
+        main_after = self._losses_at(full, ahead, buffers, batch, soft.detach())[:, 0].mean()
+        d = torch.autograd.grad(main_after, list(ahead.values()), allow_unused=True)
+        e = {k: (torch.zeros_like(p) if g is None else g.detach()) * (rule[k][0] * rule[k][2])
+             for (k, p), g in zip(current.items(), d)}
+        return LookAhead(full, current, buffers, soft, main_after.detach(), e)
+
+    def coupling(self, ahead: "LookAhead", batch: Batch, loss_scale: Tensor | None) -> Tensor:
+        """e · ∇θ1 L_T(θ1, ȳ(θ2)) as a function of θ2 (its value is not needed, only its gradient): the outputs'
+        derivative along e by forward mode, dotted with ∂L_T/∂outputs built at the output level."""
+        with fwAD.dual_level():
+            dual = {k: fwAD.make_dual(p, ahead.e[k]) for k, p in ahead.current.items()}
+            leaves, spec = tree_flatten(functional_call(ahead.full, {**dual, **ahead.buffers}, (batch.x,)))
+            unpacked = [fwAD.unpack_dual(o) for o in leaves]
+        outputs = [u.primal.detach().requires_grad_(True) for u in unpacked]
+        losses = self.labels.losses_from_outputs(tree_unflatten(outputs, spec), batch, ahead.soft)
+        grad_outputs = torch.autograd.grad(self._inner(losses, loss_scale, batch.labelled), outputs,
+                                           create_graph=True, allow_unused=True)
+        terms = [(g * u.tangent).sum() for g, u in zip(grad_outputs, unpacked)
+                 if g is not None and u.tangent is not None]
+        return torch.stack(terms).sum() if terms else torch.zeros(())
+
     def meta_gradients(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None
                        ) -> tuple[Tensor, list[Tensor]]:
-        """(meta objective, its gradient w.r.t. θ2)."""
-        loss = self.meta_loss(model, batch, loss_scale, optimizer)
-        return loss.detach(), list(torch.autograd.grad(loss, list(self.labels.label_net.parameters())))
+        """(meta objective, its gradient w.r.t. θ2): the gradient of ``meta_loss``, computed as
+        ∇θ2 (theta2_terms − coupling) (see the module's note on cost)."""
+        ahead = self.lookahead_direction(model, batch, loss_scale, optimizer)
+        theta2 = list(self.labels.label_net.parameters())
+        direct = self.theta2_terms(ahead.soft)
+        grads = torch.autograd.grad(direct - self.coupling(ahead, batch, loss_scale), theta2, allow_unused=True)
+        return (ahead.main_after + direct).detach(), [torch.zeros_like(p) if g is None else g
+                                                      for g, p in zip(grads, theta2)]
 
     def step(self, method: Any, ctx: StepContext) -> dict[str, Any]:
         if ctx.step % self.cfg.maxl_every:
@@ -147,35 +194,41 @@ class FirstOrderLookAhead(LookAheadUpdate):
     """MAXL with the reference's first-order approximation (``model_vgg_maxl_firstorder.py``, after DARTS):
     ∇θ2 ℓ_main(θ1⁺) = −α·c·∇²_{θ2,θ1} L_T · d with d = ∇ℓ_main(θ1⁺), and the mixed Hessian-vector product
     from a central difference of ∇θ2 L_T at θ1 ± ε·d, ε = ``maxl_fd_epsilon`` / ‖d‖. No second-order graph:
-    two extra forward/backward passes instead."""
+    two extra forwards without a graph, the difference taken at the soft labels, one backward through θ2's net."""
 
     def meta_gradients(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None
                        ) -> tuple[Tensor, list[Tensor]]:
         theta2 = list(self.labels.label_net.parameters())
-        full, params, buffers = self._functional(model)
-        soft = self.labels.soft_labels(batch, track_hparams=True)
-        current = {k: p.detach() for k, p in params.items()}
-        inner = self._inner(self._losses_at(full, params, buffers, batch, soft.detach()), loss_scale, batch.labelled)
-        grads = torch.autograd.grad(inner, list(params.values()), allow_unused=True)
-        rule = self.lookahead_rule(params, optimizer)
-        ahead = {k: v.detach().requires_grad_(True) for k, v in self.lookahead(current, grads, rule).items()}
-        main_after = self._losses_at(full, ahead, buffers, batch, soft.detach())[:, 0].mean()
-        d = torch.autograd.grad(main_after, list(ahead.values()), allow_unused=True)
-        # θ1⁺ depends on θ2 through −α·c·∇θ1 L_T: scale d by α·c per parameter (one factor when uniform)
-        d = {k: (torch.zeros_like(p) if g is None else g.detach()) * (rule[k][0] * rule[k][2])
-             for (k, p), g in zip(current.items(), d)}
+        ahead = self.lookahead_direction(model, batch, loss_scale, optimizer)
+        d, soft = ahead.e, ahead.soft
         norm = torch.sqrt(sum((v * v).sum() for v in d.values()))
         direct = self.theta2_terms(soft)
-        meta = [torch.zeros_like(p) if g is None else g
-                for g, p in zip(torch.autograd.grad(direct, theta2, retain_graph=True, allow_unused=True), theta2)]
+        # ∇θ2 L_T = J_ȳᵀ ∂L_T/∂ȳ and the difference is linear: take it at the soft labels (forwards without a
+        # graph) and backpropagate through the label network once, with the direct term
+        pull = torch.zeros_like(soft)
         if float(norm) > 0:
             eps = self.cfg.maxl_fd_epsilon / norm
             sides = []
             for sign in (1.0, -1.0):
-                shifted = {k: p + sign * eps * d[k] for k, p in current.items()}
-                inner_s = self._inner(self._losses_at(full, shifted, buffers, batch, soft), loss_scale, batch.labelled)
-                sides.append(torch.autograd.grad(inner_s, theta2, retain_graph=True, allow_unused=True))
-            for i, (up, down) in enumerate(zip(*sides)):
-                if up is not None and down is not None:
-                    meta[i] = meta[i] - (up - down) / (2 * eps)
-        return (main_after + direct).detach(), [m.detach() for m in meta]
+                shifted = {k: p + sign * eps * d[k] for k, p in ahead.current.items()}
+                with torch.no_grad():
+                    outputs = functional_call(ahead.full, {**shifted, **ahead.buffers}, (batch.x,))
+                targets = soft.detach().requires_grad_(True)
+                losses = self.labels.losses_from_outputs(outputs, batch, targets)
+                sides.append(torch.autograd.grad(self._inner(losses, loss_scale, batch.labelled), targets)[0])
+            pull = (sides[0] - sides[1]) / (2 * eps)
+        found = torch.autograd.grad(direct - (soft * pull).sum(), theta2, allow_unused=True)
+        return (ahead.main_after + direct).detach(), [torch.zeros_like(p) if g is None else g.detach()
+                                                      for g, p in zip(found, theta2)]
+
+
+@dataclass
+class LookAhead:
+    """``LookAheadUpdate.lookahead_direction``'s result."""
+
+    full: nn.Module  # the network with its generated head, for functional calls
+    current: dict[str, Tensor]  # θ1, detached
+    buffers: dict[str, Tensor]  # copies of its buffers (BN statistics)
+    soft: Tensor  # ȳ(θ2), θ2 in the graph
+    main_after: Tensor  # ℓ_main(θ1⁺), detached
+    e: dict[str, Tensor]  # α·c·∇θ1⁺ ℓ_main(θ1⁺): the meta objective's sensitivity to −∇θ1 L_T

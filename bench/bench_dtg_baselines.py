@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Cost of DTG-AuxL's bilevel baselines against STL (a report, not a test): the median wall time of a training
-epoch of ``jtds`` (one weighted backward per step, an IFT step every N) and ``maoal`` (one backward per task
-through the trunk per step, an IFT step of the modified lower update every N), beside ``auxilearn_linear``,
-trained in one process and interleaved round by round (``bench_label_epochs.epoch_seconds``), validation
+"""Cost of DTG-AuxL and its bilevel baselines against STL, in the manner of its Table A1 (a report, not a test):
+the median wall time of a training epoch of ``dtg_auxl`` (the joint generator, an IFT step every N), ``jtds``
+(one weighted backward per step, an IFT step every N) and ``maoal`` (one backward per task through the trunk
+per step, an IFT step of the modified lower update every N), beside ``auxilearn_linear`` and ``maxl``, trained
+in one process and interleaved round by round (``bench_label_epochs.epoch_seconds``), validation
 excluded. Printed: median epoch seconds and the ratio to STL's.
 
 Run from the repository root:  python bench/bench_dtg_baselines.py [--dataset demo] [--epochs 2] [--rounds 3]
@@ -24,7 +25,7 @@ from bench_label_epochs import epoch_seconds, print_ratios  # noqa: E402
 
 @click.command()
 @click.option("--dataset", default="demo", show_default=True)
-@click.option("--methods", default="stl,auxilearn_linear,jtds,maoal", show_default=True,
+@click.option("--methods", default="stl,auxilearn_linear,maxl,dtg_auxl,jtds,maoal", show_default=True,
               help="comma-separated; the first is the baseline of the ratios")
 @click.option("--epochs", default=2, show_default=True, help="epochs per method per round")
 @click.option("--rounds", default=3, show_default=True)

@@ -186,13 +186,19 @@ def _main_logits(outputs: Tensor | tuple[Tensor, Tensor]) -> Tensor:
 
 
 class ImageClassification(Dataset):
-    """32 x 32 classification with a generated auxiliary task, parametrised by ``raw_format`` (and ``flip``,
-    ``Config``, ``ModelConfig``) for CIFAR-10, CIFAR-100 and SVHN. Holds no state but its ``model_cfg``."""
+    """Classification with a generated auxiliary task, parametrised by ``raw_format`` (and ``flip``, the crop,
+    ``Config``, ``ModelConfig``) for CIFAR-10, CIFAR-100 and SVHN (and, through ``fine_grained``, Oxford-IIIT
+    Pet and Stanford Cars). Holds no state but its ``model_cfg``."""
 
     provides = frozenset({"generated_labels"})
 
     raw_format: ClassVar[RawFormat]
     flip: ClassVar[bool] = True  # horizontal flips in training augmentation (off for digits)
+    # Training crops: a random window of round(S * crop_fraction) px of the image zero-padded by crop_padding px;
+    # evaluation takes the centre window. CIFAR/SVHN: padding 4, the whole 32 px (App. B.3); the fine-grained
+    # datasets: no padding, 224/256 of the image (App. B.1's protocol for CUB).
+    crop_padding: ClassVar[int] = CROP_PADDING
+    crop_fraction: ClassVar[float] = 1.0
     Config: ClassVar[type[ImageConfig]] = ImageConfig
     SplitConfig = ImageSplitConfig
     ModelConfig: ClassVar[type[ImageModelConfig]] = ImageModelConfig
@@ -218,12 +224,20 @@ class ImageClassification(Dataset):
         fmt = self.raw_format
         if cfg.source == STANDIN:
             root = out_dir / STANDIN_DIR
-            fmt.write(root, generate_standin(cfg))
+            fmt.write(root, self.standin(cfg))
             source = f"stand-in (procedural shapes with hidden sub-classes, not {fmt.title})"
         else:
             root = source_root(self.name, cfg.source, cfg.root, fmt.expected)
             source = fmt.title
-        write_prepared(fmt.read(root), self.main_labelling(cfg), out_dir / H5_NAME, source)
+        write_prepared(self.read_raw(cfg, root), self.main_labelling(cfg), out_dir / H5_NAME, source)
+
+    def standin(self, cfg: ImageConfig) -> RawImages:
+        """The stand-in in memory, which ``raw_format.write`` writes in the real format."""
+        return generate_standin(cfg)
+
+    def read_raw(self, cfg: ImageConfig, root: Path) -> RawImages:
+        """The raw folder read with ``raw_format.read`` (formats whose reader takes settings override this)."""
+        return self.raw_format.read(root)
 
     def load(self, folder: Path) -> TaskData:
         return read_prepared(Path(folder) / H5_NAME, self.name)
@@ -292,17 +306,24 @@ class ImageClassification(Dataset):
 
     def batch_transform(self, x: Tensor, y: Tensor, train: bool,
                         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """uint8 [B, 3, 32, 32] -> float [B, 3, 32, 32] in [0, 1]; targets unchanged.
+        """uint8 [B, 3, S, S] -> float [B, 3, s, s] in [0, 1], s = round(S * ``crop_fraction``); targets unchanged.
 
-        Training: a random 32-px crop of the image zero-padded (black) by 4 px and (unless ``flip`` is off, as
-        for SVHN's digits) a random horizontal flip, per image; draws come from ``generator`` on the CPU (runs
-        repeat on any device), only the gather runs on ``x``'s device. Evaluation: no augmentation. The
-        networks standardise per channel themselves (``build_model``).
+        Training: a random s-px crop of the image zero-padded (black) by ``crop_padding`` px (CIFAR: 32 px of
+        the image padded by 4) and (unless ``flip`` is off, as for SVHN's digits) a random horizontal flip, per
+        image; draws come from ``generator`` on the CPU (runs repeat on any device), only the gather runs on
+        ``x``'s device. Evaluation: the centre s-px window (CIFAR: the whole image). The networks standardise
+        per channel themselves (``build_model``).
         """
+        h, w = x.shape[-2:]
+        size = max(1, round(min(h, w) * self.crop_fraction))
         if train:
-            pad = CROP_PADDING
-            padded = F.pad(x, (pad, pad, pad, pad))  # zeros: black borders, as torchvision's RandomCrop(padding=4)
-            x = random_crops(padded, x.shape[-1], flip=self.flip, generator=generator)
+            pad = self.crop_padding
+            if pad:
+                x = F.pad(x, (pad, pad, pad, pad))  # zeros: black borders, as torchvision's RandomCrop(padding=4)
+            x = random_crops(x, size, flip=self.flip, generator=generator)
+        elif (h, w) != (size, size):
+            top, left = (h - size) // 2, (w - size) // 2
+            x = x[:, :, top:top + size, left:left + size]
         return (x.float() / 255.0).contiguous(), y
 
     def per_task_losses(self, outputs: Tensor | tuple[Tensor, Tensor], targets: Tensor) -> Tensor:

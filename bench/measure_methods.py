@@ -50,7 +50,7 @@ def main(dataset: str, methods: str, grid: str, prepare: str, seeds: str, thread
     prepare_overrides = json.loads(prepare)
     seed_list = [int(s) for s in seeds.split(",")]
     base = {"dataset": dataset, "datasets": {dataset: {"prepare": prepare_overrides}}}
-    params0 = parse_params(base)
+    params0 = parse_params({**base, "method": methods.split(",")[0]})  # the default method may not fit
     ds = DATASETS.get(dataset)(params0.profile.model)
     folder = Path(tempfile.mkdtemp(prefix=f"measure_{dataset}_"))
     ds.prepare(params0.dataset_config, folder)

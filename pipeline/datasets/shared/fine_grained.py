@@ -100,7 +100,7 @@ def k_shot_splits(labels: np.ndarray, is_train: np.ndarray, num_classes: int, cf
             raise ValueError(
                 f"{where}.k_shot = {cfg.k_shot}: class {c} has {len(members)} official training images, "
                 f"{len(rest)} after val_fraction = {cfg.val_fraction}"
-                + ("" if len(rest) == 0 else f" (short_classes: all trains on what it has)"))
+                + ("" if len(rest) == 0 else " (short_classes: all trains on what it has)"))
         val.append(members[:n_val])
         pools.append(rest[:cfg.k_shot] if cfg.k_shot else rest)
     n_aux = max(1, int(round(cfg.aux_fraction * sum(len(p) for p in pools))))

@@ -277,3 +277,13 @@ def test_resnet18_is_the_papers_network():
     real = parse_params({"dataset": "stanford_cars", "method": "maxl",
                          "datasets": {"stanford_cars": {"prepare": {"source": "path"}}}})
     assert real.dataset_config.known_label_groups() == 196 and real.split.short_classes == "all"
+
+
+def test_defaults_listing_works_for_the_label_datasets():
+    """`python -m pipeline.config defaults --dataset oxford_pet`: the default method needs given auxiliaries, so the
+    listing takes the first method that fits instead of refusing."""
+    from pipeline.config.params import defaults_yaml
+
+    text = defaults_yaml(dataset="oxford_pet")
+    assert "method: auxilearn_labels" in text and "k_shot: 30" in text and "image_size: 32" in text
+    assert "crop_to_bbox: false" in defaults_yaml(dataset="stanford_cars", method="maxl")

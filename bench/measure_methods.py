@@ -9,6 +9,7 @@ weights with their index (many auxiliaries), α·λ̂ of the Neumann series and 
     python bench/measure_methods.py toy2d stl,equal,auxilearn_linear
     python bench/measure_methods.py cifar10 auxilearn_labels --grid '[{"methods": {"bilevel": {"lr": 0.001}}}]'
     python bench/measure_methods.py noisy_aux auxilearn_nonlinear --prepare '{"seed": 3, "sigma_aux": 0.5}'
+    python bench/measure_methods.py oxford_pet stl,auxilearn_labels --split '{"k_shot": 15}'
 
 One thread per process (`--threads`), so several can run side by side on a small machine.
 """
@@ -43,14 +44,15 @@ def _mean_sem(values: list[float]) -> str:
 @click.argument("methods")
 @click.option("--grid", default="[{}]", help="JSON list of params overrides, one setting each")
 @click.option("--prepare", "prepare", default="{}", help="JSON overrides of datasets.<dataset>.prepare")
+@click.option("--split", "split", default="{}", help="JSON overrides of datasets.<dataset>.split (e.g. k_shot)")
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--threads", default=1, show_default=True)
-def main(dataset: str, methods: str, grid: str, prepare: str, seeds: str, threads: int) -> None:
+def main(dataset: str, methods: str, grid: str, prepare: str, split: str, seeds: str, threads: int) -> None:
     torch.set_num_threads(threads)
     prepare_overrides = json.loads(prepare)
     seed_list = [int(s) for s in seeds.split(",")]
-    base = {"dataset": dataset, "datasets": {dataset: {"prepare": prepare_overrides}}}
-    params0 = parse_params(base)
+    base = {"dataset": dataset, "datasets": {dataset: {"prepare": prepare_overrides, "split": json.loads(split)}}}
+    params0 = parse_params({**base, "method": methods.split(",")[0]})  # the default method may not fit
     ds = DATASETS.get(dataset)(params0.profile.model)
     folder = Path(tempfile.mkdtemp(prefix=f"measure_{dataset}_"))
     ds.prepare(params0.dataset_config, folder)

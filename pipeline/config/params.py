@@ -363,9 +363,16 @@ def default_params_yaml() -> str:
 def defaults_yaml(dataset: str | None = None, method: str | None = None) -> str:
     """Every setting at its default (one dataset's and one method's sections when named), each with its
     description as a comment: the reference for the keys params.yaml may override."""
-    from pipeline.core.registry import METHODS
+    from pipeline.core.registry import DATASETS, METHODS
 
-    params = parse_params({} if dataset is None else {"dataset": dataset})
+    raw: dict[str, Any] = {} if dataset is None else {"dataset": dataset}
+    if method is not None:
+        raw["method"] = method
+    elif dataset is not None:  # the default method may not fit this dataset: list it with the first that does
+        fits = [m for m in METHODS.names() if not METHODS.get(m).missing(DATASETS.get(dataset))]
+        if parse_params({}).method not in fits and fits:
+            raw["method"] = fits[0]
+    params = parse_params(raw)
     keep_methods = None
     if method is not None:
         spec = METHODS.get(method)

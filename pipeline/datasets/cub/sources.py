@@ -10,9 +10,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
 from pipeline.datasets.shared.base import DataError
+from pipeline.datasets.shared.images import read_rgb
 
 # What ``datasets.cub.prepare.root`` must hold for ``source: path`` (also in data/raw/cub/README.md).
 EXPECTED = ("the contents of the CUB_200_2011 folder (images.txt, image_class_labels.txt, train_test_split.txt, "
@@ -186,15 +186,7 @@ def read_cub_index(root: Path | str) -> CubIndex:
 
 def read_image(path: Path, size: int) -> np.ndarray:
     """An RGB image resized to size x size as uint8 [3, size, size]; an unreadable file is a DataError naming it."""
-    if not path.is_file():
-        raise DataError(f"{path} is missing (listed in images.txt)")
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (size, size))  # JPEG: decode at 1/2..1/8 scale while still >= size (much faster)
-            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path} is not a readable image: {err}") from None
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    return read_rgb(path, size, "images.txt")
 
 
 def image_path(root: Path, rel: str) -> Path:

@@ -1,7 +1,7 @@
-"""The prepared file of the 32 x 32 image-classification family (CIFAR-10, CIFAR-100, SVHN): write, read and
-validate ``images.h5``.
+"""The prepared file of the image-classification family (CIFAR-10, CIFAR-100, SVHN at 32 x 32; Oxford-IIIT Pet and
+Stanford Cars at their ``image_size``): write, read and validate ``images.h5``.
 
-Contents: images uint8 [N, 3, 32, 32] (RGB planes), labels int64 [N] (the main label), is_train uint8 [N]
+Contents: images uint8 [N, 3, S, S] (RGB planes), labels int64 [N] (the main label), is_train uint8 [N]
 (official split), class_names, the other labellings of the source (CIFAR-100: fine_labels/fine_names and
 coarse_labels/coarse_names), subclass_labels when known (the stand-in), and the attributes source, main_label,
 image_size and mean/std (per-channel statistics of the official training images in [0, 1], with which the
@@ -28,9 +28,7 @@ H5_NAME = "images.h5"
 
 def write_prepared(raw: RawImages, main: str, out_file: Path, source: str) -> None:
     """The prepared HDF5 file; ``main`` is the labelling that becomes the main task."""
-    train_px = raw.images[raw.is_train].astype(np.float64) / 255.0
-    mean = train_px.mean(axis=(0, 2, 3))
-    std = np.sqrt(np.maximum(train_px.var(axis=(0, 2, 3)), 1e-12))
+    mean, std = _channel_statistics(raw.images[raw.is_train])
     with h5py.File(out_file, "w") as f:
         put(f, "images", raw.images, np.uint8)
         put(f, "labels", raw.labels[main], np.int64)
@@ -46,7 +44,20 @@ def write_prepared(raw: RawImages, main: str, out_file: Path, source: str) -> No
         f.attrs["std"] = std
         f.attrs["source"] = source
         f.attrs["main_label"] = main
-        f.attrs["image_size"] = IMAGE_SIZE
+        f.attrs["image_size"] = int(raw.images.shape[-1])
+
+
+def _channel_statistics(images: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of uint8 images [n, 3, S, S] as [0, 1] pixels, summed in chunks (a float64
+    copy of 256-px Cars would take 13 GB)."""
+    total, total_sq, pixels = np.zeros(3), np.zeros(3), 0
+    for start in range(0, len(images), chunk):
+        px = images[start:start + chunk].astype(np.float64) / 255.0
+        total += px.sum(axis=(0, 2, 3))
+        total_sq += (px * px).sum(axis=(0, 2, 3))
+        pixels += px.shape[0] * px.shape[2] * px.shape[3]
+    mean = total / max(pixels, 1)
+    return mean, np.sqrt(np.maximum(total_sq / max(pixels, 1) - mean**2, 1e-12))
 
 
 def read_prepared(path: Path, name: str, lazy: bool = False) -> TaskData:
@@ -67,9 +78,11 @@ def read_prepared(path: Path, name: str, lazy: bool = False) -> TaskData:
         attrs = file_attrs(f)
     mean, std = np.asarray(attrs["mean"], dtype=np.float64), np.asarray(attrs["std"], dtype=np.float64)
     n, c = (shape[0] if shape else 0), len(class_names)
+    size = int(attrs.get("image_size", IMAGE_SIZE))
     problems = []
-    if tuple(shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE) or dtype != np.uint8:
-        problems.append(f"images should be uint8 [N, 3, 32, 32], got {dtype} {shape}")
+    if tuple(shape[1:]) != (3, size, size) or dtype != np.uint8:
+        problems.append(f"images should be uint8 [N, 3, {size}, {size}] (the image_size attribute), "
+                        f"got {dtype} {shape}")
     if labels.shape != (n,) or is_train.shape != (n,):
         problems.append(f"labels {labels.shape} and is_train {is_train.shape} do not match {n} images")
     elif n and (labels.min() < 0 or labels.max() >= c):
@@ -88,7 +101,7 @@ def read_prepared(path: Path, name: str, lazy: bool = False) -> TaskData:
         "num_classes": c,
         "class_names": class_names,
         "is_train": is_train,
-        "image_size": IMAGE_SIZE,
+        "image_size": size,
         "mean": mean.tolist(),
         "std": std.tolist(),
     }

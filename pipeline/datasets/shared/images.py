@@ -2,9 +2,35 @@
 the per-channel z-score with statistics stored in the prepared file."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
+
+from pipeline.datasets.shared.base import DataError
+
+
+def read_rgb(path: Path, size: int, listed_in: str, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The image at ``path`` as RGB uint8 [3, size, size]: cropped to ``box`` (left, top, right, bottom in pixels,
+    clipped to the image) when given, then squashed to size x size (bilinear). A missing or unreadable file is a
+    ``DataError`` naming it and the index file that lists it (``listed_in``)."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing (listed in {listed_in})")
+    try:
+        with Image.open(path) as img:
+            if box is None:
+                img.draft("RGB", (size, size))  # JPEG: decode at 1/2..1/8 scale while still >= size (much faster)
+            rgb = img.convert("RGB")
+            if box is not None:
+                left, top = max(0, box[0]), max(0, box[1])
+                rgb = rgb.crop((left, top, max(left + 1, min(rgb.width, box[2])),
+                                max(top + 1, min(rgb.height, box[3]))))
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path} is not a readable image: {err}") from None
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def random_crops(x: Tensor, size: int, flip: bool, generator: torch.Generator | None) -> Tensor:

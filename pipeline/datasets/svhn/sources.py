@@ -3,31 +3,18 @@
 adds ``class_names`` and the hidden ``subclass`` (not in the real files)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.io
 
 from pipeline.datasets.shared.base import DataError
 from pipeline.datasets.shared.image_classification import IMAGE_SIZE, RawFormat, check_labels
+from pipeline.datasets.shared.matfile import read_mat, write_mat
 from pipeline.datasets.shared.raw_images import RawImages
 
 SVHN_FILES = {True: "train_32x32.mat", False: "test_32x32.mat"}
 EXPECTED = "train_32x32.mat and test_32x32.mat"
-MAT_HEADER = b"MATLAB 5.0 MAT-file, written by the auxbench stand-in generator".ljust(116)
-
-
-def read_mat(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(f"{path} is missing")
-    try:
-        return scipy.io.loadmat(path)
-    except NotImplementedError as err:  # MATLAB v7.3 (HDF5) files
-        raise DataError(f"{path}: {err} (expected the official MATLAB v5 file)") from None
-    except Exception as err:
-        raise DataError(f"{path} is not a readable MATLAB file: {type(err).__name__}: {err}") from None
 
 
 def read_svhn(root: Path) -> RawImages:
@@ -61,14 +48,6 @@ def read_svhn(root: Path) -> RawImages:
     raw = RawImages(np.concatenate(images), np.concatenate(is_train), {"class": np.concatenate(labels)},
                     {"class": names}, np.concatenate(subclasses) if subclasses else None)
     return check_labels(raw, root)
-
-
-def write_mat(path: Path, variables: dict[str, Any]) -> None:
-    """``scipy.io.savemat`` (v5) with a fixed header text: savemat stamps the time there, which would make
-    identical stand-ins differ byte for byte (and in the prepared folder's hashes)."""
-    buf = io.BytesIO()
-    scipy.io.savemat(buf, variables, format="5")
-    path.write_bytes(MAT_HEADER + buf.getvalue()[len(MAT_HEADER):])
 
 
 def write_svhn(root: Path, raw: RawImages) -> None:

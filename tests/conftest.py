@@ -109,3 +109,21 @@ def copy_repository(dest: Path, params: dict | None = None) -> Path:
 def repo_copy(tmp_path_factory) -> Path:
     """A git + DVC copy of this repository, for tests that drive `dvc` itself (they edit its params)."""
     return copy_repository(tmp_path_factory.mktemp("repo"), small_default_params())
+
+
+def solve_lower(direction, params, tol: float = 1e-10, iterations: int = 40) -> None:
+    """Drive ``direction()`` (a lower gradient, or any lower update G(θ) built with create_graph) to zero by
+    Newton's method on the flattened θ, with the full, possibly non-symmetric Jacobian (tiny problems only)."""
+    for _ in range(iterations):
+        flat = torch.cat([x.reshape(-1) for x in direction()])
+        if float(flat.detach().norm()) < tol:
+            return
+        jac = torch.stack([torch.cat([h.reshape(-1) for h in torch.autograd.grad(gi, params, retain_graph=True)])
+                           for gi in flat])
+        step = torch.linalg.solve(jac, flat.detach())
+        with torch.no_grad():
+            offset = 0
+            for p in params:
+                p -= step[offset: offset + p.numel()].view_as(p)
+                offset += p.numel()
+    raise AssertionError("the lower problem did not converge")

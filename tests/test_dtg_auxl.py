@@ -19,6 +19,7 @@ from pipeline.datasets.shared.base import Dataset, LabelField, TaskData
 from pipeline.methods.base import Batch, Method, StepContext
 from pipeline.methods.dtg.config import DTGConfig
 from pipeline.methods.dtg.generator import Generated, LinearTerm, NonlinearTerm, collapse_diagnostics, shuffle_pairing
+from tests.conftest import solve_lower
 from pipeline.methods.dtg.method import dtg_objectives
 from pipeline.models.base import MultiTaskNet
 from pipeline.core.registry import DATASETS, METHODS
@@ -167,24 +168,6 @@ def test_generated_label_bias_and_forms():
 # ------------------------------------------------------------------------ implicit gradient vs finite differences
 
 
-def _solve(loss_fn, params, tol=1e-11):
-    """θ*(φ) by Newton's method on the flattened θ (a few dozen parameters: the full Hessian is cheap)."""
-    for _ in range(30):
-        grad = torch.autograd.grad(loss_fn(), params, create_graph=True)
-        flat = torch.cat([g.reshape(-1) for g in grad])
-        if float(flat.detach().norm()) < tol:
-            return
-        hessian = torch.stack([torch.cat([h.reshape(-1) for h in torch.autograd.grad(gi, params, retain_graph=True)])
-                               for gi in flat])
-        step = torch.linalg.solve(hessian, flat.detach())
-        with torch.no_grad():
-            offset = 0
-            for p in params:
-                p -= step[offset: offset + p.numel()].view_as(p)
-                offset += p.numel()
-    raise AssertionError("the lower problem did not converge")
-
-
 @pytest.mark.parametrize("instance_reg", [False, True])
 def test_implicit_gradient_through_the_generator_matches_finite_differences(instance_reg):
     torch.set_default_dtype(torch.float64)
@@ -215,7 +198,7 @@ def test_implicit_gradient_through_the_generator_matches_finite_differences(inst
         def upper_value():
             return float(dtg_objectives(method, ctx())[1].detach())
 
-        _solve(lower_loss, theta)
+        solve_lower(lambda: torch.autograd.grad(lower_loss(), theta, create_graph=True), theta, tol=1e-11)
         train_loss, outer, _ = dtg_objectives(method, ctx())
         lam, _ = TrainCurvature(train_loss, theta).top_eigenvalue([torch.ones_like(p) for p in theta], 50)
         alpha = 0.5 / lam
@@ -233,7 +216,7 @@ def test_implicit_gradient_through_the_generator_matches_finite_differences(inst
                         p.copy_(s0 + sign * eps * ui)
                     for p, t0 in zip(theta, theta_star):
                         p.copy_(t0)
-                _solve(lower_loss, theta)
+                solve_lower(lambda: torch.autograd.grad(lower_loss(), theta, create_graph=True), theta, tol=1e-11)
                 values.append(upper_value())
             with torch.no_grad():
                 for p, s0 in zip(phi, start):

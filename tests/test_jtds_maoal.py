@@ -19,6 +19,7 @@ from pipeline.methods.maoal import MAOALConfig, ModuleImportance, module_objecti
 from pipeline.methods.trunk import sample_features, trunk_modules
 from pipeline.models.base import MultiTaskNet
 from pipeline.core.registry import METHODS
+from tests.conftest import solve_lower
 
 IN, D = 3, 2
 
@@ -212,24 +213,6 @@ def test_maoal_step_scales_each_auxiliary_gradient_per_module():
 # --------------------------------------------------------------------------- upper gradients vs finite differences
 
 
-def _newton(direction, params, tol=1e-10):
-    """Solve direction(θ) = 0 on the flattened θ with the full (possibly non-symmetric) Jacobian."""
-    for _ in range(40):
-        g = direction()
-        flat = torch.cat([x.reshape(-1) for x in g])
-        if float(flat.detach().norm()) < tol:
-            return
-        jac = torch.stack([torch.cat([h.reshape(-1) for h in torch.autograd.grad(gi, params, retain_graph=True)])
-                           for gi in flat])
-        step = torch.linalg.solve(jac, flat.detach())
-        with torch.no_grad():
-            offset = 0
-            for p in params:
-                p -= step[offset: offset + p.numel()].view_as(p)
-                offset += p.numel()
-    raise AssertionError("the lower problem did not converge")
-
-
 def _fd_check(phi, theta, solve, upper_value, analytic_grads, seed=0):
     g = torch.Generator().manual_seed(seed)
     start = [p.detach().clone() for p in phi]
@@ -291,12 +274,12 @@ def test_jtds_upper_gradient_matches_finite_differences():
         losses = ds.per_task_losses(model(lower.x), lower.y)
         return (sched.weights(inputs[0], inputs[1]) * losses).sum(1).mean()
 
-    _newton(lambda: torch.autograd.grad(lower_loss(frozen_inputs()), theta, create_graph=True), theta)
+    solve_lower(lambda: torch.autograd.grad(lower_loss(frozen_inputs()), theta, create_graph=True), theta)
     inputs = frozen_inputs()  # at W*(φ0): what the method reads
     for _ in range(6):  # the inputs move with W*: iterate to the fixed point where they are W*'s own
-        _newton(lambda: torch.autograd.grad(lower_loss(inputs), theta, create_graph=True), theta)
+        solve_lower(lambda: torch.autograd.grad(lower_loss(inputs), theta, create_graph=True), theta)
         inputs = frozen_inputs()
-    _newton(lambda: torch.autograd.grad(lower_loss(inputs), theta, create_graph=True), theta)
+    solve_lower(lambda: torch.autograd.grad(lower_loss(inputs), theta, create_graph=True), theta)
 
     train_loss, outer, logs = scheduler_objectives(method, context(model, ds, lower, upper))
     assert logs["weight_min"] > 0
@@ -305,7 +288,7 @@ def test_jtds_upper_gradient_matches_finite_differences():
     grads = neumann_hypergradient(train_loss, outer, theta, phi, 300, 0.9 / lam)
 
     def solve():
-        _newton(lambda: torch.autograd.grad(lower_loss(inputs), theta, create_graph=True), theta)
+        solve_lower(lambda: torch.autograd.grad(lower_loss(inputs), theta, create_graph=True), theta)
 
     def upper_value():
         return float(ds.per_task_losses(model(upper.x), upper.y)[:, 0].mean().detach())
@@ -340,7 +323,7 @@ def test_maoal_upper_gradient_matches_finite_differences():
         with torch.no_grad():
             for p, gi in zip(theta, step):
                 p -= 0.15 * gi
-    _newton(direction, theta)
+    solve_lower(direction, theta)
     g, outer, _ = module_objectives(method, ctx)
     assert isinstance(g, list) and len(g) == len(theta)
     # G is not a gradient field: its Jacobian is not symmetric (else a scalar loss would do)
@@ -354,7 +337,7 @@ def test_maoal_upper_gradient_matches_finite_differences():
     def upper_value():
         return float(ds.per_task_losses(model(upper.x), upper.y)[:, 0].mean().detach())
 
-    _fd_check(comb.hyper_parameters(), theta, lambda: _newton(direction, theta), upper_value, grads)
+    _fd_check(comb.hyper_parameters(), theta, lambda: solve_lower(direction, theta), upper_value, grads)
 
 
 # ------------------------------------------------------------------ JTDS's claim: corrupted labels weigh less

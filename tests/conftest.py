@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline.datasets.shared.base import Dataset
 from pipeline.config.params import default_params_yaml, parse_params
 from pipeline.core.registry import DATASETS
 from pipeline.engine.training import train_run
@@ -127,3 +128,17 @@ def solve_lower(direction, params, tol: float = 1e-10, iterations: int = 40) -> 
                 p -= step[offset: offset + p.numel()].view_as(p)
                 offset += p.numel()
     raise AssertionError("the lower problem did not converge")
+
+
+class InMemoryDataset(Dataset):
+    """A test's hand-made dataset: its data are built in the test, so nothing is prepared, loaded or scored
+    from files (subclasses give the losses and the model)."""
+
+    def prepare(self, cfg, out_dir):
+        raise NotImplementedError
+
+    def load(self, folder):
+        raise NotImplementedError
+
+    def metrics(self, model, data, indices):
+        raise NotImplementedError

@@ -15,11 +15,11 @@ from torch import nn
 
 from pipeline.methods.bilevel import TrainCurvature, neumann_hypergradient
 from pipeline.config.params import parse_params
-from pipeline.datasets.shared.base import Dataset, LabelField, TaskData
+from pipeline.datasets.shared.base import LabelField, TaskData
 from pipeline.methods.base import Batch, Method, StepContext
 from pipeline.methods.dtg.config import DTGConfig
 from pipeline.methods.dtg.generator import Generated, LinearTerm, NonlinearTerm, collapse_diagnostics, shuffle_pairing
-from tests.conftest import solve_lower
+from tests.conftest import InMemoryDataset, solve_lower
 from pipeline.methods.dtg.method import dtg_objectives
 from pipeline.models.base import MultiTaskNet
 from pipeline.core.registry import DATASETS, METHODS
@@ -52,7 +52,7 @@ class TinyNet(MultiTaskNet):
         return list(self.enc.parameters())
 
 
-class Tiny(Dataset):
+class Tiny(InMemoryDataset):
     """Targets per sample [class, binary, real] or per point [classes | binaries | reals] (N points each).
     ``ridge``: μ/2·‖θ‖² added to the main loss of every sample (a strongly convex lower problem for the FD test)."""
 
@@ -65,15 +65,6 @@ class Tiny(Dataset):
         self.dense = dense
         self.ridge: list[torch.Tensor] = []
         self.mu = 0.0
-
-    def prepare(self, cfg, out_dir):
-        raise NotImplementedError
-
-    def load(self, folder):
-        raise NotImplementedError
-
-    def metrics(self, model, data, indices):
-        raise NotImplementedError
 
     def build_model(self, data, cfg, aux_outputs=0):
         return TinyNet(self.dense)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipeline.methods.bilevel import BilevelConfig, TrainCurvature, neumann_hypergradient
-from pipeline.datasets.shared.base import Dataset, TaskData
+from pipeline.datasets.shared.base import TaskData
 from pipeline.datasets.cub.task import corrupt_attributes
 from pipeline.methods.base import Batch, Method, SharedTrunk, StepContext
 from pipeline.methods.jtds import JointScheduler, JTDSConfig, scheduler_objectives
@@ -19,7 +19,7 @@ from pipeline.methods.maoal import MAOALConfig, ModuleImportance, module_objecti
 from pipeline.methods.trunk import sample_features, trunk_modules
 from pipeline.models.base import MultiTaskNet
 from pipeline.core.registry import METHODS
-from tests.conftest import solve_lower
+from tests.conftest import InMemoryDataset, solve_lower
 
 IN, D = 3, 2
 
@@ -56,7 +56,7 @@ class SharedHeadNet(TinyNet):
         return self.heads[0](z).expand(-1, 3)
 
 
-class Tiny(Dataset):
+class Tiny(InMemoryDataset):
     """Targets [main, aux1, aux2], squared errors. ``mu``: μ/2·‖W‖² on the main loss (a strongly convex lower
     problem for the finite-difference tests)."""
 
@@ -68,15 +68,6 @@ class Tiny(Dataset):
         self.ridge: list[torch.Tensor] = []
         self.mu = 0.0
         self.shared_head = shared_head
-
-    def prepare(self, cfg, out_dir):
-        raise NotImplementedError
-
-    def load(self, folder):
-        raise NotImplementedError
-
-    def metrics(self, model, data, indices):
-        raise NotImplementedError
 
     def build_model(self, data, cfg, aux_outputs=0):
         return SharedHeadNet() if self.shared_head else TinyNet()

@@ -56,7 +56,7 @@ def run(out: Path) -> dict[str, torch.Tensor]:
             "hypergradient": hypergradient, "phi": phi.detach().clone(), "alpha": torch.tensor(stats.neumann_lr)}
 
 
-def train(method: str) -> dict[str, torch.Tensor]:
+def train(method: str, steps: int = 40) -> dict[str, torch.Tensor]:
     """A whole ``train_run`` on toy2d (no augmentation; batches and hyper batches even): W and φ at the end."""
     from pipeline.engine.training import train_run
     from tests.conftest import _prepared, make_params
@@ -64,7 +64,7 @@ def train(method: str) -> dict[str, torch.Tensor]:
     ds, data, splits = _prepared("toy2d")
     splits = {**splits, "aux": splits["aux"][: len(splits["aux"]) // 2 * 2]}  # the whole aux set, in even halves
     params = make_params(dataset="toy2d", method=method, seeds=[0],
-                         datasets={"toy2d": {"train": {"steps": 40, "batch_size": 16, "eval_every": 10}}},
+                         datasets={"toy2d": {"train": {"steps": steps, "batch_size": 16, "eval_every": 10}}},
                          methods={"bilevel": {"hyper_every": 5, "hyper_train_batch": 8}})
     result = train_run(ds, data, splits, params, 0, device=torch.device("cpu"))
     return {**{f"model.{k}": v for k, v in result.model_state.items()},
@@ -75,8 +75,23 @@ def worker(rank: int, init_file: str, out: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    calls = []  # W's steps that went through DDP's forward
+    ddp_forward = nn.parallel.DistributedDataParallel.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(type(self.module).__name__)
+        return ddp_forward(self, *args, **kwargs)
+
+    nn.parallel.DistributedDataParallel.forward = counted
     try:
-        torch.save({"step": run(Path(out)), "run": train("auxilearn_linear")}, Path(out) / f"rank{rank}.pt")
+        results = {"step": run(Path(out)), "run": train("auxilearn_linear")}
+        results["run_ddp_calls"] = torch.tensor(sum(name == "_Objective" for name in calls))
+        calls.clear()
+        for method in ("mgda", "gcs"):  # one backward of shard-weighted losses; a rewrite of the trunk's .grad
+            results[method] = train(method, steps=6)
+            results[f"{method}_ddp_calls"] = torch.tensor(len(calls))
+            calls.clear()
+        torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         distributed.teardown()
 
@@ -118,6 +133,18 @@ def test_a_whole_auxilearn_run_on_two_processes_equals_one(ranks):
             torch.testing.assert_close(r["run"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     moved = max((single[k] - train("equal").get(k, single[k])).abs().max() for k in single if k.startswith("model."))
     assert moved > 1e-3  # φ's learning changed W: the comparison covers the outer update
+
+
+def test_w_steps_go_through_ddp_and_processes_stay_identical(ranks):
+    """Every one of the 40 W steps of the whole run is a DDP forward of the objective. Combiners whose weights
+    differ per shard (MGDA) or that rewrite the trunk's gradient after the backward (GCS, averaged after it,
+    outside DDP) still leave every process with the same W."""
+    for method in ("mgda", "gcs"):
+        for key, value in ranks[0][method].items():
+            if key.startswith("model."):
+                assert torch.equal(ranks[1][method][key], value), (method, key)
+    assert [int(r["run_ddp_calls"]) for r in ranks] == [40, 40]
+    assert [int(r["mgda_ddp_calls"]) for r in ranks] == [6, 6] and [int(r["gcs_ddp_calls"]) for r in ranks] == [0, 0]
 
 
 def test_shards_cover_the_batch_once(monkeypatch):

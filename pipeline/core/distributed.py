@@ -2,7 +2,12 @@
 gradient-like vector across processes.
 
 Every process draws the same global batch from the same seeded stream and keeps its contiguous shard, so the
-union of the shards is the single-process batch. W's gradient is averaged by DistributedDataParallel. The
+union of the shards is the single-process batch. W's step goes through DistributedDataParallel (``WStep``):
+the whole objective of a batch (the method's losses of the network's outputs) is DDP's forward, so DDP's
+hooks average W's gradient inside the backward. Parameters outside the network that W's optimiser also trains
+(Uncertainty's log-variances, a generator's head) and the gradients of combiners that rewrite the trunk's
+``.grad`` after the backward (GCS, MAOAL: DDP would average before the rewrite) are averaged by one all-reduce
+after the backward instead (``average_gradients``). The
 outer (φ) update cannot go through DDP's hooks: it differentiates twice with ``torch.autograd.grad`` on the
 unwrapped network, which DDP never sees. Every vector it builds from data (∂L_A/∂W, ∂L_A/∂φ, each Hessian-
 vector product of the Neumann series and of the power iteration, the mixed product) is a mean over samples,
@@ -13,12 +18,12 @@ With one process (no process group) every function here is the identity.
 from __future__ import annotations
 
 import os
-from typing import Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.distributed as dist
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from pipeline.core.schema import StrictModel
 
@@ -107,10 +112,45 @@ def shard(indices: Tensor) -> Tensor:
     return torch.tensor_split(indices, n)[rank()]
 
 
+class _Objective(nn.Module):
+    """The network and the function that computes a batch's objective through it, as one module whose
+    ``forward`` DDP can wrap (methods call the network's ``encode``/``decode``, not its ``forward``)."""
+
+    def __init__(self, network: nn.Module, objective: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.network = network  # registered: DDP reduces (and first broadcasts) exactly its parameters
+        self.objective = objective
+
+    def forward(self, batch: Any) -> Any:
+        return self.objective(batch)
+
+
+class WStep:
+    """W's forward for one lower step, ``objective(batch)``: through DistributedDataParallel when processes
+    share batches and the combiner leaves ``.grad`` as the backward made it; else the plain call.
+    ``unreduced(params)``: those of W's optimiser whose gradient DDP does not average, for
+    ``average_gradients`` after the backward."""
+
+    def __init__(self, network: nn.Module, objective: Callable[[Any], Any], rewrites_gradients: bool) -> None:
+        self.objective = objective
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
+        if active() and not rewrites_gradients:
+            # find_unused_parameters: a generated task replaces the given auxiliaries' heads, which then take
+            # no gradient; DDP must not wait for them.
+            self.ddp = nn.parallel.DistributedDataParallel(_Objective(network, objective),
+                                                           find_unused_parameters=True)
+        self._reduced = {id(p) for p in network.parameters()} if self.ddp is not None else set()
+
+    def __call__(self, batch: Any) -> Any:
+        return self.objective(batch) if self.ddp is None else self.ddp(batch)
+
+    def unreduced(self, params: Sequence[Tensor]) -> list[Tensor]:
+        return [p for p in params if id(p) not in self._reduced]
+
+
 def average_gradients(params: Sequence[Tensor]) -> None:
-    """Each parameter's ``.grad`` replaced by its mean over processes: what DistributedDataParallel's reducer
-    does after the backward (here in one all-reduce after it, since the methods call the network's
-    ``encode``/``decode`` rather than its ``forward``, which DDP's hooks would need)."""
+    """Each parameter's ``.grad`` replaced by its mean over processes, in one all-reduce: for the parameters
+    W's optimiser trains that DDP does not reduce (``WStep.unreduced``)."""
     if not active():
         return
     with_grad = [p for p in params if p.grad is not None]

@@ -316,6 +316,9 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     optimizer_params = w_params + method.joint_parameters()
     optimizer = make_optimizer(optimizer_params, cfg)
     distributed.broadcast_parameters([*optimizer_params, *method.parameters()])  # one start for every process
+    # W's forward: through DDP when several processes share the batches (pipeline/core/distributed.py)
+    w_step = distributed.WStep(model, lambda batch: scaled_losses(batch, net=w_model), method.rewrites_gradients)
+    unreduced = w_step.unreduced(optimizer_params)
     schedule = make_lr_schedule(optimizer, cfg)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     history: dict[str, list] = {"step": [], "train_loss": [], "main_loss": [], "weights": [],
@@ -386,7 +389,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                 logged = logged_step(step, cfg.log_every, cfg.steps)
                 batch = next_batch(train_stream)
                 with autocast(device, cfg.amp):
-                    losses, z = scaled_losses(batch, net=w_model)
+                    losses, z = w_step(batch)
                 if step == 1:  # a method may calibrate φ at the losses this run sees; φ's initial state is after
                     method.start(losses.detach())
                     initial_method_state = _state(method)
@@ -399,7 +402,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                 guard.watch(step, batch, train_loss, losses)
                 if logged:  # one transfer for the steps since the last logged one, before W's update
                     guard.check()
-                distributed.average_gradients(optimizer_params)  # several processes: W's gradient on the whole batch
+                distributed.average_gradients(unreduced)  # several processes: what DDP did not average
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                     guard.optimiser_step(step, optimizer, scaler)

@@ -66,9 +66,13 @@ class LossCombiner(nn.Module):
 
     ``needs_loss_images``: the combiner gets loss images [B, T, H, W] (density-normalised, see
     ``Dataset.per_task_losses``) instead of their spatial means [B, T].
+    ``rewrites_gradients``: ``backward`` replaces the trunk's ``.grad`` after its backward (GCS, MAOAL). With
+    several processes DistributedDataParallel averages gradients inside the backward, before such a rewrite,
+    so these combiners' gradients are averaged after ``backward`` instead (``core.distributed.WStep``).
     """
 
     needs_loss_images: ClassVar[bool] = False
+    rewrites_gradients: ClassVar[bool] = False
 
     def __init__(self, num_tasks: int, cfg: Any = None) -> None:
         super().__init__()
@@ -288,6 +292,10 @@ class Method(nn.Module):
     @property
     def needs_loss_images(self) -> bool:
         return self.combiner.needs_loss_images
+
+    @property
+    def rewrites_gradients(self) -> bool:
+        return self.combiner.rewrites_gradients
 
     @property
     def generated_tasks(self) -> tuple[str, ...]:

@@ -59,6 +59,8 @@ def _inverse_softplus(y: float) -> float:
 class ModuleImportance(LossCombiner):
     """W's step along G (module-wise scaled auxiliary gradients); θ [K, M] are the raw importances."""
 
+    rewrites_gradients = True  # the trunk's .grad is replaced by G after the backward
+
     def __init__(self, num_tasks: int, module_of: Sequence[int], cfg: MAOALConfig | None = None) -> None:
         cfg = cfg or MAOALConfig()
         super().__init__(num_tasks, cfg)

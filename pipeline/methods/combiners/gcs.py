@@ -41,6 +41,8 @@ def similarity_gates(grads: Tensor, variant: str) -> Tensor:
 
 
 class GCS(WeightedSum):
+    rewrites_gradients = True  # the trunk's .grad is replaced by the gated sum after the backward
+
     def __init__(self, num_tasks: int, cfg: GCSConfig | None = None) -> None:
         super().__init__(num_tasks, cfg)
 

@@ -221,6 +221,28 @@ def test_maoal_step_scales_each_auxiliary_gradient_per_module():
     assert torch.allclose(method.task_weights(losses), torch.tensor([1.0, 1.0, 0.75]), atol=1e-6)
 
 
+def test_maoal_direction_is_the_same_per_task_or_per_module():
+    """G by one backward per task (all of W: the trunk's 2 modules and the heads, 3 groups for 3 tasks) and by
+    one per module (the trunk alone: 2 groups) agree on the trunk, graph and all."""
+    data = tiny_data(8)
+    ds, method, model = build("maoal", MAOALConfig(), data)
+    comb: ModuleImportance = method.combiner
+    with torch.no_grad():
+        comb.importance.copy_(torch.tensor([[0.3, 2.0], [1.0, 0.5]]))
+    batch = full_batch(data)
+    losses = ds.per_task_losses(model(batch.x), batch.y)
+    trunk = model.shared_parameters()
+    per_task = comb.direction(losses, list(model.parameters()), trunk, create_graph=True)
+    per_module = comb.direction(losses, trunk, trunk, create_graph=True)
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    for p, g in zip(trunk, per_module):
+        torch.testing.assert_close(g, per_task[index[id(p)]])
+    # both differentiable in θ, alike
+    grads = [torch.autograd.grad(sum((g * g).sum() for g in d), comb.importance, retain_graph=True)[0]
+             for d in (per_module, [per_task[index[id(p)]] for p in trunk])]
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 # --------------------------------------------------------------------------- upper gradients vs finite differences
 
 

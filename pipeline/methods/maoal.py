@@ -21,9 +21,8 @@ tensor of ≥ 2 dimensions, with the 1-D tensors after it) and the layers into `
 ([C] uses 5 for its ConvNet-4: the four convolutions and the rest; ``modules`` larger than the trunk's layer count
 gives one module per layer).
 
-**Cost.** Module m's part of G is the gradient of the one scalar Σ_t c_tm ℓ_t, so W's step takes one backward
-per module (M) plus one for the parameters outside the trunk, plus the uniform backward: M + 2 instead of one,
-whatever the number of tasks.
+**Cost.** W's step takes the uniform backward plus min(T, M) backwards through the trunk: one per task, or
+(module m's part of G being the gradient of the one scalar Σ_t c_tm ℓ_t) one per module, whichever is fewer.
 """
 from __future__ import annotations
 
@@ -95,14 +94,21 @@ class ModuleImportance(LossCombiner):
     def direction(self, losses: Tensor, params: Sequence[Tensor], shared: Sequence[Tensor],
                   create_graph: bool = False) -> list[Tensor]:
         """G for ``params`` from the batch's per-task losses [B, T]: one gradient per task, combined per module."""
-        # By linearity, module m's part of G is the gradient of one scalar, Σ_t c_tm ℓ_t: one backward per
-        # module (and one for the parameters outside the trunk), not one per task. Same G; on CUB's 37 tasks
-        # and 5 modules, 6 backwards instead of 37.
+        # G is linear in the per-task gradients, so it takes whichever is fewer backwards: one per task
+        # (combined per module), or one per module of the scalar Σ_t c_tm ℓ_t (and one for the parameters
+        # outside the trunk). The same G either way; on CUB's 37 tasks and 5 modules, 5 backwards, not 37.
         task_losses = losses.mean(0)
         coefs = self.coefficients(params, shared)
         groups: dict[int, list[int]] = {}  # parameters sharing one coefficient vector (a module, or the rest)
         for i, c in enumerate(coefs):
             groups.setdefault(id(c), []).append(i)
+        if self.num_tasks <= len(groups):
+            out = [torch.zeros_like(p) for p in params]
+            for t in range(self.num_tasks):
+                grads = torch.autograd.grad(task_losses[t], list(params), retain_graph=True, allow_unused=True,
+                                            create_graph=create_graph)
+                out = [o if g is None else o + c[t] * g for o, g, c in zip(out, grads, coefs)]
+            return out
         out: list[Tensor | None] = [None] * len(params)
         for members in groups.values():
             combined = (coefs[members[0]] * task_losses).sum()

@@ -19,6 +19,7 @@ from torch import nn
 from pipeline.config.params import ParamsError, parse_params
 from pipeline.datasets.shared.base import DataError, TaskData
 from pipeline.core.registry import DATASETS
+from pipeline.methods.base import build_method
 from pipeline.datasets.cub import standin as cub_standin
 from pipeline.datasets.cub import task as cub_task
 from pipeline.datasets.cub.prepared import H5_NAME
@@ -435,8 +436,10 @@ def test_vision_model_backbones_and_local_weights(tmp_path):
 # ---------------------------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.parametrize("method", ["equal", "auxilearn_nonlinear"])
+@pytest.mark.parametrize("method", ["equal", "auxilearn_nonlinear", "auxilearn_labels", "maxl"])
 def test_end_to_end_on_the_tiny_layout(tiny, tmp_path, method):
+    """Given attributes (equal, auxilearn) and label learning (a generated task per species, AuxiLearn Table 3's
+    CUB setting; MAXL) on the real layout."""
     params = cub_params(tiny.root, method=method, split={"k_shot": 0, "aux": 2},
                         train={"steps": 5, "eval_every": 5, "batch_size": 4},
                         methods={"bilevel": {"hyper_every": 2}})  # so the IFT step runs within 5 steps
@@ -447,7 +450,14 @@ def test_end_to_end_on_the_tiny_layout(tiny, tmp_path, method):
     if method.startswith("auxilearn"):
         assert result.history["hyper_step"] == [2, 4]
         assert all(np.isfinite(result.history["hypergrad_norm"]))
-    model = ds.build_model(data, params.profile.model)
+    head = build_method(method, data.num_tasks, params, ds, data).head_outputs()
+    if method in ("auxilearn_labels", "maxl"):
+        net = ds.build_model(data, params.profile.model, aux_outputs=head)
+        (species, attributes), aux = net.decode(net.encode(torch.rand(2, 3, 28, 28)))
+        psi = head // ds.label_groups(data)
+        assert ds.label_groups(data) == data.meta["num_classes"] and psi >= 2 and aux.shape == (2, psi * 3)
+        assert species.shape == (2, 3) and set(result.method_state_final)  # the generator's state was trained
+    model = ds.build_model(data, params.profile.model, aux_outputs=head)
     model.load_state_dict(result.model_state)
     m = ds.metrics(model, data, torch.as_tensor(splits["test"]))
     assert set(m) == {"top1", "top3", "main_loss"} and all(np.isfinite(v) for v in m.values())

@@ -75,37 +75,45 @@ def load_resnet18_weights(net: torchvision.models.ResNet, path: str | Path) -> N
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
 
 
+def image_backbone(backbone: Backbone = "small_cnn", width: int = 32, pretrained_weights: str | None = None
+                   ) -> tuple[nn.Module, int]:
+    """The backbone (images -> pooled features) and its feature count."""
+    if backbone == "small_cnn":
+        if pretrained_weights:
+            raise ValueError("pretrained_weights is only supported with the resnet18 backbone")
+        net = SmallCNN(width)
+        return net, net.out_features
+    if backbone == "resnet18":
+        res = torchvision.models.resnet18(weights=None)
+        features = res.fc.in_features
+        res.fc = nn.Identity()  # our heads take the pooled 512-d features
+        if pretrained_weights:
+            load_resnet18_weights(res, pretrained_weights)
+        return res, features
+    raise ValueError(f"unknown backbone {backbone!r}; known: small_cnn, resnet18")
+
+
 @MODELS.register("image_multihead")
 class MultiHeadImageNet(MultiTaskNet):
-    """Shared backbone → z (pooled features) → species head and attribute head."""
+    """Shared backbone → z (pooled features) → species head and attribute head; with ``aux_outputs`` > 0 a
+    third head of generated-task logits (label learning: ``decode`` then returns ((species, attributes), aux))."""
 
     def __init__(self, num_classes: int, num_attributes: int, backbone: Backbone = "small_cnn", width: int = 32,
-                 pretrained_weights: str | None = None) -> None:
+                 pretrained_weights: str | None = None, aux_outputs: int = 0) -> None:
         super().__init__()
-        if backbone == "small_cnn":
-            if pretrained_weights:
-                raise ValueError("pretrained_weights is only supported with the resnet18 backbone")
-            net = SmallCNN(width)
-            self.backbone: nn.Module = net
-            features = net.out_features
-        elif backbone == "resnet18":
-            net = torchvision.models.resnet18(weights=None)
-            features = net.fc.in_features
-            net.fc = nn.Identity()  # our heads take the pooled 512-d features
-            if pretrained_weights:
-                load_resnet18_weights(net, pretrained_weights)
-            self.backbone = net
-        else:
-            raise ValueError(f"unknown backbone {backbone!r}; known: small_cnn, resnet18")
+        self.backbone, features = image_backbone(backbone, width, pretrained_weights)
         self.backbone_kind = backbone
         self.species_head = nn.Linear(features, num_classes)
         self.attribute_head = nn.Linear(features, num_attributes)
+        self.aux_head = nn.Linear(features, aux_outputs) if aux_outputs else None
+        self.has_generated_head = bool(aux_outputs)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 
-    def decode(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self.species_head(z), self.attribute_head(z)
+    def decode(self, z: Tensor) -> tuple:
+        outputs = (self.species_head(z), self.attribute_head(z))
+        return outputs if self.aux_head is None else (outputs, self.aux_head(z))
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())

@@ -34,6 +34,10 @@ class Config(StrictModel):
         "(so of the training split, never of validation or test) is flipped with this probability; 0 = unchanged")
     aux_label_noise_seed: int = Field(0, description="seed of aux_label_noise's flips")
 
+    def known_label_groups(self) -> int:
+        """The species (ψ's groups for generated labels), known before any data."""
+        return self.standin_num_classes if self.source == "standin" else 200
+
     @model_validator(mode="after")
     def _check(self) -> "Config":
         require_root(self.source, self.root, self.model_fields_set, "cub", "your CUB_200_2011 folder")

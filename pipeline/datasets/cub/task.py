@@ -26,7 +26,8 @@ from pipeline.datasets.shared.aux_roles import read_aux_roles, write_aux_roles
 from pipeline.datasets.shared.images import random_crops
 from pipeline.datasets.shared.sources import source_root
 from pipeline.metrics.classification import TopKAccuracy
-from pipeline.models.base import MultiTaskNet, Standardized
+from pipeline.models.base import ChannelStandardize, MultiTaskNet, Standardized
+from pipeline.models.vision import image_backbone
 from pipeline.core.registry import DATASETS, MODELS
 
 EVAL_CHUNK = 256  # images per forward pass in evaluation: bounded memory for ResNet-18 at 224 px
@@ -47,7 +48,8 @@ def corrupt_attributes(attributes: np.ndarray, is_train: np.ndarray, ratio: floa
 class Cub(Dataset):
     """CUB-200-2011 (or its procedural stand-in): species classification with attribute auxiliaries."""
 
-    provides = frozenset({"auxiliaries", "task_labels"})
+    # generated_labels: label learning (AuxiLearn Table 3's CUB 30-shot), the species as ψ's groups
+    provides = frozenset({"auxiliaries", "task_labels", "generated_labels"})
 
     name = "cub"
     Config = Config
@@ -122,13 +124,29 @@ class Cub(Dataset):
     # -- model, losses, metrics ----------------------------------------------------------------
 
     def build_model(self, data: TaskData, cfg: ModelConfig, aux_outputs: int = 0) -> MultiTaskNet:
-        """The image network behind a per-channel standardisation with the official training images' mean/std."""
-        if aux_outputs:
-            raise ValueError("cub: generated auxiliary tasks are not supported (its auxiliaries are the attributes)")
+        """The image network behind a per-channel standardisation with the official training images' mean/std;
+        ``aux_outputs``: a generated task's head beside the species and attribute heads (label learning)."""
         net = MODELS.get("image_multihead")(
             num_classes=int(data.meta["num_classes"]), num_attributes=data.num_tasks - 1,
-            backbone=cfg.backbone, width=cfg.backbone_width, pretrained_weights=cfg.pretrained_weights)
+            backbone=cfg.backbone, width=cfg.backbone_width, pretrained_weights=cfg.pretrained_weights,
+            aux_outputs=aux_outputs)
         return Standardized(net, data.meta["mean"], data.meta["std"])
+
+    # -- generated auxiliary tasks (label learning) ----------------------------------------------
+
+    def label_groups(self, data: TaskData) -> int:
+        """The species: each owns a block of ψ generated classes."""
+        return int(data.meta["num_classes"])
+
+    def label_group(self, targets: Tensor) -> Tensor:
+        return targets[:, 0].long()
+
+    def build_label_generator(self, data: TaskData, cfg: ModelConfig, num_aux_classes: int) -> nn.Module:
+        """The primary network's backbone (its own weights; never the pretrained file: AuxiLearn's generator is
+        trained from scratch) with one head of ``num_aux_classes`` logits, standardising its input alike."""
+        backbone, features = image_backbone(cfg.backbone, cfg.backbone_width)
+        return nn.Sequential(ChannelStandardize(data.meta["mean"], data.meta["std"]), backbone,
+                             nn.Linear(features, num_aux_classes))
 
     def batch_transform(self, x: Tensor, y: Tensor, train: bool,
                         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:

@@ -205,8 +205,9 @@ def latest_per_setting(rows: list[dict[str, Any]], dataset: str, key: str) -> di
                 groups.setdefault((method, method), []).append(r)
                 continue
             value = param(r, key)
-            text = f"{_param_text(value)}" if value is not None else \
-                f"{_param_text(default_value(key, dataset, method))} (default)"
+            default = default_value(key, dataset, method) if value is None else None
+            text = _param_text(value) if value is not None else \
+                f"{_param_text(default)} (default)" if default is not None else "default"
             label = f"{method} ({short}={text})"
             groups.setdefault((method, label), []).append({**r, "_setting": value})
     out: dict[str, dict[str, Any]] = {}

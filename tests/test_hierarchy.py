@@ -311,4 +311,4 @@ def test_psi_sweep_table(monkeypatch):
     lines = table.splitlines()[2:]
     assert [line.split(" | ")[0:2] for line in lines] == [
         ["| stl", "70.00 ± 0.50"], ["| maxl (psi=2)", "72.00 ± 0.50"], ["| maxl (psi=5)", "75.00 ± 0.50"],
-        ["| maxl (psi=20)", "90.00 ± 0.50"], ["| maxl (psi=unset (default))", "60.00 ± 0.50"]]
+        ["| maxl (psi=20)", "90.00 ± 0.50"], ["| maxl (psi=default)", "60.00 ± 0.50"]]

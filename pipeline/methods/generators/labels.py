@@ -14,6 +14,12 @@ the labels come from and how θ2 learns:
   product) replaced by the central finite difference the MAXL authors ship (after DARTS, ε = 0.01/‖d‖).
 - ``maxl_frozen`` (MAXL-F): the generator at its random initialisation, never updated.
 - ``random``: a fixed random auxiliary class per sample, drawn uniformly inside its group's block.
+- ``human`` (MAXL's Human baseline): the sample's human-defined finer class (``Dataset.finer_labels``: CIFAR-100's
+  next finer level), with ψ the human tree (``generators/hierarchy.py``), as a fixed one-hot target.
+- ``nearest_neighbour`` (MAXL's Nearest Neighbour baseline): soft labels softmax(−‖e(x) − c_k‖²) over the
+  sample's block, c_k the mean embedding of a seeded 10% of class k's training images (which keep their
+  human-defined labels), e(·) a pre-trained network from a local file (``nn_weights``) that MAXL's look-ahead
+  then refines on the primary task (the prototypes re-embedded by the current network at every call).
 - ``auxilearn_labels``: θ2 follows the IFT hypergradient of the main loss on the auxiliary set
   (``pipeline.methods.bilevel``), optionally with a loss-combining network on (ℓ_main, ℓ_aux) (App. B.3).
 
@@ -62,7 +68,8 @@ from pipeline.methods.generators.hierarchy import (human_hierarchy, load_embeddi
 
 
 class LabelsConfig(StrictModel):
-    """``methods.labels``: shared by maxl, maxl_frozen, random and auxilearn_labels, so they compare alike."""
+    """``methods.labels``: shared by maxl, maxl_frozen, random, human, nearest_neighbour and auxilearn_labels, so
+    they compare alike."""
 
     psi: int | list[int] | None = Field(
         None, description="ψ: auxiliary classes per group (one int: the same for all); null = the dataset's "

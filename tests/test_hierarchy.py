@@ -312,3 +312,34 @@ def test_psi_sweep_table(monkeypatch):
     assert [line.split(" | ")[0:2] for line in lines] == [
         ["| stl", "70.00 ± 0.50"], ["| maxl (psi=2)", "72.00 ± 0.50"], ["| maxl (psi=5)", "75.00 ± 0.50"],
         ["| maxl (psi=20)", "90.00 ± 0.50"], ["| maxl (psi=default)", "60.00 ± 0.50"]]
+
+
+# ---------------------------------------------------------------------------------------------- the stages
+
+
+def test_stage_chain_with_nearest_neighbour(tmp_path, monkeypatch):
+    """prepare, split, train, evaluate and report without DVC on a tiny cifar100 stand-in at the coarse level, the
+    embedding read from a file the test writes: the method is rebuilt from it in evaluate and report too."""
+    import yaml
+    from click.testing import CliRunner
+
+    from pipeline.models.classifiers import build_backbone
+    from stages import evaluate, prepare, report, split, train
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(build_backbone("convnet4", 0.25).state_dict(), tmp_path / "emb.pt")  # bare backbone keys
+    params = {"dataset": "cifar100", "method": "nearest_neighbour", "seeds": [0],
+              "datasets": {"cifar100": {
+                  "prepare": {"primary_level": "coarse", "standin_num_classes": 4, "standin_subclasses": 2,
+                              "standin_train_per_class": 40, "standin_test_per_class": 5},
+                  "split": {"train_fraction": 0.5, "val": 10}, "model": {"backbone": "convnet4", "width": 0.25},
+                  "train": {"steps": 3, "eval_every": 3, "batch_size": 8}}},
+              "methods": {"labels": {"nn_weights": "emb.pt", "diagnose_every": 3}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    runner = CliRunner()
+    for cmd, args in ((prepare.main, ["--dataset", "cifar100"]), (split.main, []), (train.main, []),
+                      (evaluate.main, []), (report.main, [])):
+        result = runner.invoke(cmd, args)
+        assert result.exit_code == 0, result.output
+    text = (tmp_path / "reports/report.md").read_text()
+    assert "# nearest_neighbour on cifar100" in text and (tmp_path / "reports/figures/soft_labels.png").is_file()

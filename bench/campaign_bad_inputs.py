@@ -176,7 +176,7 @@ def build_cases() -> list[Case]:
             params["datasets"][ds]["methods"]["labels"]["psi"] = [2, 3, 4]
         add(Case(f"maxl psi [2,3,4] on {ds}", "labels.psi: 3 entries", yaml.safe_dump(params, sort_keys=False)))
     params = with_top(method="auxilearn_labels", dataset="cifar100")
-    params["datasets"]["cifar100"]["prepare"]["main_label"] = "coarse"
+    params["datasets"]["cifar100"]["prepare"]["primary_level"] = "coarse"
     params["datasets"]["cifar100"]["methods"]["labels"] = {"psi": [2] * 10}
     add(Case("psi of 10 on cifar100 coarse (5 groups)", "datasets.cifar100.methods.labels.psi",
              yaml.safe_dump(params, sort_keys=False)))
@@ -198,7 +198,7 @@ def build_cases() -> list[Case]:
     for path, value in (("datasets.cub.split.k_shot", -1), ("datasets.cifar10.split.train_fraction", 0.0),
                         ("datasets.nyuv2.split.val_fraction", 1.5), ("datasets.shapenet_part.prepare.standin_categories", 9),
                         ("datasets.cub.prepare.standin_attribute_noise", 0.7), ("datasets.noisy_aux.prepare.num_samples", 2),
-                        ("datasets.svhn.model.backbone", "lenet"), ("datasets.cifar100.prepare.main_label", "medium"),
+                        ("datasets.svhn.model.backbone", "lenet"), ("datasets.cifar100.prepare.primary_level", "medium"),
                         ("datasets.nyuv2.prepare.image_size", [1, 40])):
         add(Case(f"unselected {path}={value}", path.rsplit(".", 1)[0], edited(path, value)))
 

@@ -44,9 +44,11 @@ def timed(repo: Path, *cmd: str) -> tuple[float, str]:
 
 def main() -> None:
     sys.path.insert(0, str(REPO))
-    from pipeline.core.registry import METHODS
+    from pipeline.core.registry import DATASETS, METHODS
 
-    methods = sys.argv[1].split(",") if len(sys.argv) > 1 else METHODS.names()
+    demo = DATASETS.get("demo")  # every method that fits the default dataset (not human, nearest_neighbour)
+    methods = sys.argv[1].split(",") if len(sys.argv) > 1 else [m for m in METHODS.names()
+                                                                  if not METHODS.get(m).missing(demo)]
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "clone"
         sh(REPO, "git", "clone", "-q", str(REPO), str(repo))

@@ -177,6 +177,46 @@ def latest_per_method(rows: list[dict[str, Any]], dataset: str) -> dict[str, dic
     return best
 
 
+def _reads(method: str, key: str) -> bool:
+    """Whether ``method`` reads the ``methods.<section>.<key>`` or ``datasets.<X>.methods.<section>.<key>`` param."""
+    from pipeline.core.registry import METHODS
+
+    parts = key.split(".")
+    section = parts[1] if parts[0] == "methods" else parts[3] if len(parts) > 4 else None
+    if method not in METHODS or section is None:
+        return False
+    spec = METHODS.get(method)
+    return spec.config_section == section or (section == "bilevel" and spec.uses_bilevel)
+
+
+def _sort_value(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+
+
+def latest_per_setting(rows: list[dict[str, Any]], dataset: str, key: str) -> dict[str, dict[str, Any]]:
+    """``latest_per_method`` with one row per value of the param ``key`` for the methods that read it (MAXL's ψ
+    sweep: ``--by methods.labels.psi``), labelled ``<method> (<last part of key>=<value>)``; a method that does not
+    read ``key`` (single task) keeps one row. A value params.yaml does not write shows as its default."""
+    short = key.rsplit(".", 1)[-1]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for method, candidates in _candidates(rows, dataset).items():
+        for r in candidates:
+            if not _reads(method, key):
+                groups.setdefault((method, method), []).append(r)
+                continue
+            value = param(r, key)
+            default = default_value(key, dataset, method) if value is None else None
+            text = _param_text(value) if value is not None else \
+                f"{_param_text(default)} (default)" if default is not None else "default"
+            label = f"{method} ({short}={text})"
+            groups.setdefault((method, label), []).append({**r, "_setting": value})
+    out: dict[str, dict[str, Any]] = {}
+    for (_, label), candidates in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], _sort_value(kv[1][0].get("_setting")))):
+        out[label] = latest_per_method(candidates, dataset)[run_field(candidates[0], "method")]
+    return out
+
+
 def main_metric(row: dict[str, Any]) -> str | None:
     name = metric(row, "main_metric")
     if not (isinstance(name, str) and name not in ("", "None")):
@@ -301,10 +341,17 @@ def _param_cell(row: dict[str, Any], name: str, dataset: str, method: str) -> st
 
 
 def _order(rows: dict[str, Any]) -> list[str]:
+    """The papers' table order of the methods (a ``--by`` label sorts by its method, then by its value)."""
     from pipeline.methods.base import method_order  # the papers' table order, declared by each registry entry
 
     order = method_order()
-    return sorted(rows, key=lambda m: (order.index(m) if m in order else len(order), m))
+
+    def key(label: str) -> tuple:
+        method = label.split(" ", 1)[0]
+        return (order.index(method) if method in order else len(order), method,
+                _sort_value(rows[label].get("_setting")), label)
+
+    return sorted(rows, key=key)
 
 
 def render_table(rows: dict[str, dict[str, Any]], dataset: str | None = None,
@@ -360,24 +407,35 @@ SELECTIONS = {"latest": "latest experiment per method",
               help="include experiments based on this many commits back from HEAD")
 @click.option("--select", "selection", type=click.Choice(list(SELECTIONS)), default="latest", show_default=True,
               help="which experiment stands for a method: the latest, or the best on the validation main metric")
-def main(dataset: str, output: Path | None, commits: int, selection: str) -> None:
+@click.option("--by", "by", default=None, metavar="PARAM",
+              help="one row per value of this methods.* param for the methods that read it (latest each), e.g. "
+                   "methods.labels.psi for MAXL's ψ sweep against single task")
+def main(dataset: str, output: Path | None, commits: int, selection: str, by: str | None) -> None:
     import dvc.api
 
     all_rows = with_commits(dvc.api.exp_show(num=commits))
     varying = None
-    if selection == "best-val":
+    if by is not None:
+        if selection != "latest" or not (by.startswith("methods.") or by.startswith(f"datasets.{dataset}.methods.")):
+            raise click.ClickException(f"--by {by}: give a methods.<section>.<key> or datasets.{dataset}.methods."
+                                       "<section>.<key> param, with --select latest")
+        rows = latest_per_setting(all_rows, dataset, by)
+        selection_text = f"latest experiment per method and value of {by}"
+    elif selection == "best-val":
         rows, varying, notes = best_val_per_method(all_rows, dataset)
         for note in notes:
             click.echo(f"note: {note}", err=True)
     else:
         rows = latest_per_method(all_rows, dataset)
+    if by is None:
+        selection_text = SELECTIONS[selection]
     if not rows:
         what = "validation and test metrics" if selection == "best-val" else "test metrics"
         raise click.ClickException(f"no experiment with {what} on dataset {dataset!r}: run `dvc exp run` first")
     for warning in mismatch_warnings(rows, dataset):
         click.echo(warning, err=True)
     table = (f"Test metrics on `{dataset}`, mean ± SEM over seeds (the mean alone for one seed); "
-             f"{SELECTIONS[selection]}.\n\n" + render_table(rows, dataset, varying))
+             f"{selection_text}.\n\n" + render_table(rows, dataset, varying))
     click.echo(table)
     if output is not None:
         write_text(output, table + "\n")

@@ -164,7 +164,7 @@ def test_cifar10_loader(tmp_path, py2):
 @pytest.mark.parametrize("main", ["fine", "coarse"])
 def test_cifar100_loader_fine_and_coarse(tmp_path, main):
     tiny = write_tiny_cifar100(tmp_path / "cifar-100-python")
-    data = prepare_load(Cifar100(), tmp_path / "out", source="path", root=str(tiny.root), main_label=main)
+    data = prepare_load(Cifar100(), tmp_path / "out", source="path", root=str(tiny.root), primary_level=main)
     assert_marked(data, tiny.images)
     expected = tiny.fine if main == "fine" else tiny.coarse
     assert np.array_equal(data.targets[:, 0].numpy(), expected)
@@ -314,7 +314,7 @@ def test_configs_are_checked():
     with pytest.raises(ValueError, match="resnet18 has no width"):
         Cifar10.ModelConfig(backbone="resnet18", width=0.5)
     with pytest.raises(ValueError):
-        Cifar10.Config(main_label="coarse")  # only CIFAR-100 has two labellings
+        Cifar10.Config(primary_level="coarse")  # only CIFAR-100 has a hierarchy
     assert Cifar10.ModelConfig().backbone == "vgg16" and Svhn.ModelConfig().backbone == "convnet4"
     assert Cifar10.ModelConfig().resolved_width == 0.125 and Cifar10.ModelConfig(width=1).resolved_width == 1
 

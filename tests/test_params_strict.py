@@ -69,7 +69,7 @@ BAD = [
      "methods.labels.psi", "3 entries, but dataset cifar10 has 10 label groups"),
     ({"method": "auxilearn_labels", "dataset": "cifar10", **nested("datasets.cifar10.methods.labels.psi", [2, 3])},
      "datasets.cifar10.methods.labels.psi", "2 entries"),
-    ({"method": "random", "dataset": "cifar100", **nested("datasets.cifar100.prepare.main_label", "coarse"),
+    ({"method": "random", "dataset": "cifar100", **nested("datasets.cifar100.prepare.primary_level", "coarse"),
       **nested("methods.labels.psi", [2] * 10)}, "methods.labels.psi", "has 5 label groups"),
     ({"method": "maxl", "dataset": "shapenet_part", **nested("datasets.shapenet_part.methods.labels.psi", [6] * 5)},
      "datasets.shapenet_part.methods.labels.psi", "has 6 label groups"),
@@ -94,7 +94,7 @@ def test_bad_values_are_refused_naming_the_key(raw, key, text):
     {"method": "maxl", "dataset": "cifar10", **nested("methods.labels.psi", list(range(1, 11)))},
     {"method": "maxl", "dataset": "cifar10", **nested("datasets.cifar10.prepare.standin_num_classes", 3),
      **nested("methods.labels.psi", [2, 2, 2])},
-    {"method": "maxl", "dataset": "cifar100", **nested("datasets.cifar100.prepare.main_label", "coarse"),
+    {"method": "maxl", "dataset": "cifar100", **nested("datasets.cifar100.prepare.primary_level", "coarse"),
      **nested("methods.labels.psi", [2] * 5)},
     # a real ShapeNet release's categories come from its folder: checked when training starts, not here
     {"method": "maxl", "dataset": "shapenet_part",

@@ -149,6 +149,10 @@ def _build_params_model() -> type[BaseModel]:
                 fits = [name for name, cls in DATASETS.items() if not spec.missing(cls)]
                 raise ValueError(f"method {self.method} needs a dataset with {', '.join(sorted(missing))}, which "
                                  f"dataset {self.dataset} does not have; datasets that fit: {', '.join(fits)}")
+            lacks = getattr(self.dataset_config, "lacks", None)  # a capability some settings of a dataset lack
+            reason = lacks(spec.requires) if callable(lacks) else None
+            if reason:
+                raise ValueError(f"method {self.method}: {reason}")
             return self
 
         @model_validator(mode="after")
@@ -174,6 +178,11 @@ def _build_params_model() -> type[BaseModel]:
                 except ValidationError as err:
                     first = err.errors()[0]
                     raise ValueError(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+                if section == spec.config_section and spec.check is not None:
+                    try:
+                        spec.check(cfg)
+                    except ValueError as err:
+                        raise ValueError(f"{where}.{err}") from None
                 psi = getattr(cfg, "psi", None)
                 known = getattr(self.dataset_config, "known_label_groups", None)
                 groups = known() if callable(known) else None

@@ -217,6 +217,8 @@ class MethodSpec:
     §5: the comparison stays fair). ``group``/``order``: its place in comparisons (``GROUP_ORDER``).
     ``needs_data``: its roles are built from the dataset (generators), so it cannot be built without one.
     ``requires``: what the dataset must provide (``Dataset.provides``); ``fits`` says whether a dataset does.
+    ``check``: called with the method's section (dataset overrides applied) when params.yaml is validated; raises
+    ValueError naming the key.
     """
 
     name: str
@@ -230,6 +232,7 @@ class MethodSpec:
     needs_data: bool = False
     requires: frozenset[str] = frozenset()
     description: str = ""
+    check: Callable[[Any], None] | None = None  # validates its config before any work (e.g. a file exists)
 
     def __post_init__(self) -> None:
         if self.group not in GROUP_ORDER:

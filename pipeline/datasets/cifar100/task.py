@@ -1,22 +1,35 @@
-"""The registered ``cifar100`` dataset: the image-classification family with CIFAR-100's format and a choice
-of main label."""
+"""The registered ``cifar100`` dataset: the image-classification family with CIFAR-100's format and MAXL's 4-level
+hierarchy (``hierarchy.py``): a primary level and a finer, human-defined auxiliary level."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.datasets.cifar100 import config
+from pipeline.datasets.cifar100.hierarchy import with_levels
 from pipeline.datasets.cifar100.sources import CIFAR100_FORMAT
 from pipeline.datasets.shared.image_classification import ImageClassification
+from pipeline.datasets.shared.raw_images import RawImages
 from pipeline.core.registry import DATASETS
 
 
 @DATASETS.register("cifar100")
 class Cifar100(ImageClassification):
-    """CIFAR-100 with ``main_label`` fine (default) or coarse; both labellings stay in ``meta``."""
+    """CIFAR-100 with ``primary_level`` fine (default), coarse, group or domain; every level stays in ``meta``
+    (``<level>_labels``), and the auxiliary level is recorded for the methods that read the finer labels."""
 
     name = "cifar100"
     raw_format = CIFAR100_FORMAT
+    provides = frozenset({"generated_labels", "finer_labels"})
     Config = config.Config
     ModelConfig = config.ModelConfig
     SplitConfig = config.SplitConfig
 
     def main_labelling(self, cfg: config.Config) -> str:
-        return cfg.main_label
+        return cfg.primary_level
+
+    def auxiliary_labelling(self, cfg: config.Config) -> str | None:
+        return cfg.auxiliary
+
+    def read_raw(self, cfg: config.Config, root: Path) -> RawImages:
+        """The pickles' fine and coarse labels, with MAXL's two coarser levels added."""
+        return with_levels(self.raw_format.read(root), standin=cfg.source == "standin", where=str(root))

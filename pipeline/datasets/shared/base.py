@@ -178,6 +178,10 @@ class Dataset(ABC):
         """A network x -> auxiliary-class logits shaped like ``build_model``'s ``aux_out``."""
         raise ValueError(f"dataset {self.name} does not support generated auxiliary tasks")
 
+    def finer_labels(self, data: TaskData) -> tuple[Tensor, int]:
+        """Declared by "finer_labels": each row's human-defined label at a level finer than the main task's
+        (MAXL's Human and Nearest Neighbour baselines), a LongTensor [N], and the number of those classes."""
+        raise ValueError(f"dataset {self.name} has no finer human-defined labelling")
 
     # -- task labels as inputs (DTG-AuxL's label generator): optional, declared by "task_labels" --------
 

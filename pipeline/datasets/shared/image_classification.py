@@ -218,6 +218,10 @@ class ImageClassification(Dataset):
     def main_labelling(self, cfg: ImageConfig) -> str:
         return self.raw_format.labellings[0]
 
+    def auxiliary_labelling(self, cfg: ImageConfig) -> str | None:
+        """The finer human-defined labelling recorded for methods that read it (``finer_labels``); None: none."""
+        return None
+
     # -- files ---------------------------------------------------------------------------------
 
     def prepare(self, cfg: ImageConfig, out_dir: Path) -> None:
@@ -230,7 +234,8 @@ class ImageClassification(Dataset):
         else:
             root = source_root(self.name, cfg.source, cfg.root, fmt.expected)
             source = fmt.title
-        write_prepared(self.read_raw(cfg, root), self.main_labelling(cfg), out_dir / H5_NAME, source)
+        write_prepared(self.read_raw(cfg, root), self.main_labelling(cfg), out_dir / H5_NAME, source,
+                       self.auxiliary_labelling(cfg))
 
     def standin(self, cfg: ImageConfig) -> RawImages:
         """The stand-in in memory, which ``raw_format.write`` writes in the real format."""
@@ -296,6 +301,14 @@ class ImageClassification(Dataset):
 
     def label_group(self, targets: Tensor) -> Tensor:
         return targets[:, 0].long()
+
+    def finer_labels(self, data: TaskData) -> tuple[Tensor, int]:
+        """The human-defined finer label of every row (the prepared file's ``auxiliary_label`` level) and its number
+        of classes; a ValueError when the dataset was prepared without one."""
+        level = data.meta.get("auxiliary_label") or ""
+        if not level or f"{level}_labels" not in data.meta:
+            raise ValueError(f"dataset {self.name} was prepared without a finer labelling (prepare.auxiliary_level)")
+        return torch.as_tensor(data.meta[f"{level}_labels"], dtype=torch.long), len(data.meta[f"{level}_names"])
 
     def build_label_generator(self, data: TaskData, cfg: ImageModelConfig, num_aux_classes: int) -> nn.Module:
         """The primary network's architecture with one head of ``num_aux_classes`` logits (AuxiLearn §5.4:

@@ -3,9 +3,10 @@ Stanford Cars at their ``image_size``): write, read and validate ``images.h5``.
 
 Contents: images uint8 [N, 3, S, S] (RGB planes), labels int64 [N] (the main label), is_train uint8 [N]
 (official split), class_names, the other labellings of the source (CIFAR-100: fine_labels/fine_names and
-coarse_labels/coarse_names), subclass_labels when known (the stand-in), and the attributes source, main_label,
-image_size and mean/std (per-channel statistics of the official training images in [0, 1], with which the
-networks standardise their input).
+coarse_labels/coarse_names and MAXL's group and domain levels), subclass_labels when known (the stand-in), and the
+attributes source, main_label, auxiliary_label (the finer labelling a method may read, "" for none), image_size
+and mean/std (per-channel statistics of the official training images in [0, 1], with which the networks
+standardise their input).
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from pipeline.datasets.shared.standin_shapes import IMAGE_SIZE
 H5_NAME = "images.h5"
 
 
-def write_prepared(raw: RawImages, main: str, out_file: Path, source: str) -> None:
-    """The prepared HDF5 file; ``main`` is the labelling that becomes the main task."""
+def write_prepared(raw: RawImages, main: str, out_file: Path, source: str, auxiliary: str | None = None) -> None:
+    """The prepared HDF5 file; ``main`` is the labelling that becomes the main task, ``auxiliary`` the finer
+    human-defined labelling methods such as ``human`` read (None: none)."""
     mean, std = _channel_statistics(raw.images[raw.is_train])
     with h5py.File(out_file, "w") as f:
         put(f, "images", raw.images, np.uint8)
@@ -44,6 +46,7 @@ def write_prepared(raw: RawImages, main: str, out_file: Path, source: str) -> No
         f.attrs["std"] = std
         f.attrs["source"] = source
         f.attrs["main_label"] = main
+        f.attrs["auxiliary_label"] = auxiliary or ""
         f.attrs["image_size"] = int(raw.images.shape[-1])
 
 
@@ -98,6 +101,7 @@ def read_prepared(path: Path, name: str, lazy: bool = False) -> TaskData:
     meta: dict[str, Any] = {
         "source": attrs.get("source", ""),
         "main_label": attrs.get("main_label", ""),
+        "auxiliary_label": attrs.get("auxiliary_label", ""),
         "num_classes": c,
         "class_names": class_names,
         "is_train": is_train,

@@ -14,6 +14,12 @@ the labels come from and how θ2 learns:
   product) replaced by the central finite difference the MAXL authors ship (after DARTS, ε = 0.01/‖d‖).
 - ``maxl_frozen`` (MAXL-F): the generator at its random initialisation, never updated.
 - ``random``: a fixed random auxiliary class per sample, drawn uniformly inside its group's block.
+- ``human`` (MAXL's Human baseline): the sample's human-defined finer class (``Dataset.finer_labels``: CIFAR-100's
+  next finer level), with ψ the human tree (``generators/hierarchy.py``), as a fixed one-hot target.
+- ``nearest_neighbour`` (MAXL's Nearest Neighbour baseline): soft labels softmax(−‖e(x) − c_k‖²) over the
+  sample's block, c_k the mean embedding of a seeded 10% of class k's training images (which keep their
+  human-defined labels), e(·) a pre-trained network from a local file (``nn_weights``) that MAXL's look-ahead
+  then refines on the primary task (the prototypes re-embedded by the current network at every call).
 - ``auxilearn_labels``: θ2 follows the IFT hypergradient of the main loss on the auxiliary set
   (``pipeline.methods.bilevel``), optionally with a loss-combining network on (ℓ_main, ℓ_aux) (App. B.3).
 
@@ -48,6 +54,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
@@ -56,12 +63,19 @@ from torch import Tensor, nn
 from pipeline.core.schema import StrictModel
 from pipeline.datasets.shared.base import reduce_pixels
 from pipeline.methods.base import Batch, StepContext, TaskGenerator
+from pipeline.methods.generators.hierarchy import (human_hierarchy, load_embedding_weights, prototype_logits,
+                                                   prototype_rows, resolve_psi)
 
 
 class LabelsConfig(StrictModel):
-    """``methods.labels``: shared by maxl, maxl_frozen, random and auxilearn_labels, so they compare alike."""
+    """``methods.labels``: shared by maxl, maxl_frozen, random, human, nearest_neighbour and auxilearn_labels, so
+    they compare alike."""
 
-    psi: int | list[int] = Field(5, description="ψ: auxiliary classes per group (one int: the same for all)")
+    psi: int | list[int] | None = Field(
+        None, description="ψ: auxiliary classes per group (one int: the same for all); null = the dataset's "
+        "hierarchy where it has a finer labelling (its classes shared out evenly over the main classes, the "
+        "remainder to randomly drawn ones, as MAXL §4.3), else 5. human and nearest_neighbour always use the "
+        "human-defined hierarchy")
     focal_gamma: float = Field(2.0, ge=0, description="γ of the focal loss on the generated task")
     lr: float = Field(1e-3, gt=0, description="θ2's SGD learning rate (MAXL and AuxiLearn)")
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -89,10 +103,19 @@ class LabelsConfig(StrictModel):
     hidden_units: int = Field(10, ge=1)
     hidden_layers: int = Field(2, ge=1)
     diagnose_every: int = Field(25, ge=1, description="steps between label-entropy and gradient-cosine logs")
+    nn_weights: str | None = Field(
+        None, description="nearest_neighbour: a local file holding the pre-trained embedding network, a state dict "
+        "of the dataset's backbone (keys as in its model.pt under net.backbone., or bare); never downloaded")
+    nn_fraction: float = Field(
+        0.1, gt=0, le=1, description="nearest_neighbour: share of each finer class's training images whose "
+        "human-defined labels make the prototypes (MAXL: 10%)")
+    nn_seed: int = Field(0, description="nearest_neighbour: seed of the prototype images' draw")
 
     @field_validator("psi")
     @classmethod
-    def _positive(cls, v: int | list[int]) -> int | list[int]:
+    def _positive(cls, v: int | list[int] | None) -> int | list[int] | None:
+        if v is None:
+            return v
         if (v if isinstance(v, list) else [v]) and min(v if isinstance(v, list) else [v]) < 1:
             raise ValueError("every ψ[i] must be ≥ 1")
         if isinstance(v, list) and not v:
@@ -154,38 +177,76 @@ class WithGeneratedHead(nn.Module):
         return self.net.decode(self.net.encode(x))
 
 
+LabelSource = Literal["generator", "random", "human", "nearest_neighbour"]
+NETWORK_SOURCES = ("generator", "nearest_neighbour")  # label sources with a network θ2
+
+
 class GeneratedLabels(TaskGenerator):
     """The generated task (MAXL §3.3): a classification over K = Σ ψ[g] auxiliary classes whose soft labels come
-    from a label network θ2 (``label_source: generator``) or a fixed random class per sample (``random``); its
-    loss, and the collapse and gradient diagnostics. θ2 learns only when an outer update trains it (``learns``)."""
+    from a label network θ2 (``label_source: generator``), a fixed random class per sample (``random``), the
+    human-defined finer class (``human``, ψ the human hierarchy) or the nearest prototype of the human-defined
+    finer classes in a pre-trained embedding θ2 (``nearest_neighbour``); its loss, and the collapse and gradient
+    diagnostics. θ2 learns only when an outer update trains it (``learns``)."""
 
     generated_tasks = ("generated",)
 
     def __init__(self, cfg: LabelsConfig, dataset: Any, data: Any, params: Any,
-                 label_source: Literal["generator", "random"] = "generator", learns: bool = False,
+                 label_source: LabelSource = "generator", learns: bool = False,
                  main_loss_kind: Literal["focal", "dataset"] = "dataset") -> None:
         super().__init__()
         self.cfg = cfg
         self.label_source = label_source
         self.learns_generator = learns
-        self.report_sections = ("soft_labels",) if label_source == "generator" else ()
+        self.report_sections = ("soft_labels",) if label_source in NETWORK_SOURCES else ()
         # The main task's training loss: the dataset's own (as STL) unless a method says otherwise (MAXL).
         self.main_loss_kind = main_loss_kind
         groups = dataset.label_groups(data)
-        psi = cfg.psi if isinstance(cfg.psi, list) else [cfg.psi] * groups
+        group = dataset.label_group(data.targets)
+        if label_source in ("human", "nearest_neighbour"):  # the human-defined tree fixes ψ and the targets
+            finer, finer_classes = dataset.finer_labels(data)
+            psi, block_class = human_hierarchy(group, finer, groups, finer_classes)
+            human_class = block_class[finer]
+        else:
+            psi = resolve_psi(cfg.psi, dataset, data, groups)
         if len(psi) != groups:
             raise ValueError(f"methods.labels.psi: {len(psi)} entries, but {dataset.name} has {groups} groups")
         self.register_buffer("mask", hierarchy_mask(psi))
         self.dataset = dataset
         if label_source == "generator":
             self.label_net = dataset.build_label_generator(data, params.profile.model, self.num_aux_classes)
-            if not learns:
-                self.label_net.requires_grad_(False)
+        elif label_source == "nearest_neighbour":
+            self._build_prototypes(dataset, data, params, finer, human_class)
+        elif label_source == "human":  # each row's finer class, placed in its main class's block
+            self.register_buffer("fixed_class", human_class)
         else:  # one fixed class per dataset row, uniform inside its group's block (drawn from the method's seed)
-            group = dataset.label_group(data.targets)
             start = torch.tensor([0, *psi]).cumsum(0)[:-1]
             offset = (torch.rand(len(data)) * torch.tensor(psi)[group]).long()
             self.register_buffer("fixed_class", start[group] + offset)
+        if label_source in NETWORK_SOURCES and not learns:
+            self.label_net.requires_grad_(False)
+
+    def _build_prototypes(self, dataset: Any, data: Any, params: Any, finer: Tensor, human_class: Tensor) -> None:
+        """MAXL's Nearest Neighbour baseline: the embedding network θ2 (the label generator's architecture without
+        its head, initialised from ``nn_weights``), a seeded ``nn_fraction`` of each finer class's training rows
+        as prototype images (their human-defined labels kept as their own targets), as buffers not saved with
+        the method (rebuilt from the data and the splits)."""
+        key = "methods.labels.nn_weights"
+        if not self.cfg.nn_weights:
+            raise ValueError(f"{key}: nearest_neighbour needs the pre-trained embedding network's weights file")
+        net = dataset.build_label_generator(data, params.profile.model, 1)
+        net.net.head = nn.Identity()  # x -> standardised -> backbone features: the embedding
+        load_embedding_weights(net.net.backbone, self.cfg.nn_weights, key)
+        self.label_net = net
+        splits = dataset.make_splits(data, params.split)  # the split stage's indices: a pure function of the seed
+        train_rows = np.concatenate([splits["train"], splits["aux"]])  # what methods without an aux set train on
+        rows = prototype_rows(finer.numpy(), np.sort(train_rows), self.cfg.nn_fraction, self.cfg.nn_seed)
+        x, _ = dataset.batch_transform(torch.as_tensor(data.inputs[torch.as_tensor(rows)]),
+                                       data.targets[rows], train=False)
+        known = torch.full((len(data),), -1, dtype=torch.long)
+        known[rows] = human_class[rows]
+        self.register_buffer("proto_x", x, persistent=False)
+        self.register_buffer("proto_class", human_class[rows], persistent=False)
+        self.register_buffer("known_class", known, persistent=False)
 
     @property
     def num_aux_classes(self) -> int:
@@ -203,11 +264,19 @@ class GeneratedLabels(TaskGenerator):
         ``train_mode``: the generator's mode for this call (None: training mode for a generator that learns,
         evaluation mode for a frozen one)."""
         groups = self.dataset.label_group(batch.y)
-        if self.label_source == "random":
+        if self.label_source in ("random", "human"):
             return F.one_hot(self.fixed_class[batch.index], self.num_aux_classes).float()
         self.label_net.train(self.learns_generator if train_mode is None else train_mode)
         with torch.set_grad_enabled(track_hparams and self.learns_generator):
-            return mask_softmax(self.label_net(batch.x), groups, self.mask)
+            if self.label_source == "generator":
+                return mask_softmax(self.label_net(batch.x), groups, self.mask)
+            # Nearest Neighbour: the prototypes re-embedded by the current θ2, so θ2's update moves them too
+            logits = prototype_logits(self.label_net(batch.x), self.label_net(self.proto_x), self.proto_class,
+                                      self.num_aux_classes)
+            soft = mask_softmax(logits, groups, self.mask)
+            known = self.known_class[batch.index]  # the prototype images keep their human-defined labels
+            one_hot = F.one_hot(known.clamp_min(0), self.num_aux_classes).to(soft.dtype)
+            return torch.where((known >= 0)[:, None], one_hot, soft)
 
     def main_losses(self, main_out: Any, y: Tensor) -> Tensor:
         """[B, 1]: the main task's loss per sample, as ``main_loss_kind`` says.
@@ -244,7 +313,7 @@ class GeneratedLabels(TaskGenerator):
         evaluation mode (no BatchNorm statistics move, no dropout draws), every module's mode restored after."""
         batch = ctx.diagnostic_batch()
         model = ctx.model
-        modules = [*model.modules(), *(self.label_net.modules() if self.label_source == "generator" else ())]
+        modules = [*model.modules(), *(self.label_net.modules() if self.label_source in NETWORK_SOURCES else ())]
         modes = [(m, m.training) for m in modules]
         try:
             model.eval()

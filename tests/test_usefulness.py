@@ -414,3 +414,22 @@ def test_stage_writes_table_plot_and_metrics(tmp_path, monkeypatch):
     assert "| 1 | helpful |" in table and "| 2 | harmful |" in table
     assert (tmp_path / "reports/usefulness.png").stat().st_size > 1000
     assert (tmp_path / "reports/usefulness.csv").read_text().startswith("auxiliary,role,prop1_mean,prop1_sem,cosine_mean")
+
+
+def test_stage_says_not_applicable_for_a_dataset_without_given_auxiliaries(tmp_path, monkeypatch):
+    """cifar10 and the other label-learning datasets have no given auxiliaries: the stage completes (so `dvc exp
+    run -S dataset=cifar10 -S method=maxl` does) and every output says why there is nothing to rank."""
+    from stages import prepare, split, usefulness
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": "cifar10", "method": "maxl", "seeds": [0], "datasets": {
+        "cifar10": {"prepare": {"standin_train_per_class": 80, "standin_test_per_class": 10}}}}))
+    runner = CliRunner()
+    for cmd, args in ((prepare.main, ["--dataset", "cifar10"]), (split.main, []), (usefulness.main, [])):
+        result = runner.invoke(cmd, args)
+        assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "reports/usefulness.json").read_text()) == {
+        "dataset": "cifar10", "num_aux": 0, "applicable": False}
+    assert "no given auxiliary tasks" in (tmp_path / "reports/usefulness.md").read_text()
+    assert (tmp_path / "reports/usefulness.png").stat().st_size > 1000
+    assert (tmp_path / "reports/usefulness.csv").read_text().count("\n") == 1

@@ -113,6 +113,8 @@ class ResNet50ModelConfig(ImageModelConfig):
     backbone: Literal["vgg16", "convnet4", "resnet18", "resnet50"] = Field(
         "resnet50", description="resnet50 (MAXL Table 1's network for CINIC-10 and PASCAL-VOC12S), vgg16, convnet4 "
         "or resnet18")
+    small_stem: bool = Field(True, description="resnet18/resnet50: 3x3 stride-1 first conv and no max-pool (32-px "
+                             "inputs); false: the ImageNet stem")
 
     @property
     def resolved_width(self) -> float:

@@ -16,7 +16,8 @@ class ModelConfig(ResNet50ModelConfig):
     """``datasets.voc12s.model``: ResNet-50 with the ImageNet stem (7x7 stride-2 conv and max-pool) by default,
     which takes the 96-px images to 24 px before the first stage."""
 
-    small_stem: bool = Field(False, description="resnet: 3x3 stride-1 first conv and no max-pool (for 32-px inputs)")
+    small_stem: bool = Field(False, description="resnet18/resnet50: 3x3 stride-1 first conv and no max-pool (for 32-px "
+                             "inputs); false (default here): the ImageNet stem")
 
 
 class SplitConfig(ImageSplitConfig):

@@ -16,6 +16,10 @@ Backbones (all for 32 x 32 inputs, never downloaded, trained from scratch as in 
 * ``resnet18``: torchvision's ResNet-18 (fc removed, z = its 512 pooled features), optionally with the
   usual 32-px stem (3x3 stride-1 first conv, no max-pool) instead of the ImageNet 7x7/stride-2 + pool.
 
+* ``resnet50``: ResNet-50 (MAXL Table 1's CINIC-10 and PASCAL-VOC12S network): torchvision's bottleneck blocks
+  in stages of 3, 4, 6, 3, with channels scaled by ``width`` (at width 1 the layers of torchvision's ``resnet50``
+  without its fc; z = 2048·width pooled features), and the same optional 32-px stem.
+
 ``width`` multiplies every channel count (rounded, at least 1): 1 is the papers' size; the CPU-sized
 stand-in defaults use a fraction (see ``pipeline.datasets.shared.image_classification``). ResNet-18 comes only at width 1.
 """
@@ -25,13 +29,14 @@ from typing import Literal
 
 from torch import Tensor, nn
 from torchvision.models import resnet18
+from torchvision.models.resnet import Bottleneck
 from torchvision.models.vgg import cfgs as VGG_CONFIGS
 
 from pipeline.core.registry import MODELS
 from pipeline.models.base import MultiTaskNet
 
-Backbone = Literal["vgg16", "convnet4", "resnet18"]
-BACKBONES: tuple[str, ...] = ("vgg16", "convnet4", "resnet18")
+Backbone = Literal["vgg16", "convnet4", "resnet18", "resnet50"]
+BACKBONES: tuple[str, ...] = ("vgg16", "convnet4", "resnet18", "resnet50")
 CONVNET4_CHANNELS = 64
 CONVNET4_POOLED = 2  # the last map is pooled to 2 x 2 (its size for 32-px inputs) and flattened
 
@@ -128,6 +133,52 @@ class ResNet18Features(Backbone2d):
         return self.net(x)
 
 
+# ---------------------------------------------------------------------------------------------- ResNet-50 (MAXL)
+
+RESNET50_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (bottleneck planes, blocks) per stage
+
+
+class ResNet50Features(Backbone2d):
+    """ResNet-50 from torchvision's ``Bottleneck`` blocks with every channel count scaled by ``width`` (torchvision's
+    own class fixes the widths, and MAXL's ResNet-50 at full width is far too slow for a CPU stand-in); at width 1
+    its layers are those of ``torchvision.models.resnet50`` without the fc, initialised the same way."""
+
+    def __init__(self, width: float = 1.0, small_stem: bool = True) -> None:
+        super().__init__()
+        stem = scaled(64, width)
+        if small_stem:
+            head = [nn.Conv2d(3, stem, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+        else:
+            head = [nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
+                    nn.MaxPool2d(3, stride=2, padding=1)]
+        stages: list[nn.Module] = []
+        fan_in = stem
+        for i, (planes, blocks) in enumerate(RESNET50_STAGES):
+            planes, stride = scaled(planes, width), 1 if i == 0 else 2
+            fan_out = planes * Bottleneck.expansion
+            down = nn.Sequential(nn.Conv2d(fan_in, fan_out, 1, stride=stride, bias=False), nn.BatchNorm2d(fan_out))
+            layer = [Bottleneck(fan_in, planes, stride, down)] + [Bottleneck(fan_out, planes) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layer))
+            fan_in = fan_out
+        self.stem = nn.Sequential(*head)
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_features = fan_in
+        for m in self.modules():  # torchvision's ResNet initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def last_block(self) -> nn.Module:
+        return self.stages[-1][-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.stages(self.stem(x))).flatten(1)
+
+
 def build_backbone(backbone: str, width: float = 1.0, small_stem: bool = True) -> Backbone2d:
     """One of ``BACKBONES``; ``width`` scales channels (``resnet18``: 1 only), ``small_stem`` is ResNet's 32-px stem."""
     if width <= 0:
@@ -140,6 +191,8 @@ def build_backbone(backbone: str, width: float = 1.0, small_stem: bool = True) -
         if width != 1:
             raise ValueError(f"the resnet18 backbone has no width setting (got width = {width}; use 1)")
         return ResNet18Features(small_stem)
+    if backbone == "resnet50":
+        return ResNet50Features(width, small_stem)
     raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
 
 
@@ -175,5 +228,6 @@ class ImageClassifier(MultiTaskNet):
         return list(self.backbone.parameters())
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
-        """The backbone's last block: VGG-16's last conv-BN, ConvNet-4's last block, ResNet-18's ``layer4[-1]``."""
+        """The backbone's last block: VGG-16's last conv-BN, ConvNet-4's last block, ResNet-18's ``layer4[-1]``,
+        ResNet-50's last bottleneck."""
         return list(self.backbone.last_block.parameters())

@@ -105,6 +105,24 @@ class ImageModelConfig(StrictModel):
         return self
 
 
+class ResNet50ModelConfig(ImageModelConfig):
+    """``datasets.<cinic10|voc12s>.model``: MAXL's Table 1 network for CINIC-10 and PASCAL-VOC12S, ResNet-50
+    (``pipeline.models.classifiers.ResNet50Features``), by default at 1/8 width (8..512 channels, 256 pooled
+    features) so the stand-in trains in minutes on a CPU; ``width: 1`` is the paper's network."""
+
+    backbone: Literal["vgg16", "convnet4", "resnet18", "resnet50"] = Field(
+        "resnet50", description="resnet50 (MAXL Table 1's network for CINIC-10 and PASCAL-VOC12S), vgg16, convnet4 "
+        "or resnet18")
+    small_stem: bool = Field(True, description="resnet18/resnet50: 3x3 stride-1 first conv and no max-pool (32-px "
+                             "inputs); false: the ImageNet stem")
+
+    @property
+    def resolved_width(self) -> float:
+        if self.backbone == "resnet50" and self.width is None:
+            return 0.125
+        return super().resolved_width
+
+
 class ImageSplitConfig(StrictModel):
     """``datasets.<name>.split``: the paper's low-data regime (§5.4) drawn from the official train split.
 
@@ -257,10 +275,15 @@ class ImageClassification(Dataset):
     def make_splits(self, data: TaskData, split_cfg: ImageSplitConfig) -> dict[str, np.ndarray]:
         """The low-data regime of §5.4: a seeded ``train_fraction`` subset of the official training split
         (minus ``aux_fraction`` of it for the aux set), ``val`` images from the rest of the official training
-        split, and the official test split (a seeded sample of ``max_test`` when capped)."""
+        split, and the official test split (a seeded sample of ``max_test`` when capped). A source with its own
+        validation split (``validation_pool``, CINIC-10's ``valid/``) gives the ``val`` images from it instead,
+        and those images are never test images."""
         rng = np.random.default_rng(split_cfg.seed)
         is_train = np.asarray(data.meta["is_train"], dtype=bool)
         official_train, official_test = np.flatnonzero(is_train), np.flatnonzero(~is_train)
+        reserved = self.validation_pool(data)
+        if reserved is not None:
+            official_test = np.setdiff1d(official_test, reserved)
         pool = rng.permutation(official_train)
         n_subset = max(2, int(round(split_cfg.train_fraction * len(pool))))
         n_aux = max(1, int(round(split_cfg.aux_fraction * n_subset)))
@@ -268,17 +291,26 @@ class ImageClassification(Dataset):
         if n_subset > len(pool) or n_aux >= n_subset:
             raise ValueError(f"{where}: train_fraction = {split_cfg.train_fraction} gives {n_subset} of "
                              f"{len(pool)} official training images, too few for an aux set of {n_aux}")
-        if n_subset + split_cfg.val > len(pool):
+        if reserved is None and n_subset + split_cfg.val > len(pool):
             raise ValueError(f"{where}: val = {split_cfg.val} exceeds the {len(pool) - n_subset} official training "
                              f"images outside the {n_subset}-image training subset")
+        if reserved is not None and split_cfg.val > len(reserved):
+            raise ValueError(f"{where}: val = {split_cfg.val} exceeds the {len(reserved)} images of the official "
+                             "validation split")
         subset = pool[:n_subset]
         aux, train = subset[:n_aux], subset[n_aux:]
-        val = pool[n_subset:n_subset + split_cfg.val]
+        val = (pool[n_subset:n_subset + split_cfg.val] if reserved is None
+               else rng.permutation(reserved)[:split_cfg.val])
         test = official_test
         if 0 < split_cfg.max_test < len(test):
             test = rng.choice(official_test, size=split_cfg.max_test, replace=False)
         return {k: np.sort(v).astype(np.int64) for k, v in
                 {"train": train, "aux": aux, "val": val, "test": test}.items()}
+
+    def validation_pool(self, data: TaskData) -> np.ndarray | None:
+        """The images of the source's own validation split, which ``make_splits`` draws ``val`` from; None (the
+        default) when the source has none, so validation comes from the official training split."""
+        return None
 
     # -- model, transforms, losses, metrics ----------------------------------------------------
 

@@ -29,11 +29,37 @@ def usefulness_config(params) -> UsefulnessConfig:
     return params.usefulness
 
 
+def write_not_applicable(dataset: str) -> None:
+    """The stage's outputs for a dataset without given auxiliary tasks (nothing to score), so the pipeline
+    completes: a one-line report, a header-only table, a figure saying so, ``"applicable": false``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reason = (f"{dataset} has no given auxiliary tasks (a method may generate one): the usefulness analysis "
+              "(AuxiLearn Prop. 1) scores given auxiliaries, so there is nothing to score")
+    write_text(USEFULNESS_MD, f"# Usefulness of the auxiliaries: {dataset}\n\n{reason}.\n")
+    with atomic_path(USEFULNESS_CSV) as tmp:
+        tmp.write_text("auxiliary\n")
+    fig, ax = plt.subplots(figsize=(6, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{dataset}: no given auxiliary tasks to score", ha="center", va="center")
+    with atomic_path(USEFULNESS_PNG) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})  # no version stamp: byte-stable
+    plt.close(fig)
+    write_json(USEFULNESS_JSON, {"dataset": dataset, "applicable": False, "num_aux": 0})
+    click.echo(f"usefulness: {reason}; wrote {USEFULNESS_MD}")
+
+
 @click.command()
 @stage
 def main(params) -> None:
     cfg = usefulness_config(params)
     exp = load_experiment(params)
+    if exp.data.num_tasks < 2:  # the image-classification family: only a main task, the auxiliary one is generated
+        write_not_applicable(params.dataset)
+        return
     roles = exp.data.meta.get("aux_roles") or None
     result = analyse(exp.dataset, exp.data, exp.splits, params.train, params.profile.model, cfg, params.seeds,
                      resolve_device(params.device))

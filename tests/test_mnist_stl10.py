@@ -266,3 +266,27 @@ def test_validation_accepts_the_defaults(name, method):
     params = parse_params({"dataset": name, "method": method})
     assert params.profile.model.backbone == ("mnist_net" if name == "mnist" else "vgg16")
     assert params.dataset_config.known_label_groups() == 10
+
+
+def test_usefulness_stage_completes_without_given_auxiliaries(tmp_path, monkeypatch):
+    """The pipeline's last stage on a generated-labels dataset: nothing to score, said in its outputs, exit 0 (so
+    `dvc exp run -S dataset=mnist -S method=maxl` completes)."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from stages import prepare, split, usefulness
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"dataset": "mnist", "method": "maxl", "seeds": [0],
+         "datasets": {"mnist": {"prepare": TINY_MNIST, "split": TINY_SPLIT}}}))
+    runner = CliRunner()
+    for cmd, args in ((prepare.main, ["--dataset", "mnist"]), (split.main, []), (usefulness.main, [])):
+        result = runner.invoke(cmd, args)
+        assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "reports/usefulness.json").read_text()) == {
+        "dataset": "mnist", "applicable": False, "num_aux": 0}
+    assert "mnist has no given auxiliary tasks" in (tmp_path / "reports/usefulness.md").read_text()
+    assert (tmp_path / "reports/usefulness.png").read_bytes()[:4] == b"\x89PNG"

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
         ({"datasets": {"toy2d": {"train": {"lr": "fast"}}}}, "datasets.toy2d.train.lr", "valid number"),
         ({"datasets": {"toy2d": {"train": {"stepz": 3}}}}, "datasets.toy2d.train.stepz", "unknown key"),
         ({"method": "magic"}, "method", "unknown method 'magic'"),
-        ({"dataset": "mnist"}, "dataset", "unknown dataset 'mnist'"),
+        ({"dataset": "imagenet"}, "dataset", "unknown dataset 'imagenet'"),
         ({"seeds": []}, "seeds", "at least 1"),
         ({"datasets": {"toy2d": {"split": {"test": 1250}}}}, "datasets.toy2d.split", "leaves no training data"),
     ],

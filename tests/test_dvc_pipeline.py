@@ -216,7 +216,7 @@ def _set(path: str, value):
     (_set("datasets.toy2d.prepare.sigma_main", float("inf")), "datasets.toy2d.prepare.sigma_main"),
     (_set("datasets.toy2d.train.steps", True), "datasets.toy2d.train.steps"),
     (_set("seeds", [1e23]), "seeds.0"),
-    (_set("dataset", "mnist"), "dataset: unknown dataset 'mnist'"),
+    (_set("dataset", "imagenet"), "dataset: unknown dataset 'imagenet'"),
     (lambda p: p.update(method="maxl", dataset="cifar10") or p["methods"]["labels"].update(psi=[2, 3, 4]),
      "methods.labels.psi: 3 entries"),
 ])

@@ -64,7 +64,7 @@ BAD = [
     (nested("datasets.toy2d.split.seed", -3), "datasets.toy2d.split.seed", "out of range"),
     (nested("datasets.toy2d.train.steps", 2**64), "datasets.toy2d.train.steps", "out of range"),
     # selection and compatibility
-    ({"dataset": "mnist"}, "dataset", "unknown dataset 'mnist'"),
+    ({"dataset": "imagenet"}, "dataset", "unknown dataset 'imagenet'"),
     ({"method": "maxl", "dataset": "cifar10", **nested("methods.labels.psi", [2, 3, 4])},
      "methods.labels.psi", "3 entries, but dataset cifar10 has 10 label groups"),
     ({"method": "auxilearn_labels", "dataset": "cifar10", **nested("datasets.cifar10.methods.labels.psi", [2, 3])},
@@ -188,7 +188,7 @@ def test_validate_writes_a_constant_marker(tmp_path):
     (lambda p: p["datasets"]["cub"]["split"].update(k_shot=-1), "datasets.cub.split.k_shot"),
     (lambda p: p["datasets"]["noisy_aux"]["prepare"].update(input_mean=math.nan),
      "datasets.noisy_aux.prepare.input_mean"),
-    (lambda p: p.update(dataset="mnist"), "dataset: unknown dataset 'mnist'"),
+    (lambda p: p.update(dataset="imagenet"), "dataset: unknown dataset 'imagenet'"),
     (lambda p: p.update(method="maxl", dataset="cifar10") or p["methods"]["labels"].update(psi=[2, 3, 4]),
      "methods.labels.psi: 3 entries"),
 ])

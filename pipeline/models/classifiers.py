@@ -6,7 +6,8 @@ generated auxiliary task (MAXL, AuxiLearn's label generator) is trained on. The 
 is the same class with one head (``aux_outputs = 0``), so primary and auxiliary networks share their
 architecture, as in the papers.
 
-Backbones (all for 32 x 32 inputs, never downloaded, trained from scratch as in the paper):
+Backbones (for 32 x 32 inputs unless said, any channel count ``in_channels``; never downloaded, trained from
+scratch as in the paper):
 
 * ``vgg16``: torchvision's VGG-16 feature configuration ("D": 13 conv3x3 layers in 5 stages, each stage
   ending in a 2x2 max-pool) with BatchNorm; 32 px become 1 x 1 after the five pools, so z is the flattened
@@ -15,6 +16,9 @@ Backbones (all for 32 x 32 inputs, never downloaded, trained from scratch as in 
   of 64 channels (the few-shot "Conv-4"), the last 2 x 2 map flattened: 4·64·width features.
 * ``resnet18``: torchvision's ResNet-18 (fc removed, z = its 512 pooled features), optionally with the
   usual 32-px stem (3x3 stride-1 first conv, no max-pool) instead of the ImageNet 7x7/stride-2 + pool.
+* ``mnist_net``: the small network of MAXL's MNIST row (Table 1, "2-layer NN"; the paper gives no details and
+  the authors' public code has no MNIST model): two conv5x5-BN-ReLU-maxpool2 blocks of 32 and 64 channels for
+  28 x 28 inputs, the last 7 x 7 map flattened: 64·7·7·width features, on which the task heads sit.
 
 * ``resnet50``: ResNet-50 (MAXL Table 1's CINIC-10 and PASCAL-VOC12S network): torchvision's bottleneck blocks
   in stages of 3, 4, 6, 3, with channels scaled by ``width`` (at width 1 the layers of torchvision's ``resnet50``
@@ -35,10 +39,12 @@ from torchvision.models.vgg import cfgs as VGG_CONFIGS
 from pipeline.core.registry import MODELS
 from pipeline.models.base import MultiTaskNet
 
-Backbone = Literal["vgg16", "convnet4", "resnet18", "resnet50"]
-BACKBONES: tuple[str, ...] = ("vgg16", "convnet4", "resnet18", "resnet50")
+Backbone = Literal["vgg16", "convnet4", "resnet18", "resnet50", "mnist_net"]
+BACKBONES: tuple[str, ...] = ("vgg16", "convnet4", "resnet18", "resnet50", "mnist_net")
 CONVNET4_CHANNELS = 64
 CONVNET4_POOLED = 2  # the last map is pooled to 2 x 2 (its size for 32-px inputs) and flattened
+MNIST_NET_CHANNELS = (32, 64)
+MNIST_NET_POOLED = 7  # the last map is pooled to 7 x 7 (its size for 28-px inputs) and flattened
 
 
 def scaled(channels: int, width: float) -> int:
@@ -46,14 +52,14 @@ def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
-def conv_bn_relu(fan_in: int, fan_out: int) -> nn.Sequential:
-    # No conv bias: the BatchNorm supplies it.
-    return nn.Sequential(nn.Conv2d(fan_in, fan_out, 3, padding=1, bias=False), nn.BatchNorm2d(fan_out),
-                         nn.ReLU(inplace=True))
+def conv_bn_relu(fan_in: int, fan_out: int, kernel: int = 3) -> nn.Sequential:
+    # No conv bias: the BatchNorm supplies it. "Same" padding: only the pools shrink the map.
+    return nn.Sequential(nn.Conv2d(fan_in, fan_out, kernel, padding=kernel // 2, bias=False),
+                         nn.BatchNorm2d(fan_out), nn.ReLU(inplace=True))
 
 
 class Backbone2d(nn.Module):
-    """x [B, 3, H, W] -> z [B, out_features]; ``last_block`` is the module whose parameters GradNorm watches."""
+    """x [B, C, H, W] -> z [B, out_features]; ``last_block`` is the module whose parameters GradNorm watches."""
 
     out_features: int
 
@@ -112,15 +118,40 @@ class ConvNet4(Backbone2d):
         return self.pool(self.blocks(x)).flatten(1)
 
 
+class MnistNet(Backbone2d):
+    """Two conv5x5-BN-ReLU-maxpool2 blocks (32·width, 64·width channels); the last map pooled to 7 x 7, flattened."""
+
+    def __init__(self, width: float = 1.0, in_channels: int = 1) -> None:
+        super().__init__()
+        blocks = []
+        fan_in = in_channels
+        for channels in MNIST_NET_CHANNELS:
+            fan_out = scaled(channels, width)
+            blocks.append(nn.Sequential(*conv_bn_relu(fan_in, fan_out, kernel=5), nn.MaxPool2d(2)))
+            fan_in = fan_out
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(MNIST_NET_POOLED)  # identity on the 7 x 7 map of a 28-px input
+        self.out_features = fan_in * MNIST_NET_POOLED**2
+
+    @property
+    def last_block(self) -> nn.Module:
+        return self.blocks[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.blocks(x)).flatten(1)
+
+
 class ResNet18Features(Backbone2d):
     """torchvision's ResNet-18 without its fc; ``small_stem`` swaps the ImageNet stem for a 3x3 stride-1 conv."""
 
-    def __init__(self, small_stem: bool = True) -> None:
+    def __init__(self, small_stem: bool = True, in_channels: int = 3) -> None:
         super().__init__()
         net = resnet18(weights=None)
         if small_stem:
-            net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.out_features = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
@@ -143,13 +174,13 @@ class ResNet50Features(Backbone2d):
     own class fixes the widths, and MAXL's ResNet-50 at full width is far too slow for a CPU stand-in); at width 1
     its layers are those of ``torchvision.models.resnet50`` without the fc, initialised the same way."""
 
-    def __init__(self, width: float = 1.0, small_stem: bool = True) -> None:
+    def __init__(self, width: float = 1.0, small_stem: bool = True, in_channels: int = 3) -> None:
         super().__init__()
         stem = scaled(64, width)
         if small_stem:
-            head = [nn.Conv2d(3, stem, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+            head = [nn.Conv2d(in_channels, stem, 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
         else:
-            head = [nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
+            head = [nn.Conv2d(in_channels, stem, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
                     nn.MaxPool2d(3, stride=2, padding=1)]
         stages: list[nn.Module] = []
         fan_in = stem
@@ -179,20 +210,23 @@ class ResNet50Features(Backbone2d):
         return self.pool(self.stages(self.stem(x))).flatten(1)
 
 
-def build_backbone(backbone: str, width: float = 1.0, small_stem: bool = True) -> Backbone2d:
-    """One of ``BACKBONES``; ``width`` scales channels (``resnet18``: 1 only), ``small_stem`` is ResNet's 32-px stem."""
+def build_backbone(backbone: str, width: float = 1.0, small_stem: bool = True, in_channels: int = 3) -> Backbone2d:
+    """One of ``BACKBONES`` for images of ``in_channels`` channels; ``width`` scales channels (``resnet18``: 1 only),
+    ``small_stem`` is ResNet's 32-px stem."""
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
     if backbone == "vgg16":
-        return VGG16Features(width)
+        return VGG16Features(width, in_channels)
     if backbone == "convnet4":
-        return ConvNet4(width)
+        return ConvNet4(width, in_channels)
+    if backbone == "mnist_net":
+        return MnistNet(width, in_channels)
     if backbone == "resnet18":
         if width != 1:
             raise ValueError(f"the resnet18 backbone has no width setting (got width = {width}; use 1)")
-        return ResNet18Features(small_stem)
+        return ResNet18Features(small_stem, in_channels)
     if backbone == "resnet50":
-        return ResNet50Features(width, small_stem)
+        return ResNet50Features(width, small_stem, in_channels)
     raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
 
 
@@ -206,11 +240,11 @@ class ImageClassifier(MultiTaskNet):
     """
 
     def __init__(self, num_classes: int, backbone: str = "vgg16", width: float = 1.0, aux_outputs: int = 0,
-                 small_stem: bool = True) -> None:
+                 small_stem: bool = True, in_channels: int = 3) -> None:
         super().__init__()
         if num_classes < 1 or aux_outputs < 0:
             raise ValueError(f"num_classes must be >= 1 and aux_outputs >= 0, got {num_classes}, {aux_outputs}")
-        self.backbone = build_backbone(backbone, width, small_stem)
+        self.backbone = build_backbone(backbone, width, small_stem, in_channels)
         self.head = nn.Linear(self.backbone.out_features, num_classes)
         self.aux_head = nn.Linear(self.backbone.out_features, aux_outputs) if aux_outputs else None
         self.has_generated_head = bool(aux_outputs)
@@ -228,6 +262,6 @@ class ImageClassifier(MultiTaskNet):
         return list(self.backbone.parameters())
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
-        """The backbone's last block: VGG-16's last conv-BN, ConvNet-4's last block, ResNet-18's ``layer4[-1]``,
-        ResNet-50's last bottleneck."""
+        """The backbone's last block: VGG-16's last conv-BN, ConvNet-4's and mnist_net's last block, ResNet-18's
+        ``layer4[-1]``, ResNet-50's last bottleneck."""
         return list(self.backbone.last_block.parameters())

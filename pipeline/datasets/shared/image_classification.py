@@ -83,9 +83,12 @@ class ImageModelConfig(StrictModel):
     """``datasets.<name>.model``: the primary network (and the label generator, which shares its backbone).
 
     ``width`` multiplies channel counts; ``None`` picks the CPU-sized stand-in default of the backbone
-    (vgg16: 1/8, i.e. 8..64 channels; convnet4: 1/2, i.e. 32 channels; resnet18: 1). Set ``width: 1``
+    (vgg16: 1/8, i.e. 8..64 channels; convnet4: 1/2, i.e. 32 channels; resnet18 and mnist_net: 1). Set ``width: 1``
     for the papers' full-size networks on real data.
     """
+
+    # width: null resolves to these (a dataset with larger images sets smaller ones: STL-10's 96 px)
+    standin_widths: ClassVar[dict[str, float]] = {"vgg16": 0.125, "convnet4": 0.5, "resnet18": 1.0, "mnist_net": 1.0}
 
     backbone: Literal["vgg16", "convnet4", "resnet18"] = Field(
         "vgg16", description="vgg16 (the paper's CIFAR backbone), convnet4 (its SVHN backbone) or resnet18")
@@ -96,7 +99,7 @@ class ImageModelConfig(StrictModel):
     def resolved_width(self) -> float:
         if self.width is not None:
             return self.width
-        return {"vgg16": 0.125, "convnet4": 0.5, "resnet18": 1.0}[self.backbone]
+        return self.standin_widths[self.backbone]
 
     @model_validator(mode="after")
     def _check(self) -> "ImageModelConfig":
@@ -133,7 +136,8 @@ class ImageSplitConfig(StrictModel):
     """
 
     seed: int = Field(0, description="seed of the training subset, the aux set, the validation set and any test cap")
-    train_fraction: float = Field(0.05, gt=0, le=1, description="share of the official training split used (5 %)")
+    train_fraction: float = Field(
+        0.05, gt=0, le=1, description="share of the official training split used (AuxiLearn's low-data regime: 5 %)")
     aux_fraction: float = Field(0.025, gt=0, lt=1, description="share of the training subset moved to the aux set")
     val: int = Field(500, ge=1, description="validation images, from the official training split outside the subset")
     max_test: int = Field(0, ge=0, description="cap on the official test images evaluated (0 = all)")
@@ -167,9 +171,9 @@ def check_labels(raw: RawImages, where: Path) -> RawImages:
     return raw
 
 
-def generate_standin(cfg: ImageConfig, chunk: int = 250) -> RawImages:
+def generate_standin(cfg: ImageConfig, chunk: int = 250, size: int = IMAGE_SIZE) -> RawImages:
     """The stand-in in memory: per class, ``standin_train_per_class`` official-train then test images, the
-    hidden sub-classes balanced within each class and split."""
+    hidden sub-classes balanced within each class and split; ``size`` px images (the same scenes at any size)."""
     rng = np.random.default_rng(cfg.standin_seed)
     k, m = cfg.standin_num_classes, cfg.standin_subclasses
     styles = standin_styles(k, m, rng)
@@ -186,13 +190,18 @@ def generate_standin(cfg: ImageConfig, chunk: int = 250) -> RawImages:
     cls, sub, train = cls[order], sub[order], train[order]
     starts = counted(range(0, len(cls), chunk), f"prepare {getattr(cfg, 'dataset', 'images')}: stand-in images drawn",
                      len(cls), "images", size=lambda i: min(chunk, len(cls) - i))
-    images = np.concatenate([render_standin(cls[i:i + chunk], sub[i:i + chunk], styles, rng, cfg.standin_noise)
-                             for i in starts])
+    images = np.concatenate([render_standin(cls[i:i + chunk], sub[i:i + chunk], styles, rng, cfg.standin_noise,
+                                            size) for i in starts])
     names = list(STANDIN_SHAPES[:k])
     coarse = (cls // 2).astype(np.int64)
     return RawImages(images, train, {"class": cls.astype(np.int64), "fine": cls.astype(np.int64), "coarse": coarse},
                      {"class": names, "fine": names, "coarse": list(STANDIN_COARSE[:(k + 1) // 2])},
                      sub.astype(np.int64))
+
+
+def _channels(data: TaskData) -> int:
+    """The images' channel count (``meta["channels"]`` of images.h5: 1 for MNIST's grayscale; RGB otherwise)."""
+    return int(data.meta.get("channels", 3))
 
 
 def _main_logits(outputs: Tensor | tuple[Tensor, Tensor]) -> Tensor:
@@ -324,7 +333,7 @@ class ImageClassification(Dataset):
         """The classifier with its input standardisation in front (the statistics travel with the weights)."""
         net = MODELS.get("image_classifier")(
             num_classes=int(data.meta["num_classes"]), backbone=cfg.backbone, width=cfg.resolved_width,
-            aux_outputs=aux_outputs, small_stem=cfg.small_stem)
+            aux_outputs=aux_outputs, small_stem=cfg.small_stem, in_channels=_channels(data))
         return Standardized(net, *self.statistics(data))
 
     def label_groups(self, data: TaskData) -> int:
@@ -348,7 +357,8 @@ class ImageClassification(Dataset):
         as the primary network does; ``.net`` is the classifier."""
         mean, std = self.statistics(data)
         net = MODELS.get("image_classifier")(num_classes=num_aux_classes, backbone=cfg.backbone,
-                                             width=cfg.resolved_width, small_stem=cfg.small_stem)
+                                             width=cfg.resolved_width, small_stem=cfg.small_stem,
+                                             in_channels=_channels(data))
         generator = nn.Sequential()
         generator.add_module("standardize", ChannelStandardize(mean, std))
         generator.add_module("net", net)
@@ -356,7 +366,7 @@ class ImageClassification(Dataset):
 
     def batch_transform(self, x: Tensor, y: Tensor, train: bool,
                         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """uint8 [B, 3, S, S] -> float [B, 3, s, s] in [0, 1], s = round(S * ``crop_fraction``); targets unchanged.
+        """uint8 [B, C, S, S] -> float [B, C, s, s] in [0, 1], s = round(S * ``crop_fraction``); targets unchanged.
 
         Training: a random s-px crop of the image zero-padded (black) by ``crop_padding`` px (CIFAR: 32 px of
         the image padded by 4) and (unless ``flip`` is off, as for SVHN's digits) a random horizontal flip, per

@@ -1,12 +1,13 @@
 """The prepared file of the image-classification family (CIFAR-10, CIFAR-100, SVHN at 32 x 32; Oxford-IIIT Pet and
-Stanford Cars at their ``image_size``): write, read and validate ``images.h5``.
+Stanford Cars at their ``image_size``; MNIST at 28 x 28 grayscale; STL-10 at 96 x 96): write, read and validate
+``images.h5``.
 
-Contents: images uint8 [N, 3, S, S] (RGB planes), labels int64 [N] (the main label), is_train uint8 [N]
-(official split), class_names, the other labellings of the source (CIFAR-100: fine_labels/fine_names and
-coarse_labels/coarse_names and MAXL's group and domain levels), subclass_labels when known (the stand-in), and the
-attributes source, main_label, auxiliary_label (the finer labelling a method may read, "" for none), image_size
-and mean/std (per-channel statistics of the official training images in [0, 1], with which the networks
-standardise their input).
+Contents: images uint8 [N, C, S, S] (C = 3 RGB planes, or 1 for grayscale), labels int64 [N] (the main label),
+is_train uint8 [N] (official split), class_names, the other labellings of the source (CIFAR-100:
+fine_labels/fine_names and coarse_labels/coarse_names and MAXL's group and domain levels), subclass_labels when
+known (the stand-in), and the attributes source, main_label, auxiliary_label (the finer labelling a method may
+read, "" for none), image_size and mean/std (C per-channel statistics of the official training images in [0, 1],
+with which the networks standardise their input).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pipeline.datasets.shared.standin_shapes import IMAGE_SIZE
 
 
 H5_NAME = "images.h5"
+CHANNELS = (1, 3)  # grayscale (MNIST) or RGB planes
 
 
 def write_prepared(raw: RawImages, main: str, out_file: Path, source: str, auxiliary: str | None = None) -> None:
@@ -51,9 +53,10 @@ def write_prepared(raw: RawImages, main: str, out_file: Path, source: str, auxil
 
 
 def _channel_statistics(images: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of uint8 images [n, 3, S, S] as [0, 1] pixels, summed in chunks (a float64
+    """Per-channel mean and std of uint8 images [n, C, S, S] as [0, 1] pixels, summed in chunks (a float64
     copy of 256-px Cars would take 13 GB)."""
-    total, total_sq, pixels = np.zeros(3), np.zeros(3), 0
+    channels = images.shape[1]
+    total, total_sq, pixels = np.zeros(channels), np.zeros(channels), 0
     for start in range(0, len(images), chunk):
         px = images[start:start + chunk].astype(np.float64) / 255.0
         total += px.sum(axis=(0, 2, 3))
@@ -82,10 +85,11 @@ def read_prepared(path: Path, name: str, lazy: bool = False) -> TaskData:
     mean, std = np.asarray(attrs["mean"], dtype=np.float64), np.asarray(attrs["std"], dtype=np.float64)
     n, c = (shape[0] if shape else 0), len(class_names)
     size = int(attrs.get("image_size", IMAGE_SIZE))
+    channels = int(shape[1]) if len(shape) > 1 and shape[1] in CHANNELS else 3
     problems = []
-    if tuple(shape[1:]) != (3, size, size) or dtype != np.uint8:
-        problems.append(f"images should be uint8 [N, 3, {size}, {size}] (the image_size attribute), "
-                        f"got {dtype} {shape}")
+    if tuple(shape[1:]) != (channels, size, size) or dtype != np.uint8:
+        problems.append(f"images should be uint8 [N, C, {size}, {size}] with C = 1 or 3 (the image_size "
+                        f"attribute), got {dtype} {shape}")
     if labels.shape != (n,) or is_train.shape != (n,):
         problems.append(f"labels {labels.shape} and is_train {is_train.shape} do not match {n} images")
     elif n and (labels.min() < 0 or labels.max() >= c):
@@ -93,8 +97,8 @@ def read_prepared(path: Path, name: str, lazy: bool = False) -> TaskData:
     for key, value in extra.items():
         if key.endswith("_labels") and value.shape != (n,):
             problems.append(f"{key} has shape {value.shape}, expected ({n},)")
-    if mean.shape != (3,) or std.shape != (3,) or not (std > 0).all():
-        problems.append("mean/std attributes must be 3 per-channel values with std > 0")
+    if mean.shape != (channels,) or std.shape != (channels,) or not (std > 0).all():
+        problems.append(f"mean/std attributes must be {channels} per-channel values with std > 0")
     if problems:
         raise DataError(f"{path}: " + "; ".join(problems))
 
@@ -106,6 +110,7 @@ def read_prepared(path: Path, name: str, lazy: bool = False) -> TaskData:
         "class_names": class_names,
         "is_train": is_train,
         "image_size": size,
+        "channels": channels,
         "mean": mean.tolist(),
         "std": std.tolist(),
     }

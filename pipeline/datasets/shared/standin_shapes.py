@@ -80,9 +80,11 @@ def standin_styles(num_classes: int, subclasses: int, rng: np.random.Generator) 
 
 
 def render_standin(classes: np.ndarray, subs: np.ndarray, styles: list[list[SubclassStyle]],
-                   rng: np.random.Generator, noise: float) -> np.ndarray:
-    """Images uint8 [n, 3, 32, 32] of the given (class, sub-class) pairs; all randomness from ``rng``."""
-    n, s = len(classes), IMAGE_SIZE * _SS
+                   rng: np.random.Generator, noise: float, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Images uint8 [n, 3, size, size] of the given (class, sub-class) pairs; all randomness from ``rng``. The
+    scene is laid out in 32-px units and sampled at ``size`` px (STL-10's stand-in: 96), so every size draws the
+    same scenes from the same seed; only the pixel noise is per pixel."""
+    n, s = len(classes), size * _SS
     # Per-image draws, in a fixed order (the same seed gives the same images).
     radius = rng.uniform(0.24, 0.36, n) * IMAGE_SIZE
     cx = rng.uniform(0.0, 1.0, n) * (IMAGE_SIZE - 1.6 * radius) + 0.8 * radius
@@ -99,11 +101,11 @@ def render_standin(classes: np.ndarray, subs: np.ndarray, styles: list[list[Subc
     blob_xy = rng.uniform(0, IMAGE_SIZE, (n, 2))
     blob_r = rng.uniform(2.0, 4.0, n)
     blob_colour = rng.uniform(30, 230, (n, 3))
-    pixel_noise = rng.normal(0, noise, (n, 3, IMAGE_SIZE, IMAGE_SIZE)) if noise > 0 else 0.0
+    pixel_noise = rng.normal(0, noise, (n, 3, size, size)) if noise > 0 else 0.0
 
     style = [styles[c][k] for c, k in zip(classes, subs)]
     angle = np.deg2rad(np.array([st.orientation for st in style]) + jitter)
-    coords = (np.arange(s) + 0.5) / _SS  # supersampled pixel centres, in 32-px units
+    coords = (np.arange(s) + 0.5) / _SS * (IMAGE_SIZE / size)  # supersampled pixel centres, in 32-px units
     x = coords[None, None, :] - cx[:, None, None]
     y = coords[None, :, None] - cy[:, None, None]
     cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
@@ -147,5 +149,5 @@ def render_standin(classes: np.ndarray, subs: np.ndarray, styles: list[list[Subc
     canvas = np.where(near_blob[:, None], blob_colour[:, :, None, None], canvas)
     paint = fg[:, :, None, None] * np.where(dark, 0.35, 1.0)[:, None]
     canvas = np.where(inside[:, None], paint, canvas)
-    small = canvas.reshape(n, 3, IMAGE_SIZE, _SS, IMAGE_SIZE, _SS).mean(axis=(3, 5))
+    small = canvas.reshape(n, 3, size, _SS, size, _SS).mean(axis=(3, 5))
     return np.clip(np.rint(small + pixel_noise), 0, 255).astype(np.uint8)

@@ -70,6 +70,7 @@ class Cityscapes(Dataset):
 
     def prepare(self, cfg: Config, out_dir: Path) -> None:
         out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.source == STANDIN:
             root, attrs = out_dir / STANDIN_DIR, {"source": SOURCE_ATTR}
             write_standin(root, cfg)

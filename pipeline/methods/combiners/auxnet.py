@@ -33,6 +33,9 @@ class AuxiLearnConfig(StrictModel):
                                      description="hidden channels of the ConvNet auxiliary network (§5.3)")
     kernel_size: int = Field(3, ge=1, description="the ConvNet's kernel size (odd)")
     pool: int = Field(2, ge=1, description="the ConvNet's average pooling after each hidden convolution")
+    retrain_with_fixed_phi: bool = Field(
+        False, description="App. C.6: train once to find φ at the best validation step, then retrain W from the same "
+                           "start with φ fixed there (no outer update); the retrained model is the result")
     degree: int = Field(2, ge=1, le=4, description="polynomial (auxilearn_polynomial, App. C.5): the highest total "
                         "degree of the monomials of the losses g weighs linearly")
 

@@ -111,3 +111,62 @@ def test_retraining_with_fixed_phi_freezes_the_best_phi(tmp_path):
 def test_fixed_phi_is_refused_where_it_is_not_a_key():
     with pytest.raises(ValueError, match="retrain_with_fixed_phi"):
         parse_params({"dataset": "demo", "method": "stl", "methods": {"uncertainty": {"retrain_with_fixed_phi": True}}})
+
+
+# ----------------------------------------------------------------------------------------- C.7 full CUB
+
+def test_fully_supervised_cub_is_k_shot_zero():
+    """k_shot 0: every official training image keeps its species label (no unlabelled split), Table 5's setting."""
+    from pipeline.datasets.cub.splits import k_shot_splits
+
+    params = parse_params({"dataset": "cub", "method": "auxilearn_nonlinear", "datasets": {"cub": {"split": {"k_shot": 0, "aux": 4}}}})
+    labels = np.repeat(np.arange(4), 10)
+    is_train = np.tile(np.r_[np.ones(7, bool), np.zeros(3, bool)], 4)
+    full = k_shot_splits(labels, is_train, 4, params.split)
+    few = k_shot_splits(labels, is_train, 4, params.split.model_copy(update={"k_shot": 5}))
+    assert len(full["unlabelled"]) == 0 and len(few["unlabelled"]) == 28 - 20
+    assert np.array_equal(np.sort(np.r_[full["train"], full["aux"]]), np.flatnonzero(is_train))
+
+
+# ------------------------------------------------------------------------------ C.10 CIFAR-10 at 10/15/100 %
+
+def cifar_like(per_class=(60, 30, 10), test: int = 20):
+    """Official-train images of 3 classes with unequal counts, then ``test`` official-test images."""
+    from pipeline.datasets.shared.base import TaskData
+
+    labels = np.r_[np.concatenate([np.full(n, c) for c, n in enumerate(per_class)]), np.zeros(test, np.int64)]
+    is_train = np.r_[np.ones(sum(per_class), bool), np.zeros(test, bool)]
+    return TaskData(torch.zeros(len(labels), 3, 4, 4, dtype=torch.uint8),
+                    torch.as_tensor(labels, dtype=torch.float32)[:, None], ["class"],
+                    {"num_classes": 3, "is_train": is_train}), labels
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.15, 1.0])
+def test_cifar_fraction_is_seeded_and_stratified(fraction):
+    cifar = DATASETS.get("cifar10")()
+    data, labels = cifar_like()
+    cfg = cifar.SplitConfig(seed=1, train_fraction=fraction, aux_fraction=0.1, val=5, stratified=True)
+    s = cifar.make_splits(data, cfg)
+    used = np.r_[s["train"], s["aux"]]
+    assert len(np.unique(np.r_[used, s["val"], s["test"]])) == len(used) + len(s["val"]) + len(s["test"])
+    assert len(s["val"]) == 5 and np.array_equal(s["test"], np.arange(100, 120))
+    counts = np.bincount(labels[used], minlength=3)
+    if fraction == 1.0:  # all of it: every official training image not drawn for validation
+        assert np.array_equal(np.sort(np.r_[used, s["val"]]), np.arange(100))
+    else:  # each class's share, rounded: e.g. 15 % of (60, 30, 10) = (9, 4, 2)
+        assert np.array_equal(counts, np.round(fraction * np.array([60, 30, 10])).astype(int))
+    again = cifar.make_splits(data, cfg)
+    assert all(np.array_equal(s[k], again[k]) for k in s)
+    other = cifar.make_splits(data, cfg.model_copy(update={"seed": 2}))
+    assert not np.array_equal(s["train"], other["train"])
+
+
+def test_unstratified_fraction_ignores_the_classes():
+    cifar = DATASETS.get("cifar10")()
+    data, labels = cifar_like(per_class=(30, 30, 10))
+    shares = [np.bincount(labels[np.r_[s["train"], s["aux"]]], minlength=3)
+              for s in (cifar.make_splits(data, cifar.SplitConfig(seed=seed, train_fraction=0.2, aux_fraction=0.1,
+                                                                   val=5, stratified=strat))
+                        for seed in range(6) for strat in (False, True))]
+    assert all(np.array_equal(c, [6, 6, 2]) for c in shares[1::2])  # stratified: always round(0.2 x n_c)
+    assert any(not np.array_equal(c, [6, 6, 2]) for c in shares[0::2])  # the whole split's 20 %: drifts

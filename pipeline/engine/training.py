@@ -175,6 +175,7 @@ class RunResult:
     method_state_final: dict[str, Tensor]
     history: dict[str, list] = field(default_factory=dict)
     method_state_best: dict[str, Tensor] = field(default_factory=dict)  # φ when the best model was kept
+    best_step: int = 0  # the step of the best validation (0: none ran)
 
 
 def _state(module: nn.Module) -> dict[str, Tensor]:
@@ -281,7 +282,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     search = _train_once(dataset, data, splits, params, seed, device, progress)
     result = _train_once(dataset, data, splits, params, seed, device, progress, live, checkpoint, after_step,
                          fixed_phi=search.method_state_best)
-    result.history["fixed_phi_step"] = search.history["best_val_step"]
+    result.history["fixed_phi_step"] = search.best_step
     return result
 
 
@@ -397,7 +398,7 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
         if resumed["done"]:
             if live is not None:
                 live.close()
-            return RunResult(best_state, initial_method_state, _state(method), history, best_method)
+            return RunResult(best_state, initial_method_state, _state(method), history, best_method, best_step)
 
     def outer_losses(stream: BatchStream, step: int, what: str) -> Tensor:
         batch = next_batch(stream)
@@ -518,8 +519,7 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
         checkpoint.save(snapshot(cfg.steps, done=True))  # supersedes the partial ones: a re-run skips the seed
     if live is not None:
         live.close()
-    history["best_val_step"] = best_step
-    return RunResult(best_state, initial_method_state, _state(method), history, best_method)
+    return RunResult(best_state, initial_method_state, _state(method), history, best_method, best_step)
 
 
 def load_model(dataset: Dataset, data: TaskData, state: dict[str, Tensor], model_cfg: Any,

@@ -176,3 +176,13 @@ def test_auxilearn_convnet_trains_a_few_steps(tmp_path):
     assert result.history["hyper_step"] == [2, 4]
     assert np.isfinite(result.history["val_main_loss"]).all()
     assert len(result.history["weights"][-1]) == 4  # a weight per task, the main one first
+
+
+def test_rows_read_on_demand_equal_the_loaded_ones(layout, tmp_path):
+    """data_loading: stream reads rows from cityscapes.h5; they are the rows load() holds."""
+    root, _ = layout
+    ds, data = prepare_and_load(root, tmp_path / "out")
+    rows = ds.open_rows(tmp_path / "out")
+    assert rows.inputs.shape == data.inputs.shape and rows.targets.shape == data.targets.shape
+    pick = [4, 0, 2]
+    assert torch.equal(rows.inputs[pick], data.inputs[pick]) and torch.equal(rows.targets[pick], data.targets[pick])

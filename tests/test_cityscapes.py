@@ -13,7 +13,7 @@ from pipeline.config.params import parse_params
 from pipeline.datasets.cityscapes.config import Config, ModelConfig, SplitConfig
 from pipeline.datasets.cityscapes.prepared import H5_NAME
 from pipeline.datasets.cityscapes.sources import KINDS, read_preprocessed
-from pipeline.datasets.cityscapes.standin import CATEGORY, DYNAMIC, render_street, write_standin
+from pipeline.datasets.cityscapes.standin import CATEGORY, DYNAMIC, write_standin
 from pipeline.datasets.cityscapes.task import TASK_NAMES, Cityscapes
 from pipeline.datasets.shared.base import DataError
 from pipeline.engine.training import train_run

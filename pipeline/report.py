@@ -111,18 +111,22 @@ def method_log_series(runs: Sequence[TrainedRun], key: str) -> tuple[np.ndarray,
     return steps, np.mean([[v for _, v in s] for s in series], axis=0)
 
 
-def plot_series(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel: str, title: str, path: Path) -> bool:
-    """One curve per label; False (nothing written) when no curve has two points."""
+def plot_series(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel: str, title: str, path: Path,
+                legend_outside: bool = False) -> bool:
+    """One curve per label; False (nothing written) when no curve has two points. ``legend_outside``: the
+    legend right of the axes (many curves would hide each other's ends under it)."""
     if not any(len(x) >= MIN_POINTS for x, _ in curves.values()):
         return False
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for label, (x, y) in curves.items():
-        ax.plot(x, y, label=label)
+    fig, ax = plt.subplots(figsize=(9.0 if legend_outside else 6.4, 3.6))
+    styles = ["-", "--", ":", "-."]
+    for i, (label, (x, y)) in enumerate(curves.items()):
+        ax.plot(x, y, styles[i // 10 % len(styles)], label=label)  # past tab10's colours, a new dash style
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if len(curves) > 1:
-        ax.legend()
+        ax.legend(**({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": "small"} if legend_outside
+                     else {}))
     save_figure(fig, path)
     return True
 

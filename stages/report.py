@@ -12,6 +12,7 @@ from pipeline.core.io import atomic_dir, write_text
 from pipeline.metrics.summary import format_mean_sem, is_breakdown
 from pipeline.core.paths import FIGURES, MODELS, PER_SEED, REPORT_MD, TIMINGS
 from pipeline.datasets.shared.base import Dataset
+from pipeline.methods.auxnets.polynomial import parse_term_key, term_name
 from pipeline.report import (generated_labels, loss_image_figure, loss_landscapes, mean_history, method_log_series,
                              outer_update_summary, phi_movement, plot_final_weights, plot_series, plot_soft_labels,
                              plot_weights, role_ranking)
@@ -62,6 +63,7 @@ def main(params) -> None:
             loss_landscapes(exp, runs[0], params, fig_dir / "loss_landscape.png")
             lines += ["## Loss landscapes (paper Figure 2)", "", "![landscapes](figures/loss_landscape.png)", ""]
         lines += generated_task_section(exp, runs, params, fig_dir)
+        lines += polynomial_section(runs, names, params, fig_dir)
         # dense tasks: loss images (not for a generated task, which replaces the auxiliaries the images show)
         if type(exp.dataset).display is not Dataset.display and not runs[0].method_final.generated_tasks:
             loss_image_figure(exp, runs[0], params, fig_dir / "loss_images.png")
@@ -161,6 +163,25 @@ def outer_update_section(exp, runs, weights, final, names) -> list[str]:
                       "(1 = every helpful one above every harmful one, 0.5 = chance)."]
         lines += [""]
     return lines
+
+
+def polynomial_section(runs, names, params, fig_dir) -> list[str]:
+    """auxilearn_polynomial (App. C.5): the learned linear weight of every monomial of the losses over training
+    (seed mean; paper Figure 8) and its final values, largest first. Nothing for other methods."""
+    keys = sorted({k for e in runs[0].history.get("method_log", []) for k in e if parse_term_key(k) is not None},
+                  key=lambda k: (sum(parse_term_key(k)), [-e for e in parse_term_key(k)]))
+    curves = {term_name(parse_term_key(k), names): method_log_series(runs, k) for k in keys}
+    curves = {label: c for label, c in curves.items() if c is not None}
+    if not curves:
+        return []
+    lines = ["## Linear weights over a polynomial kernel of the losses (paper Figure 8)", ""]
+    if plot_series(curves, "learned weight φ of the term", f"{params.method}: weight per term (seed mean)",
+                   fig_dir / "polynomial_weights.png", legend_outside=True):
+        lines += ["![polynomial weights](figures/polynomial_weights.png)", ""]
+    final = sorted(((c[1][-1], label) for label, c in curves.items()), reverse=True)
+    lines += ["| term | final weight | weight at the first step |", "|---|---|---|"]
+    lines += [f"| {label} | {w:.4g} | {curves[label][1][0]:.4g} |" for w, label in final]
+    return lines + [""]
 
 
 def generated_task_section(exp, runs, params, fig_dir) -> list[str]:

@@ -103,7 +103,7 @@ def _build_params_model() -> type[BaseModel]:
         data_loading: Literal["auto", "memory", "stream"] = Field(
             "auto", description="memory: every split held as tensors on the device; stream: batches read from the "
                                 "prepared file by a DataLoader, evaluation in chunks (datasets with a file-backed "
-                                "reader: cub, nyuv2, cifar10, cifar100, svhn); auto: stream when the dataset would "
+                                "reader: cub, nyuv2, cityscapes, cifar10, cifar100, svhn); auto: stream when the dataset would "
                                 "take more than stream_above_mb in memory. The same batches either way")
         workers: int = Field(2, ge=0, description="DataLoader worker processes of a streamed run (0: read in the "
                                                   "training process)")

@@ -26,6 +26,7 @@ from pipeline.methods.base import (Batch, LossCombiner, Method, SharedTrunk, Ste
                                    scale_losses)
 from pipeline.metrics.summary import higher_is_better
 from pipeline.core.progress import ProgressLines
+from pipeline.core.registry import METHODS
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -173,6 +174,8 @@ class RunResult:
     method_state_initial: dict[str, Tensor]
     method_state_final: dict[str, Tensor]
     history: dict[str, list] = field(default_factory=dict)
+    method_state_best: dict[str, Tensor] = field(default_factory=dict)  # φ when the best model was kept
+    best_step: int = 0  # the step of the best validation (0: none ran)
 
 
 def _state(module: nn.Module) -> dict[str, Tensor]:
@@ -260,10 +263,35 @@ class _Log:
         self.pending = []
 
 
+def retrains_with_fixed_phi(params: Any) -> bool:
+    """Whether the method's section asks for App. C.6's second run with φ frozen (``retrain_with_fixed_phi``)."""
+    section = METHODS.get(params.method).config_section
+    return bool(section and getattr(params.method_config(section), "retrain_with_fixed_phi", False))
+
+
 def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], params: Any, seed: int,
               device: torch.device | None = None, progress: bool = False, live: Any = None,
               checkpoint: Checkpointer | None = None, after_step: Callable[[int], None] | None = None) -> RunResult:
+    """Train ``params.method`` with ``seed`` (see ``_train_once``). With ``retrain_with_fixed_phi`` (App. C.6) it
+    trains twice: once as usual to find φ at the best validation step, then W again from the same start with
+    φ fixed there (no outer update, no calibration); the second run is the result, and its history records the
+    step φ came from (``fixed_phi_step``). Only the second run is checkpointed and live-logged: a resumed seed
+    re-runs the first (deterministically, so it finds the same φ)."""
+    if not retrains_with_fixed_phi(params):
+        return _train_once(dataset, data, splits, params, seed, device, progress, live, checkpoint, after_step)
+    search = _train_once(dataset, data, splits, params, seed, device, progress)
+    result = _train_once(dataset, data, splits, params, seed, device, progress, live, checkpoint, after_step,
+                         fixed_phi=search.method_state_best)
+    result.history["fixed_phi_step"] = search.best_step
+    return result
+
+
+def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], params: Any, seed: int,
+                device: torch.device | None = None, progress: bool = False, live: Any = None,
+                checkpoint: Checkpointer | None = None, after_step: Callable[[int], None] | None = None,
+                fixed_phi: dict[str, Tensor] | None = None) -> RunResult:
     """Train ``params.method`` with ``seed``; keeps the model that is best on the validation main loss.
+    ``fixed_phi``: the method's state to train W under, frozen (App. C.6).
 
     ``progress``: a tqdm bar with the main and validation losses on a terminal, plain lines
     (``pipeline.core.progress``) elsewhere. ``live``: a ``pipeline.engine.live.LiveLogger`` given each logged step's
@@ -280,6 +308,9 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(stream_seed(seed, "method")))
         method: Method = build_method(params.method, data.num_tasks, params, dataset, data).to(device)
+    if fixed_phi is not None:
+        method.load_state_dict(fixed_phi)
+        method.requires_grad_(False)
     check_amp(method, cfg.amp, f"datasets.{dataset.name}.train.amp")
     model = dataset.build_model(data, params.profile.model, aux_outputs=method.head_outputs()).to(device)
     w_model = CompiledNetwork(model) if cfg.compile else model
@@ -324,7 +355,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     history: dict[str, list] = {"step": [], "train_loss": [], "main_loss": [], "weights": [],
                                 "val_step": [], "val_main_loss": [], "hyper_step": [], "hypergrad_norm": [],
                                 "method_log": [], "epoch_seconds": []}
-    best_val, best_state = math.inf, _state(model)
+    best_val, best_state, best_method, best_step = math.inf, _state(model), _state(method), 0
     ctx_common = dict(model=model, dataset=dataset, train_batch=lambda: next_batch(outer_train_stream),
                       loss_scale=scale, optimizer=optimizer, diagnostic_batch=lambda: next_batch(diagnostic_stream))
     # Non-finite losses stop the run at the step they appear, with their cause named (pipeline/core/faults.py).
@@ -340,7 +371,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                 "method_roles": role_state(method), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng_state(generators), "streams": {k: v.state() for k, v in streams.items()},
-                "history": history, "best_val": best_val, "best_state": best_state,
+                "history": history, "best_val": best_val, "best_state": best_state, "best_method": best_method,
+                "best_step": best_step,
                 "initial_method_state": initial_method_state, "guard": guard.state(), "shown": dict(shown),
                 "live": live.state() if live is not None else None}
 
@@ -358,6 +390,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
             stream.load_state(resumed["streams"][key])
         history.update(resumed["history"])
         best_val, best_state = resumed["best_val"], resumed["best_state"]
+        best_method, best_step = resumed["best_method"], resumed["best_step"]
         initial_method_state = resumed["initial_method_state"]
         guard.load_state(resumed["guard"])
         shown.update(resumed["shown"])
@@ -368,7 +401,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         if resumed["done"]:
             if live is not None:
                 live.close()
-            return RunResult(best_state, initial_method_state, _state(method), history)
+            return RunResult(best_state, initial_method_state, _state(method), history, best_method, best_step)
 
     def outer_losses(stream: BatchStream, step: int, what: str) -> Tensor:
         batch = next_batch(stream)
@@ -391,7 +424,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                 with autocast(device, cfg.amp):
                     losses, z = w_step(batch)
                 if step == 1:  # a method may calibrate φ at the losses this run sees; φ's initial state is after
-                    method.start(losses.detach())
+                    if fixed_phi is None:  # a fixed φ is used as it was found
+                        method.start(losses.detach())
                     initial_method_state = _state(method)
                     guard.start()
                 optimizer.zero_grad(set_to_none=True)
@@ -425,8 +459,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                 ctx = StepContext(step, w_params, lambda: outer_losses(outer_train_stream, step, "outer training batch"),
                                   lambda: outer_losses(aux_stream, step, "auxiliary-set batch"), batch=batch,
                                   **ctx_common)
-                try:
-                    logs = method.after_step(ctx)
+                try:  # a fixed φ takes no outer step; its combiner still logs (e.g. the polynomial terms)
+                    logs = method.after_step(ctx) if fixed_phi is None else dict(method.combiner.step_log())
                 except FloatingPointError as err:  # φ, its hypergradient, θ2: the outer update names its keys
                     raise guard.role_failed(step, err, "the outer update") from None
                 if logs and any(k in logs for k in ("hypergrad_norm", "meta_loss")):
@@ -455,7 +489,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                         history.setdefault("val_main_metric", []).append(value)
                         score = -value if higher_is_better(name) else value
                     if score < best_val:
-                        best_val, best_state = score, _state(model)
+                        best_val, best_state, best_method, best_step = score, _state(model), _state(method), step
                     if live is not None:
                         live.validation(step, val, history["val_main_metric"][-1] if cfg.select_by == "val_metric"
                                         else None)
@@ -488,7 +522,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         checkpoint.save(snapshot(cfg.steps, done=True))  # supersedes the partial ones: a re-run skips the seed
     if live is not None:
         live.close()
-    return RunResult(best_state, initial_method_state, _state(method), history)
+    return RunResult(best_state, initial_method_state, _state(method), history, best_method, best_step)
 
 
 def load_model(dataset: Dataset, data: TaskData, state: dict[str, Tensor], model_cfg: Any,

@@ -32,6 +32,9 @@ for _order, _kind in enumerate(("linear", "deep_linear", "nonlinear")):
 # §5.3: a CNN over loss images, for datasets with dense (per-pixel) tasks.
 register(combining_method("auxilearn_convnet", "convnet", 3, "AuxiLearn, ConvNet over per-pixel loss images",
                           requires=frozenset({"auxiliaries", "loss_images"})))
+# App. C.5: a linear network over every monomial of the losses up to methods.auxilearn.degree (Figure 8).
+register(combining_method("auxilearn_polynomial", "polynomial", 5,
+                          "AuxiLearn, linear weights over a polynomial kernel of the losses (App. C.5)"))
 # App. C.1's ablation: φ learned on the training set collapses toward STL.
 register(combining_method("auxilearn_train_set", "linear", 4, "AuxiLearn linear with φ learned on the training set",
                           hyper_set="train"))

@@ -8,9 +8,13 @@ block outputs ``width`` channels at the input resolution: that map is z.
 
 Heads (on z): segmentation logits (``num_classes`` channels), depth (1 channel, unconstrained) and
 surface normals (3 channels, normalised to unit length per pixel). ``decode`` returns
-``(seg_logits [B, C, H, W], depth [B, 1, H, W], normal [B, 3, H, W])``.
+``(seg_logits [B, C, H, W], depth [B, 1, H, W], normal [B, 3, H, W])``. Cityscapes (App. C.8) adds coarser
+segmentations as auxiliaries and has no normals: ``aux_classes`` (one logits head per entry, returned right
+after the main logits) and ``normals=False`` give ``(seg_logits, *aux_logits, depth)``.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,11 +46,12 @@ def task_head(width: int, out_channels: int) -> nn.Sequential:
 class SegNetMultiTask(MultiTaskNet):
     """Shared SegNet trunk (z = last decoder feature map) and one head per task."""
 
-    def __init__(self, num_classes: int = 13, width: int = 64, stages: int = 5) -> None:
+    def __init__(self, num_classes: int = 13, width: int = 64, stages: int = 5, aux_classes: Sequence[int] = (),
+                 normals: bool = True) -> None:
         super().__init__()
-        if width < 1 or stages < 1 or num_classes < 2:
+        if width < 1 or stages < 1 or num_classes < 2 or any(c < 2 for c in aux_classes):
             raise ValueError(f"segnet: need width >= 1, stages >= 1, num_classes >= 2 "
-                             f"(got {width}, {stages}, {num_classes})")
+                             f"and aux_classes >= 2 (got {width}, {stages}, {num_classes}, {list(aux_classes)})")
         widths = stage_widths(width, stages)
         self.encoder = nn.ModuleList()
         fan_in = 3
@@ -64,8 +69,9 @@ class SegNetMultiTask(MultiTaskNet):
         self.pool = nn.MaxPool2d(2, 2, return_indices=True)
         self.unpool = nn.MaxUnpool2d(2, 2)
         self.seg_head = task_head(width, num_classes)
+        self.aux_seg_heads = nn.ModuleList(task_head(width, c) for c in aux_classes)  # empty: NYUv2's keys
         self.depth_head = task_head(width, 1)
-        self.normal_head = task_head(width, 3)
+        self.normal_head = task_head(width, 3) if normals else None
         self.num_classes = num_classes
         self.stages = stages
 
@@ -83,8 +89,11 @@ class SegNetMultiTask(MultiTaskNet):
             x = block(self.unpool(x, idx, output_size=size))  # output_size: odd sizes unpool exactly
         return x
 
-    def decode(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.seg_head(z), self.depth_head(z), F.normalize(self.normal_head(z), dim=1)
+    def decode(self, z: Tensor) -> tuple[Tensor, ...]:
+        outputs = [self.seg_head(z), *(head(z) for head in self.aux_seg_heads), self.depth_head(z)]
+        if self.normal_head is not None:
+            outputs.append(F.normalize(self.normal_head(z), dim=1))
+        return tuple(outputs)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self.encoder.parameters()) + list(self.decoder.parameters())

@@ -28,23 +28,21 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
 import scipy.io
-import torch
-import torch.nn.functional as F
 
 from pipeline.core import io
 from pipeline.datasets.shared.base import DataError
+from pipeline.datasets.shared.npy_layout import load_npy, npy_index, resize, write_npy_sample  # noqa: F401 (re-exported)
 
 NUM_CLASSES = 13
 IGNORE = -1
 # Couprie et al. (2013)'s 13 classes, 0-based (the 13-class id minus one).
 CLASS_NAMES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "picture", "sofa", "table",
                "tv", "wall", "window")
-PREPROCESSED_SPLITS = (("train", True), ("val", False))  # folder, is official train
 KINDS = ("image", "label", "depth", "normal")
 # What belongs in ``root`` for each real source (the message of ``source_root``'s errors).
 EXPECTED = {
@@ -69,18 +67,6 @@ class Sample:
 
 # (sample, is official train, sample id) in the prepared file's row order
 Row = tuple[Sample, bool, int]
-
-
-def resize(arr: np.ndarray, size: tuple[int, int], mode: Literal["bilinear", "nearest"]) -> np.ndarray:
-    """[C, H, W] -> float32 [C, *size]; bilinear is antialiased (for downscaling photos)."""
-    if tuple(arr.shape[-2:]) == tuple(size):
-        return np.asarray(arr, dtype=np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
-    if mode == "bilinear":
-        out = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
-    else:
-        out = F.interpolate(t, size=size, mode="nearest-exact")
-    return out[0].numpy()
 
 
 def clean_normals(normal: np.ndarray) -> np.ndarray:
@@ -122,51 +108,14 @@ def make_sample(image: np.ndarray, label: np.ndarray, depth: np.ndarray, normal:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_npy(path: Path) -> np.ndarray:
-    try:
-        arr = io.load_npy(path)  # refuses pickles and non-real dtypes (complex, strings)
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"{path} is not a readable .npy array: {err}") from None
-    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
-        raise DataError(f"{path} does not hold a numeric array")
-    return arr
-
-
 def write_preprocessed_sample(root: Path, split: str, index: int, arrays: dict[str, np.ndarray]) -> None:
-    """One sample into the .npy layout: ``arrays[kind]`` for every kind of ``KINDS``, in the layout's shapes
-    (``np.save`` writes no timestamps: the same arrays give the same bytes)."""
-    for kind in KINDS:
-        folder = root / split / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / f"{index}.npy", arrays[kind], allow_pickle=False)
+    """One sample into NYUv2's .npy layout (every kind of ``KINDS``)."""
+    write_npy_sample(root, split, index, arrays, KINDS)
 
 
 def preprocessed_index(root: Path) -> list[tuple[str, bool, int]]:
-    """(split folder, is official train, index) of every sample, train first; every kind must have every index."""
-    if not root.is_dir():
-        raise DataError(f"{root} is not a folder (datasets.nyuv2.prepare.root must hold train/ and val/)")
-    out = []
-    for split, is_train in PREPROCESSED_SPLITS:
-        ids: dict[str, set[int]] = {}
-        for kind in KINDS:
-            folder = root / split / kind
-            if not folder.is_dir():
-                raise DataError(f"{folder} is missing (expected {split}/{{{','.join(KINDS)}}}/<index>.npy)")
-            found = set()
-            for p in folder.glob("*.npy"):
-                if not p.stem.isdigit():
-                    raise DataError(f"{p}: file names must be <index>.npy with an integer index")
-                found.add(int(p.stem))
-            ids[kind] = found
-        first = ids["image"]
-        for kind in KINDS[1:]:
-            if ids[kind] != first:
-                odd = sorted(ids[kind] ^ first)[:5]
-                raise DataError(f"{root / split / kind}: indices differ from {root / split / 'image'} (e.g. {odd})")
-        if not first:
-            raise DataError(f"{root / split / 'image'} holds no <index>.npy files")
-        out += [(split, is_train, i) for i in sorted(first)]
-    return out
+    """(split folder, is official train, index) of every sample of NYUv2's layout, train first."""
+    return npy_index(root, KINDS, "nyuv2")
 
 
 def read_preprocessed_sample(root: Path, split: str, index: int, size: tuple[int, int]) -> Sample:

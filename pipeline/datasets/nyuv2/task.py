@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.datasets.shared.base import Dataset, TaskData, reduce_pixels
+from pipeline.datasets.shared.npy_layout import loss_density
 from pipeline.datasets.nyuv2.config import NAME, Config, ModelConfig, SplitConfig
 from pipeline.datasets.nyuv2.prepared import H5_NAME, read_prepared, write_prepared
 from pipeline.datasets.nyuv2.sources import (CLASS_NAMES, EXPECTED, IGNORE, NUM_CLASSES, read_official,
@@ -34,13 +35,6 @@ from pipeline.core.registry import DATASETS, MODELS
 TASK_NAMES = ["segmentation", "depth", "normal"]
 EVAL_CHUNK = 16  # images per forward pass in evaluation (SegNet at 288 x 384 is memory hungry)
 SOURCE_ATTRS = {"preprocessed": "NYUv2 (preprocessed .npy layout)", "official": "NYUv2 (official labelled .mat)"}
-
-
-def loss_density(loss: Tensor, valid: Tensor) -> Tensor:
-    """[B, H, W] per-pixel loss -> loss x (H·W / valid pixels of the sample), 0 where invalid or no pixel is valid."""
-    pixels = valid[0].numel()
-    count = valid.flatten(1).sum(1).clamp_min(1).to(loss.dtype)
-    return torch.where(valid, loss * (pixels / count).view(-1, *([1] * (valid.dim() - 1))), torch.zeros_like(loss))
 
 
 def pixel_losses(outputs: tuple[Tensor, Tensor, Tensor], targets: Tensor) -> Tensor:

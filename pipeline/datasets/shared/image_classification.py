@@ -136,8 +136,11 @@ class ImageSplitConfig(StrictModel):
     """
 
     seed: int = Field(0, description="seed of the training subset, the aux set, the validation set and any test cap")
-    train_fraction: float = Field(
-        0.05, gt=0, le=1, description="share of the official training split used (AuxiLearn's low-data regime: 5 %)")
+    train_fraction: float = Field(0.05, gt=0, le=1, description="share of the official training split used (5 %; "
+                                  "App. C.10's 10 %, 15 %, 100 %); 1 = every official training image not drawn for "
+                                  "validation")
+    stratified: bool = Field(False, description="draw train_fraction of each class (rounded) instead of of the whole "
+                             "split, so the subset keeps the class shares (App. C.10)")
     aux_fraction: float = Field(0.025, gt=0, lt=1, description="share of the training subset moved to the aux set")
     val: int = Field(500, ge=1, description="validation images, from the official training split outside the subset")
     max_test: int = Field(0, ge=0, description="cap on the official test images evaluated (0 = all)")
@@ -294,22 +297,39 @@ class ImageClassification(Dataset):
         if reserved is not None:
             official_test = np.setdiff1d(official_test, reserved)
         pool = rng.permutation(official_train)
-        n_subset = max(2, int(round(split_cfg.train_fraction * len(pool))))
-        n_aux = max(1, int(round(split_cfg.aux_fraction * n_subset)))
         where = f"datasets.{self.name}.split"
+        full = split_cfg.train_fraction == 1
+        if full and reserved is None:  # all of it: validation is drawn first, the subset is the rest
+            if split_cfg.val >= len(pool):
+                raise ValueError(f"{where}: val = {split_cfg.val} leaves none of the {len(pool)} official training "
+                                 f"images to train on")
+            val, pool = pool[:split_cfg.val], pool[split_cfg.val:]
+        if split_cfg.stratified:  # the fraction of each class, in the permuted order; the subset then reshuffled
+            labels = np.asarray(data.targets[:, 0]).astype(np.int64)[pool]
+            picks = [pool[labels == c][:int(round(split_cfg.train_fraction * (labels == c).sum()))]
+                     for c in np.unique(labels)]
+            chosen = np.concatenate(picks)
+            subset = rng.permutation(chosen)
+            rest = pool[~np.isin(pool, chosen)]
+        else:
+            n = max(2, int(round(split_cfg.train_fraction * len(pool))))
+            subset, rest = pool[:n], pool[n:]
+        n_subset = len(subset)
+        n_aux = max(1, int(round(split_cfg.aux_fraction * n_subset)))
         if n_subset > len(pool) or n_aux >= n_subset:
             raise ValueError(f"{where}: train_fraction = {split_cfg.train_fraction} gives {n_subset} of "
                              f"{len(pool)} official training images, too few for an aux set of {n_aux}")
-        if reserved is None and n_subset + split_cfg.val > len(pool):
-            raise ValueError(f"{where}: val = {split_cfg.val} exceeds the {len(pool) - n_subset} official training "
-                             f"images outside the {n_subset}-image training subset")
-        if reserved is not None and split_cfg.val > len(reserved):
-            raise ValueError(f"{where}: val = {split_cfg.val} exceeds the {len(reserved)} images of the official "
-                             "validation split")
-        subset = pool[:n_subset]
+        if reserved is not None:  # the dataset's own validation split (CINIC-10's valid/)
+            if split_cfg.val > len(reserved):
+                raise ValueError(f"{where}: val = {split_cfg.val} exceeds the {len(reserved)} images of the official "
+                                 "validation split")
+            val = rng.permutation(reserved)[:split_cfg.val]
+        elif not full:
+            if split_cfg.val > len(rest):
+                raise ValueError(f"{where}: val = {split_cfg.val} exceeds the {len(rest)} official training "
+                                 f"images outside the {n_subset}-image training subset")
+            val = rest[:split_cfg.val]
         aux, train = subset[:n_aux], subset[n_aux:]
-        val = (pool[n_subset:n_subset + split_cfg.val] if reserved is None
-               else rng.permutation(reserved)[:split_cfg.val])
         test = official_test
         if 0 < split_cfg.max_test < len(test):
             test = rng.choice(official_test, size=split_cfg.max_test, replace=False)

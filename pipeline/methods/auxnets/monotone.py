@@ -15,7 +15,9 @@ is called the networks are calibrated at losses of 1. The deep networks start fr
 weights (U[0, ``init_range``]; 0.1 for the ConvNet as the reference) so every layer has gradient to learn
 from; the ConvNet is 3×3 convolutions with average pooling and a 1×1 output convolution. The deep
 networks keep positive weights through softplus instead of clipping (``positive_weights``): a clipped
-small weight dies under φ's first steps and g becomes constant.
+small weight dies under φ's first steps and g becomes constant. ``positive_weights="none"`` drops the
+constraint (App. C.2's non-monotone networks): weights start as above but may turn negative, so g can reverse
+an auxiliary's gradient.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ class MonotoneNet(nn.Module):
         pool: int = 1,
         init_range: float = 0.1,
         learn_main_weight: bool = False,
-        positive_weights: Literal["clip", "softplus"] = "clip",
+        positive_weights: Literal["clip", "softplus", "none"] = "clip",
     ) -> None:
         super().__init__()
         if learn_main_weight and hidden:
@@ -151,7 +153,7 @@ class MonotoneNet(nn.Module):
     @torch.no_grad()
     def project(self) -> None:
         """Clip negative weights so g stays monotone non-decreasing in every loss (softplus weights are
-        positive by construction)."""
+        positive by construction; ``none`` leaves them free)."""
         if self.positive_weights == "clip":
             for m in self.layers:
                 m.weight.clamp_(min=0.0)
@@ -168,7 +170,8 @@ def _builder(activation: str, deep: bool, conv: bool = False):
     def build(num_tasks: int, *, hidden_units: int = 10, hidden_layers: int = 4, init_weight: float = 1.0,
               conv_channels: tuple[int, ...] | list[int] = (8, 16), kernel_size: int = 3, pool: int = 2,
               init_range: float | None = None, learn_main_weight: bool = False,
-              positive_weights: str = "auto") -> MonotoneNet:
+              positive_weights: str = "auto", degree: int = 2) -> MonotoneNet:
+        # (``degree`` belongs to the polynomial network, auxnets/polynomial.py.)
         # The ConvNet starts as the reference's (U[0, 0.1]); the MLPs from U[0, 1], where softplus weights
         # move additively (from U[0, 0.1] every layer shrinks together and the auxiliaries fall alike).
         init_range = init_range if init_range is not None else (0.1 if conv else 1.0)

@@ -25,13 +25,19 @@ class AuxiLearnConfig(StrictModel):
         None, gt=0, description="deep networks start from weights U[0, init_range]; null = 0.1 for the ConvNet "
                                 "(the reference's init), 1.0 for the MLPs (softplus weights then move additively)")
     learn_main_weight: bool = Field(False, description="linear: learn the main task's weight too (reference NYUv2)")
-    positive_weights: Literal["auto", "clip", "softplus"] = Field(
+    positive_weights: Literal["auto", "clip", "softplus", "none"] = Field(
         "auto", description="monotone by clipping weights at 0 (the paper) or softplus weights; auto = clip for "
-                            "linear, softplus for the deeper networks (clipped small weights die under φ's steps)")
+                            "linear, softplus for the deeper networks (clipped small weights die under φ's steps); "
+                            "none = unconstrained weights, a non-monotone g (App. C.2's ablation)")
     conv_channels: list[int] = Field(default_factory=lambda: [8, 16], min_length=1,
                                      description="hidden channels of the ConvNet auxiliary network (§5.3)")
     kernel_size: int = Field(3, ge=1, description="the ConvNet's kernel size (odd)")
     pool: int = Field(2, ge=1, description="the ConvNet's average pooling after each hidden convolution")
+    retrain_with_fixed_phi: bool = Field(
+        False, description="App. C.6: train once to find φ at the best validation step, then retrain W from the same "
+                           "start with φ fixed there (no outer update); the retrained model is the result")
+    degree: int = Field(2, ge=1, le=4, description="polynomial (auxilearn_polynomial, App. C.5): the highest total "
+                        "degree of the monomials of the losses g weighs linearly")
 
     @field_validator("kernel_size")
     @classmethod
@@ -64,7 +70,7 @@ class AuxNetCombiner(LossCombiner):
         return cls(num_tasks, kind, calibrate=cfg.calibrate_init, hidden_units=cfg.hidden_units,
                    hidden_layers=cfg.hidden_layers, init_weight=cfg.init_weight, conv_channels=cfg.conv_channels,
                    kernel_size=cfg.kernel_size, pool=cfg.pool, init_range=cfg.init_range,
-                   learn_main_weight=cfg.learn_main_weight, positive_weights=cfg.positive_weights)
+                   learn_main_weight=cfg.learn_main_weight, positive_weights=cfg.positive_weights, degree=cfg.degree)
 
     def start(self, losses: Tensor) -> None:
         if self.calibrate:  # every auxiliary starts at init_weight at the losses this run sees (Equal's point)
@@ -75,6 +81,10 @@ class AuxNetCombiner(LossCombiner):
 
     def project(self) -> None:
         self.auxnet.project()
+
+    def step_log(self) -> dict[str, Tensor]:
+        """The polynomial network's weight per term after each step (App. C.5's Figure 8); nothing otherwise."""
+        return self.auxnet.term_weights() if hasattr(self.auxnet, "term_weights") else {}
 
     def training_loss(self, losses: Tensor) -> Tensor:
         extra = self.auxnet(losses)

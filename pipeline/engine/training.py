@@ -59,7 +59,8 @@ def seed_everything(seed: int) -> torch.Generator:
 # diagnostic never changes W's batches. W's stream keeps the run's seed, as it always did.
 STREAM_ROLES = ("weights", "outer", "diagnostics")
 # Seeded draws that are not batches: the method's construction (φ's init, label networks, random labels).
-SEED_ROLES = (*STREAM_ROLES, "method")
+SEED_ROLES = (*STREAM_ROLES, "method", "companion")
+# "companion": a dataset pair's auxiliary stream (``pipeline.datasets.shared.pair``), drawn beside W's own batch.
 
 
 def stream_seed(seed: int, role: str) -> int:
@@ -131,6 +132,13 @@ class BatchStream:
     @property
     def steps_per_epoch(self) -> int:
         return self.order.steps_per_epoch
+
+
+def join_batches(first: Batch, second: Batch) -> Batch:
+    """One batch of a primary batch and a dataset pair's auxiliary batch, the auxiliary rows last."""
+    return Batch(torch.cat([first.x, second.x]), torch.cat([first.y, second.y]),
+                 torch.cat([first.index, second.index]), torch.cat([first.labelled, second.labelled]),
+                 companion=len(second.x))
 
 
 def task_scale(num_tasks: int, aux_loss_scale: float) -> Tensor:
@@ -299,6 +307,16 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     diagnostic_stream = BatchStream(data, train_idx, cfg.batch_size, diagnostics_gen, device, unlabelled, workers)
     streams = {"weights": train_stream, "outer_train": outer_train_stream, "aux": aux_stream,
                "diagnostics": diagnostic_stream}
+    # A dataset pair (different input): W's step takes one batch of each dataset, for methods that train on given
+    # auxiliaries; the auxiliary dataset's batches come from its own seeded stream, so W's primary batches are
+    # those of any other method.
+    companion_rows = splits.get("companion")
+    companion_stream = None
+    if companion_rows is not None and len(companion_rows) and "auxiliaries" in method.spec.requires:
+        generators["companion"] = stream_generator(seed, "companion")
+        companion_stream = BatchStream(data, companion_rows, cfg.batch_size, generators["companion"], device,
+                                       workers=workers)
+        streams["companion"] = companion_stream
     val_data, all_val = evaluation_view(data, splits["val"], device)  # file-backed: read in chunks
 
     scale = task_scale(method.num_tasks, cfg.aux_loss_scale).to(device)
@@ -385,6 +403,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                 model.train()
                 logged = logged_step(step, cfg.log_every, cfg.steps)
                 batch = next_batch(train_stream)
+                if companion_stream is not None:
+                    batch = join_batches(batch, next_batch(companion_stream))
                 with autocast(device, cfg.amp):
                     losses, z = scaled_losses(batch, net=w_model)
                 if step == 1:  # a method may calibrate φ at the losses this run sees; φ's initial state is after

@@ -273,3 +273,63 @@ def test_pet_cub_standins_meet_at_pets_size(tmp_path):
     assert torch.equal(other.inputs, data.inputs)
     a, b = data.targets[n_p:, 1], other.targets[n_p:, 1]
     assert not torch.equal(a, b) and torch.equal(a.sort().values, b.sort().values)
+
+
+# ----------------------------------------------------------------------- NYUv2, per-pixel label generation
+
+
+def tiny_nyuv2(n: int = 6, h: int = 8, w: int = 12, seed: int = 0):
+    """In-memory NYUv2-shaped data: targets [N, 5, H, W] = class (−1 ignored), depth (0 missing), unit normals."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(-1, 13, (n, h, w), generator=g).float()
+    depth = torch.rand(n, h, w, generator=g) * (torch.rand(n, h, w, generator=g) > 0.2)
+    normal = torch.nn.functional.normalize(torch.randn(n, 3, h, w, generator=g), dim=1)
+    targets = torch.cat([labels[:, None], depth[:, None], normal], dim=1)
+    from pipeline.datasets.shared.base import TaskData
+    meta = {"num_classes": 13, "is_train": np.ones(n, bool)}
+    return TaskData(torch.randint(0, 256, (n, 3, h, w), generator=g, dtype=torch.uint8), targets,
+                    ["segmentation", "depth", "normal"], meta)
+
+
+def test_dtg_per_pixel_label_generation_on_nyuv2_shapes():
+    data = tiny_nyuv2()
+    params = parse_params({"dataset": "nyuv2", "method": "dtg_auxl",
+                           "datasets": {"nyuv2": {"model": {"width": 4, "stages": 2}}}})
+    ds = DATASETS.get("nyuv2")(params.profile.model)
+    assert [(f.classes, f.size) for f in ds.task_label_fields(data)] == [(13, 1), (0, 1), (0, 3)]
+    method = build_method("dtg_auxl", data.num_tasks, params, ds, data)
+    gen = method.generator
+    assert gen.dense and gen.num_classes == 13
+    assert [f.size for f in gen.label_generator.fields] == [1, 1, 3, 1, 1, 3]  # own, then the partner's
+    model = ds.build_model(data, params.profile.model)
+    x, y = ds.batch_transform(data.inputs[:4], data.targets[:4], train=True)
+    batch = Batch(x, y, torch.arange(4), torch.ones(4, dtype=torch.bool))
+    losses, z = method.batch_losses(model, ds, batch)
+    generated = gen.generate(z, ds, batch, gen.pairing_for(batch))
+    rows = 4 * 8 * 12
+    assert generated.label.shape == (rows, 13) and generated.feature.shape == (rows, z.shape[1])
+    assert generated.loss.shape == (4, 8, 12)  # a per-pixel label map of the primary's shape
+    assert losses.shape == (4, 4, 8, 12)  # segmentation, depth, normal, generated loss images
+    ignored = (y[:, 0] < 0).reshape(-1)
+    assert (generated.bias[ignored] == 0).all() and torch.allclose(generated.bias[~ignored].sum(1), torch.ones(1))
+    # the partner pixel's normal reaches that pixel's generated label only
+    perm = torch.tensor([1, 0, 3, 2])
+    changed = y.clone()
+    changed[1, 2:5, 3, 4] = -changed[1, 2:5, 3, 4]
+    with torch.no_grad():
+        a = gen.generate(z, ds, batch, perm).scores.view(4, 8, 12, 13)
+        b = gen.generate(z, ds, Batch(x, changed, batch.index, batch.labelled), perm).scores.view(4, 8, 12, 13)
+    moved = (a - b).abs().sum(-1) > 0
+    assert moved.sum() == 2 and moved[0, 3, 4] and moved[1, 3, 4]
+
+
+def test_dtg_runs_hyper_steps_on_nyuv2_per_pixel():
+    data = tiny_nyuv2(n=8)
+    params = parse_params({"dataset": "nyuv2", "method": "dtg_auxl", "seeds": [0], "methods": {"dtg": {"hyper_every": 2}},
+                           "datasets": {"nyuv2": {"model": {"width": 4, "stages": 2},
+                                                  "train": {"steps": 4, "batch_size": 2, "eval_every": 4}}}})
+    ds = DATASETS.get("nyuv2")(params.profile.model)
+    splits = {"train": np.arange(4), "aux": np.array([4]), "val": np.array([5, 6]), "test": np.array([7])}
+    result = train_run(ds, data, splits, params, 0, torch.device("cpu"))
+    assert result.history["hyper_step"] == [2, 4] and all(np.isfinite(result.history["hypergrad_norm"]))
+    assert not torch.equal(result.method_state_initial["combiner.omega"], result.method_state_final["combiner.omega"])

@@ -167,9 +167,9 @@ def to_rows(t: Tensor) -> Tensor:
     return t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1]) if t.dim() > 2 else t
 
 
-def label_rows(t: Tensor) -> Tensor:
-    """Labels [B, *S] -> [B·S], in the row order of ``to_rows``."""
-    return t.reshape(-1)
+def label_rows(t: Tensor, size: int = 1) -> Tensor:
+    """Labels [B, *S] -> [B·S] (or, ``size`` > 1 channels, [B, size, *S] -> [B·S, size]), in ``to_rows``' order."""
+    return to_rows(t) if size > 1 else t.reshape(-1)
 
 
 def entropy(p: Tensor) -> Tensor:
@@ -259,7 +259,7 @@ class DTGGenerator(TaskGenerator):
 
         own = [FieldSpec(size=1) if self.regression else FieldSpec(classes=c)]
         if cfg.use_aux_labels:
-            own += [FieldSpec(classes=fields[j].classes, size=1) for j in self.aux_columns]
+            own += [FieldSpec(classes=fields[j].classes, size=fields[j].size) for j in self.aux_columns]
         self.pair_labels = cfg.generate_data and cfg.pair_labels
         self.label_generator = FieldNet(own * (2 if self.pair_labels else 1), c, cfg)
         self.feature_generator = FieldNet([FieldSpec(size=d)] * 2, d, cfg) if cfg.generate_data else None
@@ -354,7 +354,7 @@ class DTGGenerator(TaskGenerator):
         inputs = [x[:n] for x in inputs]
         if self.pair_labels:
             inputs = inputs + partners
-        rows = [label_rows(x) for x in inputs]
+        rows = [label_rows(x, spec.size) for x, spec in zip(inputs, self.label_generator.fields)]
         with torch.set_grad_enabled(track_hparams and torch.is_grad_enabled()):
             scores = self.label_generator(rows)
         if self.regression:  # ŷ = b + s, b = y_p (or the pair's mean)

@@ -24,8 +24,8 @@ TINY_MODEL = {"backbone": "convnet4", "width": 0.0625}
 
 
 def params_for(name: str, method: str, **sections) -> object:
-    raw = {"dataset": name, "method": method, "seeds": [0],
-           "datasets": {name: {"model": TINY_MODEL, **sections}}, "methods": {"dtg": {"hyper_every": 2}}}
+    raw = {"dataset": name, "method": method, "seeds": [0], "datasets": {name: {"model": TINY_MODEL, **sections}},
+           "methods": {"dtg": {"hyper_every": 2}, "bilevel": {"hyper_every": 2}}}
     return parse_params(raw)
 
 
@@ -182,7 +182,7 @@ def run_recording(ds, data, splits, method, monkeypatch, steps=3, seed=0):
         return join_batches(first, second)
 
     monkeypatch.setattr(training, "join_batches", spy)
-    params = params_for("cifar10_cifar100", method, split=PAIR_SPLIT,
+    params = params_for("cifar10_cifar100", method, split=PAIR_SPLIT, methods={"bilevel": {"hyper_every": 2}},
                         train={"steps": steps, "batch_size": 2, "eval_every": steps})
     result = train_run(ds, data, splits, params, seed, torch.device("cpu"))
     return joined, result
@@ -192,7 +192,7 @@ def test_pair_streams_one_batch_of_each_per_step_deterministic_never_val_or_test
     ds, data, _, _ = cifar_pair
     splits = pair_splits(ds, data)
     joined, result = run_recording(ds, data, splits, "dtg_auxl", monkeypatch)
-    assert len(joined) == 3  # every lower step
+    assert len(joined) == 3 + len(result.history["hyper_step"])  # every lower step, and the upper step's D'_p batch
     train_rows = np.concatenate([splits["train"], splits["aux"]])  # dtg_auxl trains on train ∪ aux
     for primary, auxiliary in joined:
         assert len(primary) == 2 and len(auxiliary) == 2
@@ -207,6 +207,18 @@ def test_pair_streams_one_batch_of_each_per_step_deterministic_never_val_or_test
     assert any(not torch.equal(a[1], b[1]) for a, b in zip(joined, other))
     stl, _ = run_recording(ds, data, splits, "stl", monkeypatch)
     assert stl == []  # no given auxiliary used: the primary's batches only
+
+
+def test_the_outer_updates_training_batches_carry_an_auxiliary_batch_too(cifar_pair, monkeypatch):
+    """AuxiLearn's hypergradient reads ∇_W of the auxiliary loss on its training batch: without the auxiliary
+    dataset's rows there it would be 0 and φ's auxiliary weight could never move."""
+    ds, data, _, _ = cifar_pair
+    splits = pair_splits(ds, data)
+    joined, result = run_recording(ds, data, splits, "auxilearn_linear", monkeypatch, steps=4)
+    assert len(joined) > 4  # W's 4 steps and the outer update's batches
+    assert all(np.isin(a.numpy(), splits["companion"]).all() for _, a in joined)
+    weights = result.history["weights"]
+    assert weights[0][1] != weights[-1][1]
 
 
 def test_dtg_generator_shapes_on_a_pair_batch(cifar_pair):

@@ -59,8 +59,9 @@ def seed_everything(seed: int) -> torch.Generator:
 # diagnostic never changes W's batches. W's stream keeps the run's seed, as it always did.
 STREAM_ROLES = ("weights", "outer", "diagnostics")
 # Seeded draws that are not batches: the method's construction (φ's init, label networks, random labels).
-SEED_ROLES = (*STREAM_ROLES, "method", "companion")
-# "companion": a dataset pair's auxiliary stream (``pipeline.datasets.shared.pair``), drawn beside W's own batch.
+SEED_ROLES = (*STREAM_ROLES, "method", "companion", "outer_companion")
+# "companion", "outer_companion": a dataset pair's auxiliary-dataset streams (``pipeline.datasets.shared.pair``),
+# drawn beside W's batches and beside the outer update's training batches.
 
 
 def stream_seed(seed: int, role: str) -> int:
@@ -311,12 +312,12 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
     # auxiliaries; the auxiliary dataset's batches come from its own seeded stream, so W's primary batches are
     # those of any other method.
     companion_rows = splits.get("companion")
-    companion_stream = None
+    companion_stream = outer_companion_stream = None
     if companion_rows is not None and len(companion_rows) and "auxiliaries" in method.spec.requires:
-        generators["companion"] = stream_generator(seed, "companion")
-        companion_stream = BatchStream(data, companion_rows, cfg.batch_size, generators["companion"], device,
-                                       workers=workers)
-        streams["companion"] = companion_stream
+        for role, size in (("companion", cfg.batch_size), ("outer_companion", outer_train_size or cfg.batch_size)):
+            generators[role] = stream_generator(seed, role)
+            streams[role] = BatchStream(data, companion_rows, size, generators[role], device, workers=workers)
+        companion_stream, outer_companion_stream = streams["companion"], streams["outer_companion"]
     val_data, all_val = evaluation_view(data, splits["val"], device)  # file-backed: read in chunks
 
     scale = task_scale(method.num_tasks, cfg.aux_loss_scale).to(device)
@@ -325,6 +326,13 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
         x, y, rows, labelled = stream.next()
         x, y = dataset.batch_transform(x, y, train=True, generator=stream.generator)
         return Batch(x, y, rows, labelled)
+
+    def next_outer_train_batch() -> Batch:
+        """The outer update's training batch (with a dataset pair's auxiliary batch, as W's)."""
+        batch = next_batch(outer_train_stream)
+        if outer_companion_stream is not None:
+            batch = join_batches(batch, next_batch(outer_companion_stream))
+        return batch
 
     def scaled_losses(batch: Batch, track_hparams: bool = False, net: Any = model) -> tuple[Tensor, Tensor]:
         return batch_objective(method, net, dataset, batch, scale, track_hparams)
@@ -340,7 +348,7 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                                 "val_step": [], "val_main_loss": [], "hyper_step": [], "hypergrad_norm": [],
                                 "method_log": [], "epoch_seconds": []}
     best_val, best_state = math.inf, _state(model)
-    ctx_common = dict(model=model, dataset=dataset, train_batch=lambda: next_batch(outer_train_stream),
+    ctx_common = dict(model=model, dataset=dataset, train_batch=next_outer_train_batch,
                       loss_scale=scale, optimizer=optimizer, diagnostic_batch=lambda: next_batch(diagnostic_stream))
     # Non-finite losses stop the run at the step they appear, with their cause named (pipeline/core/faults.py).
     guard = TrainingGuard(dataset, data, method, model, params, seed)
@@ -385,8 +393,8 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                 live.close()
             return RunResult(best_state, initial_method_state, _state(method), history)
 
-    def outer_losses(stream: BatchStream, step: int, what: str) -> Tensor:
-        batch = next_batch(stream)
+    def outer_losses(draw: Callable[[], Batch], step: int, what: str) -> Tensor:
+        batch = draw()
         losses = scaled_losses(batch, True)[0]
         guard.check_losses(step, batch, losses, what)  # one sync per outer batch
         return losses
@@ -439,8 +447,9 @@ def train_run(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray], p
                 elif live is not None:
                     live.train_step(step, task_losses, None)  # summed on the device, read at a logged step
 
-                ctx = StepContext(step, w_params, lambda: outer_losses(outer_train_stream, step, "outer training batch"),
-                                  lambda: outer_losses(aux_stream, step, "auxiliary-set batch"), batch=batch,
+                ctx = StepContext(step, w_params, lambda: outer_losses(next_outer_train_batch, step, "outer training batch"),
+                                  lambda: outer_losses(lambda: next_batch(aux_stream), step, "auxiliary-set batch"),
+                                  batch=batch,
                                   **ctx_common)
                 try:
                     logs = method.after_step(ctx)

@@ -307,10 +307,13 @@ def main_parameters(model: nn.Module, loss: Tensor) -> tuple[list[nn.Parameter],
 
 
 class _Sampler:
-    """Random batches (without replacement inside a batch) of a fixed index set, evaluation transform."""
+    """Random batches (without replacement inside a batch) of a fixed index set, evaluation transform. With
+    ``companion`` rows (a dataset pair's auxiliary dataset), each batch is followed by as many of those, as the
+    training stream's batches are (``pipeline.engine.training``)."""
 
     def __init__(self, dataset: Any, data: Any, indices: np.ndarray, size: int, generator: torch.Generator,
-                 device: torch.device, unlabelled: np.ndarray | None = None) -> None:
+                 device: torch.device, unlabelled: np.ndarray | None = None,
+                 companion: np.ndarray | None = None) -> None:
         if len(indices) == 0:
             raise ValueError("the usefulness analysis needs a non-empty training split and aux set")
         self.dataset, self.data, self.device, self.generator = dataset, data, device, generator
@@ -318,13 +321,17 @@ class _Sampler:
         self.size = size if 0 < size < len(indices) else len(indices)
         hidden = np.zeros(len(indices), bool) if unlabelled is None else np.isin(indices, unlabelled)
         self.labelled = torch.as_tensor(~hidden)
+        self.companion = torch.as_tensor(np.asarray(companion)) if companion is not None and len(companion) else None
 
     def draw(self) -> tuple[Tensor, Tensor, Tensor]:
         pick = torch.randperm(len(self.indices), generator=self.generator)[: self.size]
-        rows = self.indices[pick]
+        rows, labelled = self.indices[pick], self.labelled[pick]
+        if self.companion is not None:
+            extra = self.companion[torch.randperm(len(self.companion), generator=self.generator)[: self.size]]
+            rows, labelled = torch.cat([rows, extra]), torch.cat([labelled, torch.ones(len(extra), dtype=torch.bool)])
         x, y = self.dataset.batch_transform(self.data.inputs[rows].to(self.device), self.data.targets[rows].to(self.device),
                                             train=False)
-        return x, y, self.labelled[pick].to(self.device)
+        return x, y, labelled.to(self.device)
 
 
 def train_main_task(dataset: Any, data: Any, splits: dict[str, np.ndarray], train_cfg: Any, model_cfg: Any, seed: int,
@@ -422,7 +429,8 @@ def analyse(dataset: Any, data: Any, splits: dict[str, np.ndarray], train_cfg: A
         model, params, heads = train_main_task(dataset, data, splits, train_cfg, model_cfg, seed, steps, device,
                                                aux_weight)
         generator = torch.Generator().manual_seed(10_000 + seed)
-        train = _Sampler(dataset, data, splits["train"], cfg.batch_size, generator, device, splits.get("unlabelled"))
+        train = _Sampler(dataset, data, splits["train"], cfg.batch_size, generator, device, splits.get("unlabelled"),
+                         splits.get("companion"))
         aux = _Sampler(dataset, data, splits["aux"], cfg.aux_batch_size, generator, device)
         if not aux_weight:  # at φ0 > 0 the heads were trained with the trunk on L_T
             fit_aux_heads(model, dataset, train, heads, cfg.head_steps, cfg.head_lr)

@@ -60,7 +60,9 @@ def seed_everything(seed: int) -> torch.Generator:
 # diagnostic never changes W's batches. W's stream keeps the run's seed, as it always did.
 STREAM_ROLES = ("weights", "outer", "diagnostics")
 # Seeded draws that are not batches: the method's construction (φ's init, label networks, random labels).
-SEED_ROLES = (*STREAM_ROLES, "method")
+SEED_ROLES = (*STREAM_ROLES, "method", "companion", "outer_companion")
+# "companion", "outer_companion": a dataset pair's auxiliary-dataset streams (``pipeline.datasets.shared.pair``),
+# drawn beside W's batches and beside the outer update's training batches.
 
 
 def stream_seed(seed: int, role: str) -> int:
@@ -132,6 +134,13 @@ class BatchStream:
     @property
     def steps_per_epoch(self) -> int:
         return self.order.steps_per_epoch
+
+
+def join_batches(first: Batch, second: Batch) -> Batch:
+    """One batch of a primary batch and a dataset pair's auxiliary batch, the auxiliary rows last."""
+    return Batch(torch.cat([first.x, second.x]), torch.cat([first.y, second.y]),
+                 torch.cat([first.index, second.index]), torch.cat([first.labelled, second.labelled]),
+                 companion=len(second.x))
 
 
 def task_scale(num_tasks: int, aux_loss_scale: float) -> Tensor:
@@ -330,6 +339,16 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
     diagnostic_stream = BatchStream(data, train_idx, cfg.batch_size, diagnostics_gen, device, unlabelled, workers)
     streams = {"weights": train_stream, "outer_train": outer_train_stream, "aux": aux_stream,
                "diagnostics": diagnostic_stream}
+    # A dataset pair (different input): W's step takes one batch of each dataset, for methods that train on given
+    # auxiliaries; the auxiliary dataset's batches come from its own seeded stream, so W's primary batches are
+    # those of any other method.
+    companion_rows = splits.get("companion")
+    companion_stream = outer_companion_stream = None
+    if companion_rows is not None and len(companion_rows) and "auxiliaries" in method.spec.requires:
+        for role, size in (("companion", cfg.batch_size), ("outer_companion", outer_train_size or cfg.batch_size)):
+            generators[role] = stream_generator(seed, role)
+            streams[role] = BatchStream(data, companion_rows, size, generators[role], device, workers=workers)
+        companion_stream, outer_companion_stream = streams["companion"], streams["outer_companion"]
     val_data, all_val = evaluation_view(data, splits["val"], device)  # file-backed: read in chunks
 
     scale = task_scale(method.num_tasks, cfg.aux_loss_scale).to(device)
@@ -338,6 +357,13 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
         x, y, rows, labelled = stream.next()
         x, y = dataset.batch_transform(x, y, train=True, generator=stream.generator)
         return Batch(x, y, rows, labelled)
+
+    def next_outer_train_batch() -> Batch:
+        """The outer update's training batch (with a dataset pair's auxiliary batch, as W's)."""
+        batch = next_batch(outer_train_stream)
+        if outer_companion_stream is not None:
+            batch = join_batches(batch, next_batch(outer_companion_stream))
+        return batch
 
     def scaled_losses(batch: Batch, track_hparams: bool = False, net: Any = model) -> tuple[Tensor, Tensor]:
         return batch_objective(method, net, dataset, batch, scale, track_hparams)
@@ -356,7 +382,7 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
                                 "val_step": [], "val_main_loss": [], "hyper_step": [], "hypergrad_norm": [],
                                 "method_log": [], "epoch_seconds": []}
     best_val, best_state, best_method, best_step = math.inf, _state(model), _state(method), 0
-    ctx_common = dict(model=model, dataset=dataset, train_batch=lambda: next_batch(outer_train_stream),
+    ctx_common = dict(model=model, dataset=dataset, train_batch=next_outer_train_batch,
                       loss_scale=scale, optimizer=optimizer, diagnostic_batch=lambda: next_batch(diagnostic_stream))
     # Non-finite losses stop the run at the step they appear, with their cause named (pipeline/core/faults.py).
     guard = TrainingGuard(dataset, data, method, model, params, seed)
@@ -403,8 +429,8 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
                 live.close()
             return RunResult(best_state, initial_method_state, _state(method), history, best_method, best_step)
 
-    def outer_losses(stream: BatchStream, step: int, what: str) -> Tensor:
-        batch = next_batch(stream)
+    def outer_losses(draw: Callable[[], Batch], step: int, what: str) -> Tensor:
+        batch = draw()
         losses = scaled_losses(batch, True)[0]
         guard.check_losses(step, batch, losses, what)  # one sync per outer batch
         return losses
@@ -421,6 +447,8 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
                 model.train()
                 logged = logged_step(step, cfg.log_every, cfg.steps)
                 batch = next_batch(train_stream)
+                if companion_stream is not None:
+                    batch = join_batches(batch, next_batch(companion_stream))
                 with autocast(device, cfg.amp):
                     losses, z = w_step(batch)
                 if step == 1:  # a method may calibrate φ at the losses this run sees; φ's initial state is after
@@ -456,8 +484,9 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
                 elif live is not None:
                     live.train_step(step, task_losses, None)  # summed on the device, read at a logged step
 
-                ctx = StepContext(step, w_params, lambda: outer_losses(outer_train_stream, step, "outer training batch"),
-                                  lambda: outer_losses(aux_stream, step, "auxiliary-set batch"), batch=batch,
+                ctx = StepContext(step, w_params, lambda: outer_losses(next_outer_train_batch, step, "outer training batch"),
+                                  lambda: outer_losses(lambda: next_batch(aux_stream), step, "auxiliary-set batch"),
+                                  batch=batch,
                                   **ctx_common)
                 try:  # a fixed φ takes no outer step; its combiner still logs (e.g. the polynomial terms)
                     logs = method.after_step(ctx) if fixed_phi is None else dict(method.combiner.step_log())

@@ -38,6 +38,7 @@ class Batch:
     y: Tensor  # targets, transformed alike
     index: Tensor  # each sample's row in the dataset (fixed per-sample choices, e.g. random auxiliary labels)
     labelled: Tensor  # whether each sample's main-task label may be used
+    companion: int = 0  # the last rows come from a dataset pair's auxiliary stream (``shared/pair.py``); 0: none
 
 
 @dataclass

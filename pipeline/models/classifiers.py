@@ -29,7 +29,7 @@ stand-in defaults use a fraction (see ``pipeline.datasets.shared.image_classific
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 from torch import Tensor, nn
 from torchvision.models import resnet18
@@ -240,23 +240,29 @@ class ImageClassifier(MultiTaskNet):
     """
 
     def __init__(self, num_classes: int, backbone: str = "vgg16", width: float = 1.0, aux_outputs: int = 0,
-                 small_stem: bool = True, in_channels: int = 3) -> None:
+                 small_stem: bool = True, given_classes: Sequence[int] = (), in_channels: int = 3) -> None:
         super().__init__()
-        if num_classes < 1 or aux_outputs < 0:
-            raise ValueError(f"num_classes must be >= 1 and aux_outputs >= 0, got {num_classes}, {aux_outputs}")
+        if num_classes < 1 or aux_outputs < 0 or any(c < 1 for c in given_classes):
+            raise ValueError(f"num_classes and given_classes must be >= 1 and aux_outputs >= 0, got {num_classes}, "
+                             f"{list(given_classes)}, {aux_outputs}")
         self.backbone = build_backbone(backbone, width, small_stem, in_channels)
         self.head = nn.Linear(self.backbone.out_features, num_classes)
         self.aux_head = nn.Linear(self.backbone.out_features, aux_outputs) if aux_outputs else None
         self.has_generated_head = bool(aux_outputs)
+        # Heads of given auxiliary classification tasks (CIFAR-100's other label level, a dataset pair's auxiliary
+        # dataset), drawn last so that the other heads start as they do without them.
+        self.given_heads = nn.ModuleList(nn.Linear(self.backbone.out_features, c) for c in given_classes)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 
-    def decode(self, z: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    def decode(self, z: Tensor) -> Tensor | tuple:
+        """Main logits; with given heads (main, *given); with a generated head (that, generated)."""
         logits = self.head(z)
+        given = (logits, *(h(z) for h in self.given_heads)) if len(self.given_heads) else logits
         if self.aux_head is None:
-            return logits
-        return logits, self.aux_head(z)
+            return given
+        return given, self.aux_head(z)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.datasets.shared.base import Dataset, TaskData, reduce_pixels
+from pipeline.datasets.shared.base import Dataset, LabelField, TaskData, reduce_pixels
 from pipeline.datasets.shared.npy_layout import loss_density
 from pipeline.datasets.nyuv2.config import NAME, Config, ModelConfig, SplitConfig
 from pipeline.datasets.nyuv2.prepared import H5_NAME, read_prepared, write_prepared
@@ -53,7 +53,7 @@ def pixel_losses(outputs: tuple[Tensor, Tensor, Tensor], targets: Tensor) -> Ten
 class Nyuv2(Dataset):
     """NYUv2 (or its procedural stand-in): segmentation with depth and normal auxiliaries, per-pixel losses."""
 
-    provides = frozenset({"auxiliaries", "loss_images"})
+    provides = frozenset({"auxiliaries", "loss_images", "task_labels"})
 
     name = NAME
     Config = Config
@@ -137,6 +137,15 @@ class Nyuv2(Dataset):
         """[B, 3, H, W] loss images normalised as densities (see ``Dataset.per_task_losses``):
         0: cross-entropy (label -1 ignored); 1: L1 depth where depth > 0; 2: 1 - cosine where the normal is non-zero."""
         return pixel_losses(outputs, targets)
+
+    def task_label_fields(self, data: TaskData) -> list[LabelField]:
+        """Per pixel (DTG-AuxL's label generator, appendix §5.6): the class (−1 ignored), the depth (0 =
+        missing), the normal's 3 components (all 0 = missing); a missing value reads as 0."""
+        return [LabelField(data.task_names[0], NUM_CLASSES), LabelField(data.task_names[1], 0),
+                LabelField(data.task_names[2], 0, size=3)]
+
+    def task_labels(self, targets: Tensor) -> list[Tensor]:
+        return [targets[:, 0].long(), targets[:, 1], targets[:, 2:5]]
 
     def main_loss(self, model: nn.Module, data: TaskData, indices: Tensor) -> float:
         """Mean per-sample segmentation loss, in chunks."""

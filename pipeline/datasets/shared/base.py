@@ -28,6 +28,7 @@ class LabelField:
 
     name: str
     classes: int
+    size: int = 1  # real values only: channels per sample or point (NYUv2's normals: 3)
 
 
 class DataError(ValueError):
@@ -191,7 +192,8 @@ class Dataset(ABC):
 
     def task_labels(self, targets: Tensor) -> list[Tensor]:
         """Each task's label for a batch of (transformed) targets, in ``task_label_fields`` order: [B] per
-        sample, or [B, *points] per element of the main task's output (the same points for every task)."""
+        sample, or [B, *points] per element of the main task's output (the same points for every task); a real
+        label of ``size`` > 1 is [B, size] or [B, size, *points]."""
         raise ValueError(f"dataset {self.name} does not expose its task labels")
 
 

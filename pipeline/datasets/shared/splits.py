@@ -14,6 +14,8 @@ from pipeline.core.io import atomic_path
 
 SPLITS = ("train", "aux", "val", "test")
 UNLABELLED = "unlabelled"  # optional: a subset of train without the main-task label
+COMPANION = "companion"  # optional: a dataset pair's auxiliary-dataset rows (``pipeline.datasets.shared.pair``)
+OPTIONAL = (UNLABELLED, COMPANION)
 
 
 def random_splits(num_samples: int, aux: int, val: int, test: int, seed: int) -> dict[str, np.ndarray]:
@@ -37,11 +39,14 @@ def check_disjoint(splits: dict[str, np.ndarray]) -> None:
     hidden = splits.get(UNLABELLED)
     if hidden is not None and not np.isin(hidden, splits["train"]).all():
         raise ValueError("the unlabelled split must be a subset of the train split")
+    for i in splits.get(COMPANION, np.zeros(0, np.int64)).tolist():
+        if i in seen:
+            raise ValueError(f"sample {i} is in both the {seen[i]} and the {COMPANION} split")
 
 
 def save_splits(folder: Path, splits: dict[str, np.ndarray]) -> None:
     check_disjoint(splits)
-    for name in (*SPLITS, UNLABELLED):
+    for name in (*SPLITS, *OPTIONAL):
         if name not in splits:
             continue
         with atomic_path(folder / f"{name}.npy") as tmp:
@@ -79,6 +84,14 @@ def check_files_disjoint(folder: Path, splits: dict[str, np.ndarray]) -> None:
             if shared.size:
                 raise ValueError(f"{folder / f'{a}.npy'} and {folder / f'{b}.npy'} share {shared.size} sample(s) "
                                  f"(e.g. {int(shared[0])}); the splits must be disjoint: run `dvc repro split`")
+    companion = splits.get(COMPANION)
+    if companion is not None:
+        for name in SPLITS:
+            shared = np.intersect1d(splits[name], companion)
+            if shared.size:
+                raise ValueError(f"{folder / f'{name}.npy'} and {folder / f'{COMPANION}.npy'} share {shared.size} "
+                                 f"sample(s) (e.g. {int(shared[0])}); the auxiliary stream may not draw them: run "
+                                 "`dvc repro split`")
     hidden = splits.get(UNLABELLED)
     if hidden is not None and not np.isin(hidden, splits["train"]).all():
         raise ValueError(f"{folder / f'{UNLABELLED}.npy'} lists samples outside {folder / 'train.npy'}; the "
@@ -94,7 +107,8 @@ def load_splits(folder: Path, num_samples: int | None = None) -> dict[str, np.nd
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run `dvc repro split`")
         out[name] = _load_index_file(path, num_samples)
-    if (folder / f"{UNLABELLED}.npy").is_file():
-        out[UNLABELLED] = _load_index_file(folder / f"{UNLABELLED}.npy", num_samples)
+    for name in OPTIONAL:
+        if (folder / f"{name}.npy").is_file():
+            out[name] = _load_index_file(folder / f"{name}.npy", num_samples)
     check_files_disjoint(folder, out)
     return out

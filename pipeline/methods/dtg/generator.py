@@ -167,9 +167,9 @@ def to_rows(t: Tensor) -> Tensor:
     return t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1]) if t.dim() > 2 else t
 
 
-def label_rows(t: Tensor) -> Tensor:
-    """Labels [B, *S] -> [B·S], in the row order of ``to_rows``."""
-    return t.reshape(-1)
+def label_rows(t: Tensor, size: int = 1) -> Tensor:
+    """Labels [B, *S] -> [B·S] (or, ``size`` > 1 channels, [B, size, *S] -> [B·S, size]), in ``to_rows``' order."""
+    return to_rows(t) if size > 1 else t.reshape(-1)
 
 
 def entropy(p: Tensor) -> Tensor:
@@ -179,6 +179,16 @@ def entropy(p: Tensor) -> Tensor:
 def shuffle_pairing(batch_size: int, generator: torch.Generator) -> Tensor:
     """π: the auxiliary sample of sample i is π(i), a seeded shuffle of its batch ([A §4.3])."""
     return torch.randperm(batch_size, generator=generator)
+
+
+def companion_pairing(batch_size: int, companion: int) -> Tensor:
+    """Different input ([A §4.4-4.5], a dataset pair's batch: the primary rows, then ``companion`` rows of the
+    auxiliary dataset's batch): π(i) = the i-th auxiliary row, for each primary row i (cycling if fewer). The
+    auxiliary batch is already a seeded draw, so no shuffle is needed."""
+    primary = batch_size - companion
+    if primary < 1 or companion < 1:
+        raise ValueError(f"a dataset pair's batch needs primary and auxiliary rows, got {primary} and {companion}")
+    return primary + torch.arange(primary) % companion
 
 
 @dataclass
@@ -249,7 +259,7 @@ class DTGGenerator(TaskGenerator):
 
         own = [FieldSpec(size=1) if self.regression else FieldSpec(classes=c)]
         if cfg.use_aux_labels:
-            own += [FieldSpec(classes=fields[j].classes, size=1) for j in self.aux_columns]
+            own += [FieldSpec(classes=fields[j].classes, size=fields[j].size) for j in self.aux_columns]
         self.pair_labels = cfg.generate_data and cfg.pair_labels
         self.label_generator = FieldNet(own * (2 if self.pair_labels else 1), c, cfg)
         self.feature_generator = FieldNet([FieldSpec(size=d)] * 2, d, cfg) if cfg.generate_data else None
@@ -295,7 +305,12 @@ class DTGGenerator(TaskGenerator):
     # -- the generated task --------------------------------------------------------------------------
 
     def new_pairing(self, batch: Batch) -> Tensor:
-        perm = shuffle_pairing(len(batch.x), self.pair_stream).to(batch.x.device)
+        """π for a lower step's batch: a shuffle (shared input), or each primary row's auxiliary-dataset row (a
+        dataset pair's batch, ``batch.companion`` > 0: only the primary rows generate)."""
+        if batch.companion:
+            perm = companion_pairing(len(batch.x), batch.companion).to(batch.x.device)
+        else:
+            perm = shuffle_pairing(len(batch.x), self.pair_stream).to(batch.x.device)
         self.last_pairing = (batch.index.detach().clone(), perm)
         return perm
 
@@ -329,22 +344,28 @@ class DTGGenerator(TaskGenerator):
 
     def generate(self, z: Tensor, dataset: Any, batch: Batch, perm: Tensor, track_hparams: bool = True
                  ) -> Generated:
+        """The generated task of the first len(π) rows (every row with shared input; a dataset pair's primary
+        rows), row i paired with row π(i)."""
         c, cfg = self.num_classes, self.cfg
-        inputs, primary = self.label_inputs(dataset, batch)
+        inputs, primary_all = self.label_inputs(dataset, batch)
+        n = len(perm)
+        primary = primary_all[:n]
+        partners = [x[perm] for x in inputs]
+        inputs = [x[:n] for x in inputs]
         if self.pair_labels:
-            inputs = inputs + [x[perm] for x in inputs]
-        rows = [label_rows(x) for x in inputs]
+            inputs = inputs + partners
+        rows = [label_rows(x, spec.size) for x, spec in zip(inputs, self.label_generator.fields)]
         with torch.set_grad_enabled(track_hparams and torch.is_grad_enabled()):
             scores = self.label_generator(rows)
         if self.regression:  # ŷ = b + s, b = y_p (or the pair's mean)
             bias = label_rows(primary)[:, None].to(scores.dtype)
             if cfg.label_bias == "pair" and cfg.generate_data:
-                bias = (bias + label_rows(primary[perm])[:, None].to(scores.dtype)) / 2
+                bias = (bias + label_rows(primary_all[perm])[:, None].to(scores.dtype)) / 2
             label = bias + scores
         else:
             own = F.one_hot(label_rows(primary), c + 1)[:, :c].to(scores.dtype)  # unknown -> a zero row
             if cfg.label_bias == "pair" and cfg.generate_data:
-                other = F.one_hot(label_rows(primary[perm]), c + 1)[:, :c].to(scores.dtype)
+                other = F.one_hot(label_rows(primary_all[perm]), c + 1)[:, :c].to(scores.dtype)
                 bias = (own + other) / (own.sum(1, keepdim=True) + other.sum(1, keepdim=True)).clamp_min(1)
             else:
                 bias = own
@@ -352,11 +373,13 @@ class DTGGenerator(TaskGenerator):
                 label = torch.softmax(scores + cfg.beta * bias, dim=1)
             else:
                 label = (bias + torch.softmax(scores, dim=1)) / (1 + bias.sum(1, keepdim=True))
-        h = to_rows(z)
+        h = to_rows(z[:n])
         feature = self.feature_generator([h, to_rows(z[perm])]) if self.feature_generator is not None else h
         out = self.head(feature)
         loss = ((out - label) ** 2).sum(1) if self.regression else -(label * F.log_softmax(out, dim=1)).sum(1)
-        loss = loss.view(z.shape[0], *z.shape[2:])
+        loss = loss.view(n, *z.shape[2:])
+        if n < len(z):  # a dataset pair: 0 on the auxiliary rows, the batch mean = the mean over the primary rows
+            loss = torch.cat([loss * (len(z) / n), loss.new_zeros(len(z) - n, *loss.shape[1:])])
         return Generated(feature, label, scores, bias, loss)
 
     def losses(self, model: Any, dataset: Any, batch: Batch, perm: Tensor, track_hparams: bool = True

@@ -42,11 +42,12 @@ class JTDSConfig(StrictModel):
     slope_init: float = Field(0.05, ge=0, description="the loss slopes a_t start U[0, r] ([C]: 0.05)")
     weight_main: bool = Field(True, description="weight the main task per sample too ([C]); false = main weight 1")
     norm_eps: float = Field(1e-6, gt=0, description="ε of the per-task loss normalisation (ℓ − mean) / (std + ε)")
-    normalise: Literal["main", "none"] = Field(
-        "main", description="main: every weight divided by the main task's mean weight over the batch, so the "
-        "main task's average weight is 1 and φ sets samples and auxiliaries relative to it, with no overall "
-        "scale to run away (our reading [R]; the raw weights diverged on the CUB stand-in); none: the raw "
-        "weights, as the reference code")
+    normalise: Literal["batch", "none"] = Field(
+        "batch", description="batch: the main task's weights average 1 over the batch and the auxiliaries' "
+        "average init_weight over the batch and the auxiliary tasks, so φ moves weight between samples and "
+        "between auxiliaries but cannot scale the step nor the auxiliaries' total (our reading [R]: the raw "
+        "weights diverged on the CUB stand-in; dividing by the main task's mean alone let the auxiliaries' "
+        "weights reach 10^5 on demo); none: the raw weights, as the reference code")
 
 
 def _inverse_softplus(y: float) -> float:
@@ -89,11 +90,14 @@ class JointScheduler(LossCombiner):
         by_feature = F.softplus(self.features(features.detach()))
         by_loss = torch.sigmoid(self.loss_slope * self.normalised(losses) + self.loss_bias)
         w = by_feature * by_loss * F.softplus(self.prior)
+        main, aux = w[:, :1], w[:, 1:]
         if not self.cfg.weight_main:
-            return torch.cat([torch.ones_like(w[:, :1]), w[:, 1:]], dim=1)
-        if self.cfg.normalise == "main":
-            w = w / w[:, 0].mean()
-        return w
+            main = torch.ones_like(main)
+        elif self.cfg.normalise == "batch":
+            main = main / main.mean()
+        if self.cfg.normalise == "batch" and aux.numel():
+            aux = aux * (self.cfg.init_weight / aux.mean())
+        return torch.cat([main, aux], dim=1)
 
     def weighted_loss(self, losses: Tensor, z: Tensor) -> Tensor:
         """L_T of a batch with its representation z; differentiable in W (through ℓ) and φ (through w)."""

@@ -17,6 +17,7 @@ from pipeline.core.progress import counted
 from pipeline.datasets.cityscapes.sources import IGNORE, LABEL_KINDS, Row
 from pipeline.datasets.shared.base import DataError
 from pipeline.datasets.shared.h5 import file_attrs, open_prepared, put, put_attrs
+from pipeline.datasets.shared.npy_layout import DensePrepared
 from pipeline.datasets.shared.rows import H5Rows
 
 H5_NAME = "cityscapes.h5"
@@ -26,19 +27,9 @@ CLASSES = tuple(LABEL_KINDS.values())  # (19, 7, 2)
 
 
 @dataclass
-class Prepared:
+class Prepared(DensePrepared):
     """The prepared file: ``targets`` float32 [N, 4, H, W] = (label_19, label_7, label_2, depth), or both
     ``H5Rows`` from ``read_prepared(lazy=True)``."""
-
-    images: np.ndarray | H5Rows
-    targets: np.ndarray | H5Rows
-    is_train: np.ndarray
-    sample_ids: np.ndarray
-    source: str
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return (int(self.images.shape[2]), int(self.images.shape[3]))
 
 
 def write_prepared(out_file: Path, samples: Iterator[Row], count: int, size: tuple[int, int],

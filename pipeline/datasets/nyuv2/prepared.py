@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.datasets.shared.base import DataError
 from pipeline.datasets.shared.h5 import file_attrs, open_prepared, put, put_attrs
+from pipeline.datasets.shared.npy_layout import DensePrepared
 from pipeline.datasets.shared.rows import H5Rows
 from pipeline.datasets.nyuv2.sources import IGNORE, NUM_CLASSES, Row
 from pipeline.core.progress import counted
@@ -26,19 +27,9 @@ NEED = ("images", "labels", "depth", "normals", "is_train", "sample_ids")
 
 
 @dataclass
-class Prepared:
+class Prepared(DensePrepared):
     """The prepared file in memory: ``targets`` float32 [N, 5, H, W] = (label, depth, normal x, y, z); both
     ``H5Rows`` (read on demand) from ``read_prepared(lazy=True)``."""
-
-    images: np.ndarray | H5Rows
-    targets: np.ndarray | H5Rows
-    is_train: np.ndarray
-    sample_ids: np.ndarray
-    source: str
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return (int(self.images.shape[2]), int(self.images.shape[3]))
 
 
 def write_prepared(out_file: Path, samples: Iterator[Row], count: int, size: tuple[int, int],

@@ -5,6 +5,7 @@ their official-train/test split rule)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -15,6 +16,7 @@ from torch import Tensor
 
 from pipeline.core import io
 from pipeline.datasets.shared.base import DataError
+from pipeline.datasets.shared.rows import H5Rows
 
 SPLIT_FOLDERS = (("train", True), ("val", False))  # folder, is official train
 
@@ -105,3 +107,20 @@ def official_splits(is_train: np.ndarray, seed: int, val_fraction: float, aux_fr
     parts = {"val": pool[:n_val], "aux": pool[n_val:n_val + n_aux], "train": pool[n_val + n_aux:],
              "test": np.flatnonzero(~is_train)}
     return {k: np.sort(v).astype(np.int64) for k, v in parts.items()}
+
+
+@dataclass
+class DensePrepared:
+    """A dense dataset's prepared file (NYUv2, Cityscapes): images uint8 [N, 3, H, W], per-pixel targets float32
+    [N, T, H, W] (both ``H5Rows``, read on demand, from ``read_prepared(lazy=True)``), the official split, the
+    source files' indices and the source."""
+
+    images: np.ndarray | H5Rows
+    targets: np.ndarray | H5Rows
+    is_train: np.ndarray
+    sample_ids: np.ndarray
+    source: str
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (int(self.images.shape[2]), int(self.images.shape[3]))

@@ -46,7 +46,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from pipeline.core.registry import DATASETS, METHODS
 
-    demo = DATASETS.get("demo")  # every method that fits the default dataset (not human, nearest_neighbour)
+    demo = DATASETS.get("demo")  # every method that fits the default dataset (not nearest_neighbour)
     methods = sys.argv[1].split(",") if len(sys.argv) > 1 else [m for m in METHODS.names()
                                                                   if not METHODS.get(m).missing(demo)]
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,5 @@
-"""demo: the embedded height-field dataset every method runs on (but the two that need human-defined finer labels): shapes and capabilities, a deterministic prepare,
+"""demo: the embedded height-field dataset every method runs on (but the image-only Nearest Neighbour): shapes and
+capabilities, the finer labels MAXL's Human reads, a deterministic prepare,
 loss images that are the per-point losses on the grid, recorded auxiliary roles, and every registered method
 building and taking a few steps on a tiny config."""
 from __future__ import annotations
@@ -24,10 +25,10 @@ TINY = {"prepare": {"shapes_per_category": 5, "grid": 6},
         "model": {"width": 4, "emb": 8, "k": 4, "generator_width": 4}}
 
 
-# Every method runs on demo except those built on a human-defined finer labelling (MAXL's Human and Nearest
-# Neighbour baselines, CIFAR-100 only: tests/test_hierarchy.py).
-HUMAN_LABEL_METHODS = {name for name, spec in METHODS.items() if "finer_labels" in spec.requires}
-DEMO_METHODS = [name for name in METHODS.names() if name not in HUMAN_LABEL_METHODS]
+# Every method runs on demo except MAXL's Nearest Neighbour baseline, which embeds images with a pre-trained image
+# backbone (CIFAR-100 only, as in the paper: tests/test_hierarchy.py).
+IMAGE_ONLY_METHODS = {name for name, spec in METHODS.items() if "image_embeddings" in spec.requires}
+DEMO_METHODS = [name for name in METHODS.names() if name not in IMAGE_ONLY_METHODS]
 
 
 def tiny_params(method: str = "stl", **sections):
@@ -48,8 +49,25 @@ def tiny(tmp_path_factory):
 def test_provides_what_every_method_requires():
     needed = set().union(*(spec.requires for name, spec in METHODS.items() if name in DEMO_METHODS))
     assert needed <= Demo.provides
-    assert HUMAN_LABEL_METHODS == {"human", "nearest_neighbour"} and "finer_labels" not in Demo.provides
+    assert IMAGE_ONLY_METHODS == {"nearest_neighbour"} and "image_embeddings" not in Demo.provides
     assert Config().known_label_groups() == len(CATEGORIES)
+    with pytest.raises(ValueError, match="image_embeddings.*datasets that fit: cifar100$"):
+        parse_params({"dataset": "demo", "method": "nearest_neighbour"})
+
+
+def test_finer_labels_are_family_and_amplitude_class(tiny):
+    """MAXL's Human on demo: two finer classes per family (low and tall surfaces), each inside its family's block,
+    both present in every family; the human method's one-hot targets sit in the sample's own block."""
+    ds, data, _, _ = tiny
+    finer, classes = ds.finer_labels(data)
+    category = ds.label_group(data.targets)
+    assert classes == 2 * len(CATEGORIES) and data.meta["finer_names"][:2] == ["bump/low", "bump/tall"]
+    assert torch.equal(finer // 2, category)
+    assert all(len(set(finer[category == c].tolist())) == 2 for c in range(len(CATEGORIES)))
+    method = build_method("human", data.num_tasks, tiny_params("human"), ds, data)
+    labels = method.generator
+    assert labels.num_aux_classes == 2 * len(CATEGORIES)
+    assert torch.equal(labels.fixed_class, finer)  # blocks of two in family order: the finer id is the class
 
 
 def test_shapes_tasks_and_roles(tiny):
@@ -79,6 +97,21 @@ def test_prepare_is_deterministic_and_seeded(tmp_path):
         assert np.array_equal(a[key], b[key]), key
     assert not np.array_equal(a["points"], c["points"])
     assert (tmp_path / "a" / "meta.json").read_bytes() == (tmp_path / "b" / "meta.json").read_bytes()
+
+
+def test_the_tall_variant_is_the_taller_surface(tmp_path):
+    """Without tilt and jitter a bump's peak and a step's plateau are at height ±a: the finer class says a > 0.6."""
+    ds = Demo()
+    ds.prepare(Config(shapes_per_category=30, grid=12, tilt=0.0, jitter=0.0), tmp_path)
+    data = ds.load(tmp_path)
+    finer, _ = ds.finer_labels(data)
+    family = ds.label_group(data.targets)
+    peak = data.inputs[:, 2].abs().amax(1)
+    for name in ("bump", "step"):
+        rows = family == CATEGORIES.index(name)
+        tall = finer[rows] % 2 == 1
+        assert 0 < tall.sum() < rows.sum()  # both classes occur
+        assert ((peak[rows] > 0.6) == tall).float().mean() >= 0.9, name
 
 
 def test_label_noise_keeps_the_helpful_task_clean(tmp_path):

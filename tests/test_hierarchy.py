@@ -130,7 +130,7 @@ def test_level_settings_are_checked():
         parse_params({"dataset": "cifar100", "datasets": {"cifar100": {"prepare": {"main_label": "coarse"}}}})
     with pytest.raises(ParamsError, match="auxiliary_level domain must be finer than primary_level group"):
         parse_params({"datasets": {"cifar100": {"prepare": {"primary_level": "group", "auxiliary_level": "domain"}}}})
-    with pytest.raises(ParamsError, match="method human needs a dataset with finer_labels.*datasets that fit: cifar100$"):
+    with pytest.raises(ParamsError, match="method human needs a dataset with finer_labels.*datasets that fit: cifar100, demo$"):
         parse_params({"method": "human", "dataset": "cifar10"})
     with pytest.raises(ParamsError, match="method human: .*primary_level is fine, the finest level"):
         parse_params({"method": "human", "dataset": "cifar100"})

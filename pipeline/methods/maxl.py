@@ -49,6 +49,7 @@ register(labels_method("maxl_first_order", 3, "MAXL, the reference's first-order
                        outer=FirstOrderLookAhead))
 register(labels_method("nearest_neighbour", 5, "MAXL's Nearest Neighbour: prototypes of the finer classes in a "
                        "pre-trained embedding, refined by MAXL's look-ahead", label_source="nearest_neighbour",
-                       outer=LookAheadUpdate, requires=frozenset({"finer_labels"}), check=check_nn_weights))
+                       outer=LookAheadUpdate, requires=frozenset({"finer_labels", "image_embeddings"}),
+                       check=check_nn_weights))
 register(labels_method("human", 6, "MAXL's Human: the human-defined finer labels as the auxiliary task",
                        label_source="human", requires=frozenset({"finer_labels"})))

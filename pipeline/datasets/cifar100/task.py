@@ -23,7 +23,7 @@ class Cifar100(ImageClassification):
 
     name = "cifar100"
     raw_format = CIFAR100_FORMAT
-    provides = frozenset({"generated_labels", "finer_labels", "auxiliaries", "task_labels"})
+    provides = frozenset({"generated_labels", "finer_labels", "image_embeddings", "auxiliaries", "task_labels"})
     Config = config.Config
     ModelConfig = config.ModelConfig
     SplitConfig = config.SplitConfig

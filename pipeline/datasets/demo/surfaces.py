@@ -12,6 +12,8 @@ row i, column j, so any per-point quantity reshapes to a G x G image. Per point 
   uniformly among the family's parts (noisy annotations, in every split alike).
 - ``helpful``: the clean local part (0..2, the family left out): the same parts without the annotation noise,
   as toy2d's helpful task is the main task's function with less noise.
+- ``variant``: per surface, whether its amplitude a (drawn in [0.4, 0.8]) is above 0.6: a human-definable finer
+  class of each family ("tall bump" / "low bump", ...), MAXL's Human baseline's finer labels on this dataset.
 - ``harmful``: a per-point target drawn at random, N(0, ``harmful_std``²), regressed with the squared error:
   nothing to learn, and at the default std its loss (≈ 4) dwarfs the main task's (≈ 1), so under equal
   weights its noise dominates the shared trunk's gradient.
@@ -36,6 +38,11 @@ class Surfaces:
     helpful: np.ndarray  # int64 [N, G²] clean local part
     harmful: np.ndarray  # float32 [N, G²] noise
     category: np.ndarray  # int64 [N]
+    variant: np.ndarray  # int64 [N] 1: tall (amplitude above TALL), 0: low
+
+
+TALL = 0.6  # amplitude threshold of the ``variant`` finer class (the midpoint of the amplitude's range)
+VARIANT_NAMES = ("low", "tall")
 
 
 def _rotated(u: np.ndarray, v: np.ndarray, theta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -43,8 +50,9 @@ def _rotated(u: np.ndarray, v: np.ndarray, theta: float) -> tuple[np.ndarray, np
     return c * u + s * v, -s * u + c * v
 
 
-def _surface(family: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Clean height [G, G] and local part [G, G] of one surface of ``family``."""
+def _surface(family: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Clean height [G, G], local part [G, G] and amplitude of one surface of ``family``."""
     a = rng.uniform(0.4, 0.8)
     if family in ("bump", "ridge"):
         s = rng.uniform(0.3, 0.5)
@@ -56,17 +64,17 @@ def _surface(family: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator
             dist2 = (along - rng.uniform(-0.3, 0.3)) ** 2
         t = np.exp(-dist2 / (2 * s * s))
         part = np.where(t > 0.55, 0, np.where(t > 0.12, 1, 2))
-        return a * t, part
+        return a * t, part, a
     if family == "saddle":
         ru, rv = _rotated(u, v, rng.uniform(0, np.pi))
         t = rng.uniform(0.6, 1.4) * ru ** 2 - rng.uniform(0.6, 1.4) * rv ** 2
         part = np.where(t > 0.15, 0, np.where(t < -0.15, 2, 1))
-        return a * t, part
+        return a * t, part, a
     d, _ = _rotated(u, v, rng.uniform(0, 2 * np.pi))
     d = d - rng.uniform(-0.3, 0.3)
     w = rng.uniform(0.12, 0.25)
     part = np.where(d < -w, 0, np.where(d > w, 2, 1))
-    return a * np.tanh(d / w), part
+    return a * np.tanh(d / w), part, a
 
 
 def generate(cfg: Config) -> Surfaces:
@@ -75,10 +83,11 @@ def generate(cfg: Config) -> Surfaces:
     g = cfg.grid
     axis = np.linspace(-1.0, 1.0, g)
     u, v = np.meshgrid(axis, axis, indexing="ij")  # point i * G + j is (axis[i], axis[j])
-    points, labels, category = [], [], []
+    points, labels, category, amplitude = [], [], [], []
     for c, family in enumerate(CATEGORIES):
         for _ in range(cfg.shapes_per_category):
-            h, part = _surface(family, u, v, rng)
+            h, part, a = _surface(family, u, v, rng)
+            amplitude.append(a)
             tilt = rng.normal(0, cfg.tilt, size=3)
             xyz = np.stack([u, v, h + tilt[0] + tilt[1] * u + tilt[2] * v]).reshape(3, -1)
             points.append(xyz + rng.normal(0, cfg.jitter, size=xyz.shape))
@@ -90,4 +99,5 @@ def generate(cfg: Config) -> Surfaces:
     relabel = rng.random(clean.shape) < cfg.label_noise
     noisy = np.where(relabel, PARTS * cat[:, None] + rng.integers(0, PARTS, size=clean.shape), clean)
     harmful = rng.normal(0, cfg.harmful_std, size=clean.shape).astype(np.float32)
-    return Surfaces(np.asarray(points, dtype=np.float32), noisy, local, harmful, cat)
+    variant = (np.asarray(amplitude) > TALL).astype(np.int64)
+    return Surfaces(np.asarray(points, dtype=np.float32), noisy, local, harmful, cat, variant)

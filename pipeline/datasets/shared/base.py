@@ -70,7 +70,9 @@ class Dataset(ABC):
     # What the dataset offers methods (``MethodSpec.requires`` names what a method needs): "auxiliaries" (given
     # auxiliary tasks), "loss_images" (dense tasks with per-pixel losses), "generated_labels" (label groups and a
     # label network for generated tasks), "point_clouds" (inputs [N, 3, points]), "task_labels" (each task's label
-    # per sample or per point, ``task_label_fields``/``task_labels``: generators that read labels, DTG-AuxL).
+    # per sample or per point, ``task_label_fields``/``task_labels``: generators that read labels, DTG-AuxL),
+    # "finer_labels" (a human-defined label per sample, finer than the label groups: MAXL's Human), "image_embeddings"
+    # (an image label generator whose backbone a pre-trained state dict fits: MAXL's Nearest Neighbour).
     provides: ClassVar[frozenset[str]] = frozenset()
     # Set when the auxiliaries' index means something (the report then correlates weights with it).
     auxiliary_order: ClassVar[str | None] = None

@@ -39,6 +39,7 @@ PARAMS_PREFIX = "params.yaml:"
 DETAILS_PATH = "reports/per_seed.json"  # validation summaries and per-seed values: an out, not a metric
 # exp show states of rows that have no finished results of their own
 UNFINISHED_STATES = {"Queued", "Running", "Failed"}
+DATASET_SECTIONS = ("prepare", "split", "model", "train")  # a dataset's settings, read by every method
 
 
 # -- reading exp show rows ------------------------------------------------------------------------------
@@ -178,10 +179,13 @@ def latest_per_method(rows: list[dict[str, Any]], dataset: str) -> dict[str, dic
 
 
 def _reads(method: str, key: str) -> bool:
-    """Whether ``method`` reads the ``methods.<section>.<key>`` or ``datasets.<X>.methods.<section>.<key>`` param."""
+    """Whether ``method`` reads the ``methods.<section>.<key>`` or ``datasets.<X>.methods.<section>.<key>`` param;
+    a dataset setting (``datasets.<X>.<prepare|split|model|train>.<key>``) is read by every method."""
     from pipeline.core.registry import METHODS
 
     parts = key.split(".")
+    if parts[0] == "datasets" and len(parts) == 4 and parts[2] in DATASET_SECTIONS:
+        return method in METHODS
     section = parts[1] if parts[0] == "methods" else parts[3] if len(parts) > 4 else None
     if method not in METHODS or section is None:
         return False
@@ -319,15 +323,19 @@ def _param_text(value: Any) -> str:
 
 
 def default_value(name: str, dataset: str, method: str) -> Any:
-    """The value a ``methods.<section>.<key>`` or ``datasets.<dataset>.methods.<section>.<key>`` param has when
-    params.yaml does not write it: the method section's default under the dataset's own overrides (params.yaml
-    holds only what a run changes)."""
+    """The value a ``methods.<section>.<key>``, ``datasets.<dataset>.methods.<section>.<key>`` or dataset setting
+    ``datasets.<dataset>.<section>.<key>`` param has when params.yaml does not write it: the method section's
+    default under the dataset's own overrides, or the dataset's own default (params.yaml holds only what a run
+    changes)."""
     from pipeline.config.params import parse_params
 
     parts = name.split(".")
-    section, key = (parts[1], parts[2]) if parts[0] == "methods" else (parts[3], parts[4])
     try:
-        return getattr(parse_params({"dataset": dataset, "method": method}).method_config(section), key)
+        params = parse_params({"dataset": dataset, "method": method})
+        if parts[0] == "datasets" and len(parts) == 4 and parts[2] in DATASET_SECTIONS:
+            return getattr(getattr(params.profile, parts[2]), parts[3])
+        section, key = (parts[1], parts[2]) if parts[0] == "methods" else (parts[3], parts[4])
+        return getattr(params.method_config(section), key)
     except Exception:  # noqa: BLE001 (an unknown section or key: nothing to show)
         return None
 
@@ -409,16 +417,21 @@ SELECTIONS = {"latest": "latest experiment per method",
               help="which experiment stands for a method: the latest, or the best on the validation main metric")
 @click.option("--by", "by", default=None, metavar="PARAM",
               help="one row per value of this methods.* param for the methods that read it (latest each), e.g. "
-                   "methods.labels.psi for MAXL's ψ sweep against single task")
+                   "methods.labels.psi for MAXL's ψ sweep against single task, or of a dataset setting for every "
+                   "method, e.g. datasets.cub.split.aux (AuxiLearn's C.4 grid)")
 def main(dataset: str, output: Path | None, commits: int, selection: str, by: str | None) -> None:
     import dvc.api
 
     all_rows = with_commits(dvc.api.exp_show(num=commits))
     varying = None
     if by is not None:
-        if selection != "latest" or not (by.startswith("methods.") or by.startswith(f"datasets.{dataset}.methods.")):
-            raise click.ClickException(f"--by {by}: give a methods.<section>.<key> or datasets.{dataset}.methods."
-                                       "<section>.<key> param, with --select latest")
+        parts = by.split(".")
+        setting = parts[:2] == ["datasets", dataset] and len(parts) == 4 and parts[2] in DATASET_SECTIONS
+        if selection != "latest" or not (by.startswith("methods.") or by.startswith(f"datasets.{dataset}.methods.")
+                                          or setting):
+            raise click.ClickException(f"--by {by}: give a methods.<section>.<key>, datasets.{dataset}.methods."
+                                       f"<section>.<key> or datasets.{dataset}.<{'|'.join(DATASET_SECTIONS)}>.<key> "
+                                       "param, with --select latest")
         rows = latest_per_setting(all_rows, dataset, by)
         selection_text = f"latest experiment per method and value of {by}"
     elif selection == "best-val":

@@ -314,6 +314,22 @@ def test_psi_sweep_table(monkeypatch):
         ["| maxl (psi=20)", "90.00 ± 0.50"], ["| maxl (psi=default)", "60.00 ± 0.50"]]
 
 
+def test_a_dataset_setting_groups_every_method(monkeypatch):
+    """--by datasets.<d>.split.<key> (AuxiLearn's C.10 data-fraction grid): a dataset setting is read by every
+    method, so each method gets a row per value, and an unwritten value shows the dataset's own default."""
+    monkeypatch.setattr(compare, "read_details", lambda row: None)
+    key = "datasets.cifar10.split.train_fraction"
+    rows = [{**sweep_row(m, acc), key: frac} for m, acc, frac in (
+        ("stl", 60.0, 0.1), ("stl", 70.0, None), ("auxilearn_labels", 61.0, 0.1), ("auxilearn_labels", 80.0, 1.0))]
+    table = compare.render_table(compare.latest_per_setting(compare.with_commits(rows), "cifar10", key), "cifar10")
+    default = compare.default_value(key, "cifar10", "stl")
+    assert default == parse_params({"dataset": "cifar10", "method": "stl"}).profile.split.train_fraction
+    assert sorted(line.split(" | ")[0:2] for line in table.splitlines()[2:]) == sorted([
+        ["| stl (train_fraction=0.1)", "60.00 ± 0.50"], [f"| stl (train_fraction={default} (default))", "70.00 ± 0.50"],
+        ["| auxilearn_labels (train_fraction=0.1)", "61.00 ± 0.50"],
+        ["| auxilearn_labels (train_fraction=1)", "80.00 ± 0.50"]])
+
+
 # ---------------------------------------------------------------------------------------------- the stages
 
 

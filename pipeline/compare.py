@@ -42,6 +42,13 @@ UNFINISHED_STATES = {"Queued", "Running", "Failed"}
 DATASET_SECTIONS = ("prepare", "split", "model", "train")  # a dataset's settings, read by every method
 
 
+def is_dataset_setting(key: str, dataset: str | None = None) -> bool:
+    """Whether ``key`` is ``datasets.<dataset>.<prepare|split|model|train>.<key>`` (any dataset when None)."""
+    parts = key.split(".")
+    return (len(parts) == 4 and parts[0] == "datasets" and parts[2] in DATASET_SECTIONS
+            and dataset in (None, parts[1]))
+
+
 # -- reading exp show rows ------------------------------------------------------------------------------
 # dvc.api.exp_show gives one flat dict per row: metrics and params under their flattened names, prefixed
 # with the file ("params.yaml:method") only where a name occurs in two files; lists, booleans and None of
@@ -183,9 +190,9 @@ def _reads(method: str, key: str) -> bool:
     a dataset setting (``datasets.<X>.<prepare|split|model|train>.<key>``) is read by every method."""
     from pipeline.core.registry import METHODS
 
-    parts = key.split(".")
-    if parts[0] == "datasets" and len(parts) == 4 and parts[2] in DATASET_SECTIONS:
+    if is_dataset_setting(key):
         return method in METHODS
+    parts = key.split(".")
     section = parts[1] if parts[0] == "methods" else parts[3] if len(parts) > 4 else None
     if method not in METHODS or section is None:
         return False
@@ -332,7 +339,7 @@ def default_value(name: str, dataset: str, method: str) -> Any:
     parts = name.split(".")
     try:
         params = parse_params({"dataset": dataset, "method": method})
-        if parts[0] == "datasets" and len(parts) == 4 and parts[2] in DATASET_SECTIONS:
+        if is_dataset_setting(name):
             return getattr(getattr(params.profile, parts[2]), parts[3])
         section, key = (parts[1], parts[2]) if parts[0] == "methods" else (parts[3], parts[4])
         return getattr(params.method_config(section), key)
@@ -425,10 +432,8 @@ def main(dataset: str, output: Path | None, commits: int, selection: str, by: st
     all_rows = with_commits(dvc.api.exp_show(num=commits))
     varying = None
     if by is not None:
-        parts = by.split(".")
-        setting = parts[:2] == ["datasets", dataset] and len(parts) == 4 and parts[2] in DATASET_SECTIONS
         if selection != "latest" or not (by.startswith("methods.") or by.startswith(f"datasets.{dataset}.methods.")
-                                          or setting):
+                                          or is_dataset_setting(by, dataset)):
             raise click.ClickException(f"--by {by}: give a methods.<section>.<key>, datasets.{dataset}.methods."
                                        f"<section>.<key> or datasets.{dataset}.<{'|'.join(DATASET_SECTIONS)}>.<key> "
                                        "param, with --select latest")

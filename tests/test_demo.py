@@ -171,7 +171,7 @@ def test_every_method_trains_on_demo(tiny, method):
 
 
 def test_usefulness_analysis_runs_on_demo(tiny):
-    from pipeline.usefulness import UsefulnessConfig, analyse
+    from stages.usefulness.analysis import UsefulnessConfig, analyse
 
     ds, data, splits, _ = tiny
     params = tiny_params()

@@ -14,7 +14,7 @@ import torch
 from pipeline.config.params import parse_params
 from pipeline.core.registry import DATASETS
 from pipeline.engine.experiment import Experiment, TrainedRun
-from pipeline.report import generated_labels, loss_image_figure, pixel_weights, plot_soft_labels
+from stages.report.figures import generated_labels, loss_image_figure, pixel_weights, plot_soft_labels
 from pipeline.engine.training import load_method, load_model, train_run
 
 SMALL = {

@@ -71,7 +71,7 @@ def test_figures_are_0644_the_main_metric_first_and_the_device_named(tmp_path, m
 def test_a_run_too_short_for_a_curve_draws_no_empty_axes(tmp_path):
     import numpy as np
 
-    from pipeline.report import plot_series, plot_weights
+    from stages.report.figures import plot_series, plot_weights
 
     assert not plot_weights(np.array([1]), np.ones((1, 3)), ["main", "a", "b"], tmp_path / "w.png")
     assert not plot_series({"m": (np.array([5.0]), np.array([0.3]))}, "y", "t", tmp_path / "s.png")

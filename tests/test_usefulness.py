@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from pipeline.config.params import parse_params
-from pipeline.usefulness import (UsefulnessConfig, analyse, auc, conjugate_gradient, gauss_newton_operator, hvp_operator,
+from stages.usefulness.analysis import (UsefulnessConfig, analyse, auc, conjugate_gradient, gauss_newton_operator, hvp_operator,
                                  main_parameters, role_separation, score_batch, spearman, summarise)
 from tests.conftest import _prepared
 
@@ -306,7 +306,7 @@ def test_base_weight_trains_and_scores_the_auxiliary_heads_too():
 
     from pipeline.config.params import TrainConfig
     from pipeline.datasets.shared.base import TaskData
-    from pipeline.usefulness import train_main_task
+    from stages.usefulness.analysis import train_main_task
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(60, 3, generator=g, dtype=torch.float64)
@@ -385,7 +385,7 @@ def test_noisy_aux_base_weight_one_reverses_the_ranking():
 
 
 def test_report_states_the_base_point():
-    from pipeline.usefulness import markdown_report
+    from stages.usefulness.analysis import markdown_report
 
     data, _, result = _analyse("toy2d", [0], stl_steps=100, batches=1, base_weight=0.5)
     cfg = UsefulnessConfig(stl_steps=100, batches=1, base_weight=0.5)

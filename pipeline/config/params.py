@@ -86,7 +86,7 @@ def _build_params_model() -> type[BaseModel]:
 
     from pipeline.methods.base import build_method, method_config_sections
     from pipeline.core.registry import METHODS
-    from pipeline.usefulness import UsefulnessConfig
+    from pipeline.core.schema import UsefulnessConfig
     from pipeline.core.distributed import DistributedConfig
 
     sections = method_config_sections()

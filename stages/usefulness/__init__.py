@@ -4,7 +4,7 @@ Trains the main task alone per seed (or, with ``usefulness.base_weight`` φ0 > 0
 ℓ_main + φ0·τ·Σ_j ℓ_j, so the derivative is taken at φ = φ0·1), then scores every auxiliary by
 u_j = −dL_A/dφ_j and by the cosine proxy;
 writes reports/usefulness.md (ranked table), reports/usefulness.png, reports/usefulness.csv (every auxiliary)
-and the small metrics file reports/usefulness.json. See pipeline/usefulness.py.
+and the small metrics file reports/usefulness.json. See stages/usefulness/analysis.py.
 """
 import csv
 
@@ -15,7 +15,7 @@ from pipeline.engine.experiment import load_experiment
 from pipeline.core.io import atomic_path, write_json, write_text
 from pipeline.core.paths import REPORTS
 from pipeline.engine.training import resolve_device
-from pipeline.usefulness import UsefulnessConfig, analyse, csv_rows, markdown_report, plot_usefulness, summarise
+from stages.usefulness.analysis import UsefulnessConfig, analyse, csv_rows, markdown_report, plot_usefulness, summarise
 
 USEFULNESS_MD = REPORTS / "usefulness.md"
 USEFULNESS_PNG = REPORTS / "usefulness.png"
@@ -77,6 +77,3 @@ def main(params) -> None:
                f"{summary['prop1']['top']}, top (cosine) {summary['cosine']['top']}; {result.seconds:.1f} s "
                f"(the wall time is printed, not stored: the outputs stay byte-stable); wrote {USEFULNESS_MD}")
 
-
-if __name__ == "__main__":
-    main()

@@ -13,7 +13,7 @@ from pipeline.metrics.summary import format_mean_sem, is_breakdown
 from pipeline.core.paths import FIGURES, MODELS, PER_SEED, REPORT_MD, TIMINGS
 from pipeline.datasets.shared.base import Dataset
 from pipeline.methods.auxnets.polynomial import parse_term_key, term_name
-from pipeline.report import (generated_labels, loss_image_figure, loss_landscapes, mean_history, method_log_series,
+from stages.report.figures import (generated_labels, loss_image_figure, loss_landscapes, mean_history, method_log_series,
                              outer_update_summary, phi_movement, plot_final_weights, plot_series, plot_soft_labels,
                              plot_weights, role_ranking)
 
@@ -216,6 +216,3 @@ def generated_task_section(exp, runs, params, fig_dir) -> list[str]:
                           "hidden sub-class: " + ", ".join(f"{k} {v:.2f}" for k, v in nmi.items()), ""]
     return lines
 
-
-if __name__ == "__main__":
-    main()

@@ -67,37 +67,11 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.core.schema import StrictModel
+from pipeline.core.schema import UsefulnessConfig
 
 ROLE_CODE = {"helpful": 1.0, "irrelevant": 0.0, "harmful": -1.0}
-
-
-class UsefulnessConfig(StrictModel):
-    """``usefulness``: settings of the `usefulness` stage (AuxiLearn Prop. 1 scores before training)."""
-
-    solver: Literal["cg", "neumann"] = Field("cg", description="inverse-HVP solver: conjugate gradient or Neumann series")
-    curvature: Literal["hessian", "gauss_newton"] = Field(
-        "hessian", description="H: the main loss's Hessian (Prop. 1) or its Gauss-Newton part Jᵀ∇²_f ℓ J (positive "
-        "semi-definite; equal to the Hessian for squared error on a linear model)")
-    damping: float = Field(1e-3, ge=0, description="λ in (H + λI)⁻¹; > 0 for non-convex networks, 0 = exact Prop. 1")
-    cg_iters: int = Field(100, ge=1, description="most CG iterations (HVPs) per batch")
-    cg_tol: float = Field(1e-6, gt=0, description="CG stops at residual ‖r‖ ≤ cg_tol·‖∇L_A‖")
-    neumann_steps: int = Field(200, ge=0, description="Neumann terms J: α Σ_{j≤J} (I − α(H + λI))^j ∇L_A")
-    neumann_lr: float = Field(0.01, gt=0, description="Neumann step α (needs α < 2 / largest eigenvalue of H + λI)")
-    batches: int = Field(8, ge=1, description="independent batch draws per seed (the score's spread: mean ± SEM)")
-    batch_size: int = Field(64, ge=0, description="training samples per batch (H, ∇ℓ_main, ∇ℓ_j); 0 = all (then cos(∇ℓ_main, ·) is void at convergence)")
-    aux_batch_size: int = Field(0, ge=0, description="aux-set samples per batch (∇L_A); 0 = the whole aux set")
-    stl_steps: int | None = Field(None, ge=1, description="main-task-only training steps (at base_weight > 0: steps on "
-                                  "L_T); null = datasets.<name>.train.steps")
-    head_steps: int = Field(200, ge=0, description="steps fitting the auxiliary heads on the frozen STL trunk")
-    head_lr: float = Field(0.01, gt=0, description="Adam learning rate of that fit")
-    base_weight: float = Field(
-        0.0, ge=0, description="φ0: the derivative is taken at φ = φ0·1; 0 = Prop. 1 (STL, heads fitted on the frozen "
-        "trunk); > 0: the whole network is trained on ℓ_main + φ0·τ·Σ_j ℓ_j (τ: aux_loss_scale; 1 = Equal's objective) "
-        "and H is that objective's Hessian")
 
 
 # -- linear algebra on flat parameter vectors ---------------------------------------------------------------

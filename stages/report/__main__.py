@@ -1,0 +1,3 @@
+from stages.report import main
+
+main()

@@ -1,0 +1,3 @@
+from stages.usefulness import main
+
+main()

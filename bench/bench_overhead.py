@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Wall time and peak memory of AuxiLearn relative to plain single-task training (a report, not a test).
 
-For a small MLP, a small CNN and a ResNet-18 (torchvision's, 3x32x32 inputs), each with a main classification
+For a small MLP, a small CNN and a ResNet-18 (torchvision's; 3x32x32 inputs unless --image-size), each with a main classification
 head and K = 5 auxiliary heads, this measures
 
   plain  one STL step: forward, main-task loss, backward, SGD step on W;
@@ -37,6 +37,7 @@ Run from the repository root:  python bench/bench_overhead.py [--batch-size 128]
 """
 from __future__ import annotations
 
+import copy
 import gc
 import multiprocessing as mp
 import os
@@ -70,8 +71,8 @@ TASKS: list[tuple[str, int]] = [("cls", 10)] + [("reg", 1) if k % 2 == 0 else ("
 
 WORKLOADS = {
     "mlp": "MLP 64 -> 128 -> 128 (ReLU)",
-    "cnn": "CNN 3x32x32, 3x [conv3x3(32) + ReLU], max-pool after the first two, global avg-pool",
-    "resnet18": "ResNet-18 (torchvision, BatchNorm, no pretrained weights) on 3x32x32 inputs, 512-d features",
+    "cnn": "CNN, 3x [conv3x3(32) + ReLU], max-pool after the first two, global avg-pool",
+    "resnet18": "ResNet-18 (torchvision, BatchNorm, no pretrained weights), 512-d features",
 }
 # B per workload unless --batch-size is given: ResNet-18 on one CPU core takes ~0.3 s per step at 32 images.
 DEFAULT_BATCH = {"mlp": 128, "cnn": 128, "resnet18": 32}
@@ -95,7 +96,8 @@ PARTS = {
 # Child side: everything that touches torch is imported here, in the spawned process.
 # ---------------------------------------------------------------------------------------------
 
-def _build(workload: str, batch_size: int, aux_batch_size: int, device: Any) -> tuple[Any, ...]:
+def _build(workload: str, batch_size: int, aux_batch_size: int, device: Any, image_size: int = 32
+           ) -> tuple[Any, ...]:
     import torch
     from torch import nn
 
@@ -116,12 +118,12 @@ def _build(workload: str, batch_size: int, aux_batch_size: int, device: Any) -> 
     elif workload == "resnet18":
         import torchvision
 
-        input_shape = (3, 32, 32)
+        input_shape = (3, image_size, image_size)
         trunk = torchvision.models.resnet18(weights=None)
         trunk.fc = nn.Identity()
         features = 512
     elif workload == "cnn":
-        input_shape = (3, 32, 32)
+        input_shape = (3, image_size, image_size)
         trunk = nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -232,7 +234,8 @@ def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     timer = _PartTimer(sync) if part_timer else None
 
-    model, (x, ys), (x_aux, ys_aux) = _build(spec["workload"], spec["batch_size"], spec["aux_batch_size"], device)
+    model, (x, ys), (x_aux, ys_aux) = _build(spec["workload"], spec["batch_size"], spec["aux_batch_size"], device,
+                                             spec["image_size"])
     configs = _hyper_configs(spec)
     methods = {}
     for kind, bilevel in configs.items():
@@ -306,7 +309,19 @@ def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
         "auxnet": f"{method.cfg.hidden_layers}x{method.cfg.hidden_units} softplus",
     }
     steps = {"plain": plain, "inner": inner, **{kind: (lambda k=kind: hyper_step(k)) for kind in HYPERS}}
-    return dict(torch=torch, device=device, cuda=cuda, sync=sync, steps=steps, facts=facts)
+    # W, its momentum and φ as set up: every timed repeat starts from them, so that hundreds of steps on one
+    # batch of random labels cannot drive W to a curvature where the series diverges (the CNN did, at hyper
+    # step 24 with λ̂ ≈ 5e3) and the repeats time the same state
+    start = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "methods": {kind: m.state_dict() for kind, m in methods.items()}})
+
+    def restart() -> None:
+        model.load_state_dict(start["model"])
+        optimizer.load_state_dict(start["optimizer"])
+        for kind, m in methods.items():
+            m.load_state_dict(start["methods"][kind])
+
+    return dict(torch=torch, device=device, cuda=cuda, sync=sync, steps=steps, facts=facts, restart=restart)
 
 
 def _measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
@@ -355,6 +370,7 @@ def _measure_time(spec: dict[str, Any]) -> dict[str, Any]:
     iters = {}
     kinds = env["facts"]["kinds"]
     for kind in kinds:  # hyper always follows an inner step, as in training
+        env["restart"]()
         for _ in range(WARMUP_ITERS):
             single = timed(kind, 1)["total"]
         iters[kind] = max(1, min(2000, round(REPEAT_SECONDS / max(single, 1e-6))))
@@ -363,6 +379,7 @@ def _measure_time(spec: dict[str, Any]) -> dict[str, Any]:
             iters[kind] = cycle * max(1, round(iters[kind] / cycle))
     samples: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     for _ in range(spec["repeats"]):
+        env["restart"]()  # untimed
         for kind in kinds:
             gc.collect()
             if kind not in HYPERS:
@@ -461,16 +478,20 @@ def _report(workload: str, timing: dict[str, Any], memory: dict[str, dict[str, A
               help="size of the auxiliary set the hyper step draws from [default: B]")
 @click.option("--small-hyper-batch", default=16, show_default=True,
               help="L_T and L_A batch of the 'small hyper batch' rows (the reference uses 2-16 images)")
+@click.option("--image-size", default=32, show_default=True,
+              help="side of the cnn's and resnet18's square inputs (ResNet-18 is parameter-bound at 32, "
+                   "activation-bound at 224)")
 @click.option("--repeats", default=7, show_default=True, help="timed repeats (median reported)")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", default=1, show_default=True, help="torch.set_num_threads in every measurement")
 @click.option("--workload", "workloads", multiple=True, type=click.Choice(list(WORKLOADS)),
               help="run only this workload (repeatable) [default: all]")
-def main(batch_size: int | None, aux_batch_size: int | None, small_hyper_batch: int, repeats: int, device: str,
-         threads: int, workloads: tuple[str, ...]) -> None:
+def main(batch_size: int | None, aux_batch_size: int | None, small_hyper_batch: int, image_size: int, repeats: int,
+         device: str, threads: int, workloads: tuple[str, ...]) -> None:
     """Time and peak memory of STL vs AuxiLearn inner and hypergradient steps, with ratios."""
     for name, value in (("--batch-size", batch_size or 1), ("--repeats", repeats), ("--threads", threads),
-                        ("--aux-batch-size", aux_batch_size or 1), ("--small-hyper-batch", small_hyper_batch)):
+                        ("--aux-batch-size", aux_batch_size or 1), ("--small-hyper-batch", small_hyper_batch),
+                        ("--image-size", image_size)):
         if value < 1:
             raise click.BadParameter(f"{name} must be positive")
     started = time.perf_counter()
@@ -480,7 +501,7 @@ def main(batch_size: int | None, aux_batch_size: int | None, small_hyper_batch: 
             raise click.BadParameter(f"--small-hyper-batch {small_hyper_batch} exceeds {workload}'s batch B = {b} "
                                      f"or auxiliary set {aux_batch_size or b}")
         spec = dict(workload=workload, batch_size=b, aux_batch_size=aux_batch_size or b,
-                    small_hyper_batch=small_hyper_batch,
+                    small_hyper_batch=small_hyper_batch, image_size=image_size,
                     repeats=repeats, device=device, threads=threads)
         try:
             timing = _run_fresh(_measure_time, spec)
@@ -501,7 +522,8 @@ def main(batch_size: int | None, aux_batch_size: int | None, small_hyper_batch: 
                        "x plain = median of the per-repeat ratios; hyper rows average whole curvature cycles")
             click.echo(f"  peak memory: {memory['plain']['mem_how']} over the post-setup baseline, "
                        "one fresh process per measurement")
-        click.echo(f"  [{workload}] batch B = {spec['batch_size']}, auxiliary set {spec['aux_batch_size']}")
+        size = f", inputs 3x{image_size}x{image_size}" if workload != "mlp" else ""
+        click.echo(f"  [{workload}] batch B = {spec['batch_size']}, auxiliary set {spec['aux_batch_size']}{size}")
         _report(workload, timing, memory)
     click.echo("")
     click.echo(f"total benchmark wall time {time.perf_counter() - started:.1f} s")

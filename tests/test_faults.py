@@ -332,4 +332,6 @@ def test_every_stage_runs_with_params_threads(tmp_path, monkeypatch, threads):
 def test_all_stages_use_the_stage_decorator():
     """So each one validates params first, applies `threads` and cleans up on SIGTERM."""
     for name in ("prepare", "split", "train", "evaluate", "report", "usefulness"):
-        assert "@stage\n" in (REPO / "stages" / f"{name}.py").read_text(), name
+        module = REPO / "stages" / name  # a stage is stages/<name>.py or the package stages/<name>/
+        entry = module / "__init__.py" if module.is_dir() else module.with_suffix(".py")
+        assert "@stage\n" in entry.read_text(), name

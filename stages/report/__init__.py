@@ -13,9 +13,9 @@ from pipeline.metrics.summary import format_mean_sem, is_breakdown
 from pipeline.core.paths import FIGURES, MODELS, PER_SEED, REPORT_MD, TIMINGS
 from pipeline.datasets.shared.base import Dataset
 from pipeline.methods.auxnets.polynomial import parse_term_key, term_name
-from stages.report.figures import (generated_labels, loss_image_figure, loss_landscapes, mean_history, method_log_series,
-                             outer_update_summary, phi_movement, plot_final_weights, plot_series, plot_soft_labels,
-                             plot_weights, role_ranking)
+from stages.report.figures import (generated_labels, loss_image_figure, loss_landscapes, mean_history,
+                                   method_log_series, outer_update_summary, phi_movement, plot_final_weights,
+                                   plot_series, plot_soft_labels, plot_weights, role_ranking)
 
 
 @click.command()

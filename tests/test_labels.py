@@ -311,7 +311,8 @@ def fake_ctx(model, step_batch, fresh, diagnostic=None, optimizer=None, step=1):
 
 @pytest.mark.parametrize("which", ["fresh", "step"])
 def test_maxl_meta_batch_switch(which):
-    """maxl_meta_batch: step reuses the batch W just stepped on (ctx.batch); fresh draws from the outer stream."""
+    """maxl_meta_batch: step reuses W's step (its batch ctx.batch and its gradient, before W's optimiser step);
+    fresh draws from the outer stream after W's step."""
     ds = Blobs()
     data = ds.make()
     _, m = bound("maxl", data, maxl_meta_batch=which, diagnose_every=1000)
@@ -319,9 +320,50 @@ def test_maxl_meta_batch_switch(which):
     a = Batch(data.inputs[:16], data.targets[:16], torch.arange(16), torch.ones(16, dtype=torch.bool))
     b = Batch(data.inputs[16:32], data.targets[16:32], torch.arange(16, 32), torch.ones(16, dtype=torch.bool))
     used, original = [], m.outer.meta_gradients
-    m.outer.meta_gradients = lambda model, batch, *rest: used.append(batch) or original(model, batch, *rest)
-    logs = m.after_step(fake_ctx(model, a, lambda: b, step=5))
-    assert "meta_loss" in logs and used == [a if which == "step" else b]
+    m.outer.meta_gradients = lambda model, batch, *rest: used.append((batch, rest[-1])) or original(model, batch, *rest)
+    m.outer.base_lr = 0.1
+    losses = m.batch_losses(model, ds, a, False)[0].mean(0).sum()
+    losses.backward()  # W's gradient, as W's step leaves it before its optimiser step
+    before = m.before_w_step(fake_ctx(model, a, lambda: b, step=5))
+    after = m.after_step(fake_ctx(model, a, lambda: b, step=5))
+    assert ("meta_loss" in before, "meta_loss" in after) == ((True, False) if which == "step" else (False, True))
+    assert used == [(a, True) if which == "step" else (b, False)]
+    assert m.before_w_step(fake_ctx(model, a, lambda: b, step=6)) == {}  # maxl_every: 5
+
+
+def test_the_step_meta_batch_runs_between_ws_backward_and_ws_update(monkeypatch):
+    """In training, ``maxl_meta_batch: step`` updates θ2 where W's step has its gradient and has not moved W:
+    the hook sees the W that the previous step left, with a gradient, and θ2 moves; the same seed, the same run."""
+    from pipeline.methods.outer.lookahead import LookAheadUpdate
+
+    ds = Blobs()
+    data = ds.make()
+    seen: dict[str, list] = {"before": [], "after": []}
+    before_hook, after_hook = LookAheadUpdate.before_w_step, LookAheadUpdate.step
+
+    def before(self, method, ctx):
+        seen["before"].append((ctx.step, [p.detach().clone() for p in ctx.params],
+                               all(p.grad is not None for p in ctx.params)))
+        return before_hook(self, method, ctx)
+
+    def after(self, method, ctx):
+        seen["after"].append((ctx.step, [p.detach().clone() for p in ctx.params]))
+        return after_hook(self, method, ctx)
+
+    monkeypatch.setattr(LookAheadUpdate, "before_w_step", before)
+    monkeypatch.setattr(LookAheadUpdate, "step", after)
+    runs = [train_run(ds, data, splits_for(len(data)), fake_params("maxl", maxl_meta_batch="step"), seed=0,
+                      device=torch.device("cpu")) for _ in range(2)]
+    res = runs[0]
+    assert [e["step"] for e in res.history["method_log"] if "meta_loss" in e] == [5, 10, 15, 20, 25, 30]
+    before5 = next(w for step, w, graded in seen["before"] if step == 5 and graded)
+    after4 = next(w for step, w in seen["after"] if step == 4)
+    after5 = next(w for step, w in seen["after"] if step == 5)
+    assert all(torch.equal(a, b) for a, b in zip(before5, after4))
+    assert not all(torch.equal(a, b) for a, b in zip(before5, after5))
+    generator = [k for k in res.method_state_final if k.startswith("generator.label_net.")]
+    assert any(not torch.equal(res.method_state_initial[k], res.method_state_final[k]) for k in generator)
+    assert all(torch.equal(res.method_state_final[k], runs[1].method_state_final[k]) for k in generator)
 
 
 def test_diagnostics_observe_only():

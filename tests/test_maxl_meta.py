@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bench.bench_maxl import reference_meta_gradients
-from tests.test_labels import META_CASES, TinyNet, float64_setup, w_optimiser
+from pipeline.engine.training import batch_objective
+from tests.test_labels import META_CASES, Blobs, TinyNet, float64_setup, w_optimiser
 
 
 def _flat(grads) -> torch.Tensor:
@@ -70,3 +71,23 @@ def test_first_order_is_the_central_difference_of_the_theta2_gradient():
     expected = [(torch.zeros_like(p) if g is None else g) - (up - down) / (2 * eps)
                 for g, p, up, down in zip(direct, theta2, *sides)]
     assert torch.allclose(_flat(ours), _flat(expected), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["maxl", "maxl_first_order"])
+@pytest.mark.parametrize("case", list(META_CASES))
+def test_reusing_ws_gradient_gives_the_same_meta_gradient(name, case):
+    """``maxl_meta_batch: step`` takes ∇θ1 L_T from W's step: W's ``.grad`` after the trainer's objective
+    (``batch_objective``, the combiner's L_T) and backward gives the meta-gradient computed from scratch."""
+    labels, opt_kw = META_CASES[case]
+    method, model, batch, scale = float64_setup(name, **labels)
+    opt = w_optimiser(model, **opt_kw) if opt_kw else None
+    loss, fresh = method.outer.meta_gradients(model, batch, scale, opt)
+    model.zero_grad(set_to_none=True)
+    losses, _ = batch_objective(method, model, Blobs(), batch, scale)
+    method.training_loss(losses).backward()
+    shared_loss, shared = method.outer.meta_gradients(model, batch, scale, opt, w_gradient=True)
+    assert float(shared_loss) == pytest.approx(float(loss), rel=1e-12)
+    assert torch.allclose(_flat(shared), _flat(fresh), rtol=1e-9, atol=1e-12)
+    model.zero_grad(set_to_none=True)  # and it is W's gradient that is read: without it, the look-ahead stands still
+    _, still = method.outer.meta_gradients(model, batch, scale, opt, w_gradient=True)
+    assert not torch.allclose(_flat(still), _flat(fresh), rtol=1e-6)

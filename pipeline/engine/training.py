@@ -467,6 +467,17 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
                 distributed.average_gradients(unreduced)  # several processes: what DDP did not average
                 if scaler is not None:
                     scaler.unscale_(optimizer)
+                ctx = StepContext(step, w_params, lambda: outer_losses(next_outer_train_batch, step, "outer training batch"),
+                                  lambda: outer_losses(lambda: next_batch(aux_stream), step, "auxiliary-set batch"),
+                                  batch=batch,
+                                  **ctx_common)
+                logs = {}
+                if fixed_phi is None:  # W's gradient, W and its optimiser's state as W's step will use them
+                    try:
+                        logs = method.before_w_step(ctx)
+                    except FloatingPointError as err:
+                        raise guard.role_failed(step, err, "the outer update") from None
+                if scaler is not None:
                     guard.optimiser_step(step, optimizer, scaler)
                     scaler.update()
                     with warnings.catch_warnings():  # a step the scaler skipped (inf) is expected, not a misuse
@@ -484,12 +495,8 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
                 elif live is not None:
                     live.train_step(step, task_losses, None)  # summed on the device, read at a logged step
 
-                ctx = StepContext(step, w_params, lambda: outer_losses(next_outer_train_batch, step, "outer training batch"),
-                                  lambda: outer_losses(lambda: next_batch(aux_stream), step, "auxiliary-set batch"),
-                                  batch=batch,
-                                  **ctx_common)
                 try:  # a fixed φ takes no outer step; its combiner still logs (e.g. the polynomial terms)
-                    logs = method.after_step(ctx) if fixed_phi is None else dict(method.combiner.step_log())
+                    logs.update(method.after_step(ctx) if fixed_phi is None else dict(method.combiner.step_log()))
                 except FloatingPointError as err:  # φ, its hypergradient, θ2: the outer update names its keys
                     raise guard.role_failed(step, err, "the outer update") from None
                 if logs and any(k in logs for k in ("hypergrad_norm", "meta_loss")):

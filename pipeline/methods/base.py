@@ -2,8 +2,8 @@
 
 - a **loss combiner** (``combiners/``): per-task losses [B, T] -> L_T and W's gradient; the effective task
   weights. Every method has one (STL and Equal are fixed weights; AuxiLearn's is the auxiliary network g(ℓ; φ)).
-- an **outer update** (``outer/``): after W's step, updates the method's φ given W; it declares the batch
-  streams it needs. The IFT hyper step (AuxiLearn), MAXL's look-ahead, or none.
+- an **outer update** (``outer/``): after W's step, updates the method's φ given W (or just before it, to
+  reuse W's gradient); it declares the batch streams it needs. The IFT hyper step (AuxiLearn), MAXL's look-ahead, or none.
 - a **task generator** (``generators/``): declares the head it needs on the primary network and adds the
   generated tasks' losses to the given ones (MAXL's labels, reconstruction); later also generated inputs.
 
@@ -43,7 +43,7 @@ class Batch:
 
 @dataclass
 class StepContext:
-    """What an outer update may use after W's step. Every batch source is its own seeded stream (W's, the
+    """What an outer update may use around W's step (``OuterUpdate.before_w_step``, ``OuterUpdate.step``). Every batch source is its own seeded stream (W's, the
     outer update's, the diagnostics'), so an outer update or a diagnostic never changes which batches W sees."""
 
     step: int  # inner steps taken so far, counting from 1
@@ -54,7 +54,7 @@ class StepContext:
     dataset: Any = None
     train_batch: Callable[[], Batch] | None = None  # a fresh training batch from the outer update's stream
     loss_scale: Tensor | None = None  # τ per task, as applied to the training losses
-    batch: Batch | None = None  # the batch W's step just used (MAXL's meta update may reuse it, as its reference)
+    batch: Batch | None = None  # the batch of W's step (MAXL's meta update may reuse it)
     optimizer: Any = None  # W's optimiser (its current lr and momentum, for look-ahead steps)
     diagnostic_batch: Callable[[], Batch] | None = None  # a fresh training batch from the diagnostics' own stream
 
@@ -155,7 +155,8 @@ class TaskGenerator(nn.Module):
 
 
 class OuterUpdate:
-    """Role 2: the update of φ after W's step, given W. ``NoOuterUpdate`` for methods without an outer level.
+    """Role 2: the update of φ after W's step, given W (or, in ``before_w_step``, just before W's optimiser
+    step, given W's gradient). ``NoOuterUpdate`` for methods without an outer level.
     Not a module: φ lives in the combiner or the generator (saved with the method); an outer update holds only
     its optimiser's state."""
 
@@ -165,6 +166,12 @@ class OuterUpdate:
 
     def step(self, method: "Method", ctx: StepContext) -> dict[str, float]:
         """Update φ if due; returns scalars to log (empty when nothing happened)."""
+        return {}
+
+    def before_w_step(self, method: "Method", ctx: StepContext) -> dict[str, float]:
+        """Called between W's backward and W's optimiser step, with W, its gradient (``.grad``) and the
+        optimiser's state as W's step will use them: an update that reuses W's step (MAXL's look-ahead on W's
+        own batch) runs here instead of in ``step``. It must not change W or its gradient."""
         return {}
 
 
@@ -346,6 +353,10 @@ class Method(nn.Module):
 
     def task_weights(self, losses: Tensor) -> Tensor:
         return self.combiner.task_weights(losses)
+
+    def before_w_step(self, ctx: StepContext) -> dict[str, Any]:
+        """Between W's backward and its optimiser step: the outer update's part that reuses W's step."""
+        return self.outer.before_w_step(self, ctx)
 
     def after_step(self, ctx: StepContext) -> dict[str, Any]:
         """After every W update: the combiner's log, the outer update, the generator's diagnostics."""

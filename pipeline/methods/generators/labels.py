@@ -43,8 +43,10 @@ MAXL's defaults follow its authors' reference code (github.com/lorenmt/maxl, ``m
 - the meta batch (``maxl_meta_batch``): the reference alternates a whole epoch of W steps with a whole
   epoch of θ2 steps over a freshly shuffled pass of the training set, so a θ2 step never reuses the batch
   W just stepped on; ``fresh`` (default) draws it from the outer update's own stream (an independent
-  shuffle of the training set), ``step`` reuses the batch W just stepped on. ``maxl_every`` interleaves
-  θ2 steps with W's steps instead of alternating whole epochs.
+  shuffle of the training set), ``step`` reuses W's step: θ2's look-ahead starts from the W that W's step
+  starts from, on its batch, with its gradient ∇θ1 L_T (one forward and backward of W fewer per θ2 step:
+  ``bench/bench_maxl.py``). ``maxl_every`` interleaves θ2 steps with W's steps instead of alternating
+  whole epochs.
 - the first-order reference drops the entropy term's gradient (it overwrites θ2's gradient with the
   finite-difference term); here its direct gradient is kept, so λ means the same in both methods.
 
@@ -93,7 +95,7 @@ class LabelsConfig(StrictModel):
         False, description="MAXL: the look-ahead step adds W's optimiser's momentum buffer, as torch's SGD would")
     maxl_meta_batch: Literal["fresh", "step"] = Field(
         "fresh", description="MAXL: θ2's batch: a fresh one from the outer stream (the reference's separate "
-                             "pass over the training set) or the batch W just stepped on")
+                             "pass over the training set), or W's own (step: reuses W's gradient, cheaper)")
     maxl_fd_epsilon: float = Field(
         0.01, gt=0, description="maxl_first_order: finite-difference step ε = maxl_fd_epsilon / ‖d‖ (DARTS: 0.01)")
     lookahead_lr: float | None = Field(

@@ -9,6 +9,8 @@ in ∇θ1 L_T. So, with e = α·c·∇θ1⁺ ℓ_main(θ1⁺), the second-order 
 −∇θ2 [e · ∇θ1 L_T] = −∇θ2 Σ_o (J_o e) · ∂L_T/∂o (o, ȳ(θ2)), where o are the network's outputs at θ1 and J_o e
 their derivative along e: one forward-mode pass, then gradients at the output level only. Both methods share
 the first-order part (∇θ1 L_T without a graph, θ1⁺, e); neither differentiates through a backward pass of W.
+With ``maxl_meta_batch: step`` the update runs between W's backward and W's optimiser step
+(``before_w_step``) and takes ∇θ1 L_T from W's own gradient: one forward and backward of W fewer.
 ``meta_loss`` keeps the objective as one differentiable graph (its gradient is the same number)."""
 from __future__ import annotations
 
@@ -117,15 +119,21 @@ class LookAheadUpdate(OuterUpdate):
         main_after = self._losses_at(full, ahead, buffers, batch, soft.detach())[:, 0].mean()
         return main_after + self.theta2_terms(soft)
 
-    def lookahead_direction(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None
-                            ) -> "LookAhead":
+    def lookahead_direction(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None,
+                            w_gradient: bool = False) -> "LookAhead":
         """The first-order part both meta-gradients share: ∇θ1 L_T at θ1 (no graph), θ1⁺, ℓ_main(θ1⁺) and
-        e = α·c·∇θ1⁺ ℓ_main(θ1⁺) per parameter (θ1⁺ moves with θ2 only through −α·c·∇θ1 L_T)."""
+        e = α·c·∇θ1⁺ ℓ_main(θ1⁺) per parameter (θ1⁺ moves with θ2 only through −α·c·∇θ1 L_T).
+        ``w_gradient``: ∇θ1 L_T is W's ``.grad``, which W's step has just computed on ``batch`` (one forward
+        and backward of W fewer)."""
         full, params, buffers = self._functional(model)
         soft = self.labels.soft_labels(batch, track_hparams=True)
         current = {k: p.detach() for k, p in params.items()}
-        inner = self._inner(self._losses_at(full, params, buffers, batch, soft.detach()), loss_scale, batch.labelled)
-        grads = torch.autograd.grad(inner, list(params.values()), allow_unused=True)
+        if w_gradient:
+            grads = tuple(None if p.grad is None else p.grad.detach() for p in params.values())
+        else:
+            inner = self._inner(self._losses_at(full, params, buffers, batch, soft.detach()), loss_scale,
+                                batch.labelled)
+            grads = torch.autograd.grad(inner, list(params.values()), allow_unused=True)
         rule = self.lookahead_rule(params, optimizer)
         ahead = {k: v.detach().requires_grad_(True) for k, v in self.lookahead(current, grads, rule).items()}
         main_after = self._losses_at(full, ahead, buffers, batch, soft.detach())[:, 0].mean()
@@ -149,22 +157,36 @@ class LookAheadUpdate(OuterUpdate):
                  if g is not None and u.tangent is not None]
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
-    def meta_gradients(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None
-                       ) -> tuple[Tensor, list[Tensor]]:
+    def meta_gradients(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None,
+                       w_gradient: bool = False) -> tuple[Tensor, list[Tensor]]:
         """(meta objective, its gradient w.r.t. θ2): the gradient of ``meta_loss``, computed as
-        ∇θ2 (theta2_terms − coupling) (see the module's note on cost)."""
-        ahead = self.lookahead_direction(model, batch, loss_scale, optimizer)
+        ∇θ2 (theta2_terms − coupling) (see the module's note on cost); ``w_gradient`` as in
+        ``lookahead_direction``."""
+        ahead = self.lookahead_direction(model, batch, loss_scale, optimizer, w_gradient)
         theta2 = list(self.labels.label_net.parameters())
         direct = self.theta2_terms(ahead.soft)
         grads = torch.autograd.grad(direct - self.coupling(ahead, batch, loss_scale), theta2, allow_unused=True)
         return (ahead.main_after + direct).detach(), [torch.zeros_like(p) if g is None else g
                                                       for g, p in zip(grads, theta2)]
 
-    def step(self, method: Any, ctx: StepContext) -> dict[str, Any]:
-        if ctx.step % self.cfg.maxl_every:
+    def before_w_step(self, method: Any, ctx: StepContext) -> dict[str, Any]:
+        """``maxl_meta_batch: step``: θ2's update on W's batch at the W it steps from, taking ∇θ1 L_T from W's
+        own gradient and the look-ahead's rate and momentum from the optimiser's state as W's step uses them."""
+        if self.cfg.maxl_meta_batch != "step" or ctx.step % self.cfg.maxl_every:
             return {}
-        batch = ctx.batch if self.cfg.maxl_meta_batch == "step" else ctx.train_batch()
-        loss, grads = self.meta_gradients(ctx.model, batch, ctx.loss_scale, ctx.optimizer)
+        gradient = [p.grad for p in ctx.params if p.grad is not None]
+        if not all_finite(gradient):  # fp16's scaler skips this W step; θ2 waits too (without one the guard stops)
+            return {}
+        return self._update(ctx, ctx.batch, w_gradient=True)
+
+    def step(self, method: Any, ctx: StepContext) -> dict[str, Any]:
+        if self.cfg.maxl_meta_batch == "step" or ctx.step % self.cfg.maxl_every:
+            return {}
+        return self._update(ctx, ctx.train_batch(), w_gradient=False)
+
+    def _update(self, ctx: StepContext, batch: Batch, w_gradient: bool) -> dict[str, Any]:
+        """One SGD step of θ2 on the meta-gradient at the current W on ``batch``."""
+        loss, grads = self.meta_gradients(ctx.model, batch, ctx.loss_scale, ctx.optimizer, w_gradient)
         # several processes: the mean of their shards' meta-gradients (the look-ahead step itself is per shard),
         # so that θ2 stays one network
         grads = mean_across(grads)
@@ -196,10 +218,10 @@ class FirstOrderLookAhead(LookAheadUpdate):
     from a central difference of ∇θ2 L_T at θ1 ± ε·d, ε = ``maxl_fd_epsilon`` / ‖d‖. No second-order graph:
     two extra forwards without a graph, the difference taken at the soft labels, one backward through θ2's net."""
 
-    def meta_gradients(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None
-                       ) -> tuple[Tensor, list[Tensor]]:
+    def meta_gradients(self, model: nn.Module, batch: Batch, loss_scale: Tensor | None, optimizer: Any = None,
+                       w_gradient: bool = False) -> tuple[Tensor, list[Tensor]]:
         theta2 = list(self.labels.label_net.parameters())
-        ahead = self.lookahead_direction(model, batch, loss_scale, optimizer)
+        ahead = self.lookahead_direction(model, batch, loss_scale, optimizer, w_gradient)
         d, soft = ahead.e, ahead.soft
         norm = torch.sqrt(sum((v * v).sum() for v in d.values()))
         direct = self.theta2_terms(soft)

@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -26,16 +27,10 @@ if str(REPO_ROOT) not in sys.path:
 METHODS = ("stl", "maxl", "auxilearn_labels")
 
 
-def epoch_seconds(dataset: str, methods: tuple[str, ...], epochs: int, rounds: int, device: str,
-                  echo=click.echo) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """Train each of ``methods`` ``epochs`` epochs per round on the dataset's default preparation, interleaved
-    round by round; returns every epoch's wall seconds per method and the split sizes (train, batch)."""
-    import numpy as np
-    import torch
-
+def prepared(dataset: str) -> tuple[Any, Any, dict[str, Any], int]:
+    """The dataset's default preparation, loaded: (dataset, data, splits, training batch size)."""
     from pipeline.config.params import parse_params
-    from pipeline.core.registry import DATASETS, METHODS as REGISTERED
-    from pipeline.engine.training import train_run
+    from pipeline.core.registry import DATASETS
 
     base = parse_params({"dataset": dataset})
     ds = DATASETS.get(dataset)()
@@ -43,16 +38,42 @@ def epoch_seconds(dataset: str, methods: tuple[str, ...], epochs: int, rounds: i
         ds.prepare(base.dataset_config, Path(folder))
         data = ds.load(Path(folder))
     splits = ds.make_splits(data, base.split)
-    batch = base.train.batch_size or len(splits["train"])
+    return ds, data, splits, base.train.batch_size or len(splits["train"])
+
+
+def epoch_params(dataset: str, method: str, splits: dict[str, Any], batch: int, epochs: int) -> Any:
+    """The default params of ``method`` on ``dataset``, trained ``epochs`` passes over its training set
+    (methods that learn from the aux set train on train only, the others on train ∪ aux)."""
+    import numpy as np
+
+    from pipeline.core.registry import METHODS as REGISTERED
+
+    uses_aux = REGISTERED.get(method).uses_aux_set
+    n_train = len(splits["train"]) + (0 if uses_aux else len(splits["aux"]))
+    return steps_params(dataset, method, epochs * int(np.ceil(n_train / batch)))
+
+
+def steps_params(dataset: str, method: str, steps: int) -> Any:
+    """The default params of ``method`` on ``dataset`` for ``steps`` training steps, validated once at the end."""
+    from pipeline.config.params import parse_params
+
+    return parse_params({"dataset": dataset, "method": method,
+                         "datasets": {dataset: {"train": {"steps": steps, "eval_every": steps}}}})
+
+
+def epoch_seconds(dataset: str, methods: tuple[str, ...], epochs: int, rounds: int, device: str,
+                  echo=click.echo) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Train each of ``methods`` ``epochs`` epochs per round on the dataset's default preparation, interleaved
+    round by round; returns every epoch's wall seconds per method and the split sizes (train, batch)."""
+    import torch
+
+    from pipeline.engine.training import train_run
+
+    ds, data, splits, batch = prepared(dataset)
     seconds: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(rounds):
         for method in methods:
-            # methods that learn from the aux set train on train only, the others on train ∪ aux
-            uses_aux = REGISTERED.get(method).uses_aux_set
-            n_train = len(splits["train"]) + (0 if uses_aux else len(splits["aux"]))
-            steps = epochs * int(np.ceil(n_train / batch))
-            params = parse_params({"dataset": dataset, "method": method,
-                                   "datasets": {dataset: {"train": {"steps": steps, "eval_every": steps}}}})
+            params = epoch_params(dataset, method, splits, batch, epochs)
             res = train_run(ds, data, splits, params, seed=r, device=torch.device(device))
             seconds[method] += res.history["epoch_seconds"]
             echo(f"round {r}: {method:17s} epochs {[round(s, 2) for s in res.history['epoch_seconds']]} s")

@@ -56,16 +56,17 @@ def run(out: Path) -> dict[str, torch.Tensor]:
             "hypergradient": hypergradient, "phi": phi.detach().clone(), "alpha": torch.tensor(stats.neumann_lr)}
 
 
-def train(method: str, steps: int = 40) -> dict[str, torch.Tensor]:
-    """A whole ``train_run`` on toy2d (no augmentation; batches and hyper batches even): W and φ at the end."""
+def train(method: str, steps: int = 40, dataset: str = "toy2d", methods: dict | None = None
+          ) -> dict[str, torch.Tensor]:
+    """A whole ``train_run`` (toy2d: no augmentation; batches and hyper batches even): W and φ at the end."""
     from pipeline.engine.training import train_run
     from tests.conftest import _prepared, make_params
 
-    ds, data, splits = _prepared("toy2d")
+    ds, data, splits = _prepared(dataset)
     splits = {**splits, "aux": splits["aux"][: len(splits["aux"]) // 2 * 2]}  # the whole aux set, in even halves
-    params = make_params(dataset="toy2d", method=method, seeds=[0],
-                         datasets={"toy2d": {"train": {"steps": steps, "batch_size": 16, "eval_every": 10}}},
-                         methods={"bilevel": {"hyper_every": 5, "hyper_train_batch": 8}})
+    params = make_params(dataset=dataset, method=method, seeds=[0],
+                         datasets={dataset: {"train": {"steps": steps, "batch_size": 16, "eval_every": 10}}},
+                         methods=methods or {"bilevel": {"hyper_every": 5, "hyper_train_batch": 8}})
     result = train_run(ds, data, splits, params, 0, device=torch.device("cpu"))
     return {**{f"model.{k}": v for k, v in result.model_state.items()},
             **{f"method.{k}": v for k, v in result.method_state_final.items()}}
@@ -91,6 +92,9 @@ def worker(rank: int, init_file: str, out: str) -> None:
             results[method] = train(method, steps=6)
             results[f"{method}_ddp_calls"] = torch.tensor(len(calls))
             calls.clear()
+        # θ2's update inside W's step (before_w_step), from W's DDP-averaged gradient and this shard's batch
+        results["maxl_step"] = train("maxl", steps=4, dataset="demo",
+                                     methods={"labels": {"maxl_meta_batch": "step", "maxl_every": 2}})
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         distributed.teardown()
@@ -144,6 +148,12 @@ def test_w_steps_go_through_ddp_and_processes_stay_identical(ranks):
             if key.startswith("model."):
                 assert torch.equal(ranks[1][method][key], value), (method, key)
     assert [int(r["run_ddp_calls"]) for r in ranks] == [40, 40]
+    # MAXL with the step meta batch: θ2 (method.generator.label_net.*) and W the same on both processes (BatchNorm's
+    # running statistics are per shard, as with any DDP run without SyncBatchNorm)
+    weights = [k for k in ranks[0]["maxl_step"] if not any(s in k for s in ("running_", "num_batches_tracked"))]
+    assert any(k.startswith("method.generator.label_net.") for k in weights)
+    for key in weights:
+        assert torch.equal(ranks[1]["maxl_step"][key], ranks[0]["maxl_step"][key]), key
     assert [int(r["mgda_ddp_calls"]) for r in ranks] == [6, 6] and [int(r["gcs_ddp_calls"]) for r in ranks] == [0, 0]
 
 

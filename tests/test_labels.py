@@ -366,6 +366,34 @@ def test_the_step_meta_batch_runs_between_ws_backward_and_ws_update(monkeypatch)
     assert all(torch.equal(res.method_state_final[k], runs[1].method_state_final[k]) for k in generator)
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_the_step_meta_batch_under_mixed_precision(amp, monkeypatch):
+    """θ2's update inside W's step reads W's gradient after fp16's scaler has unscaled it (so its look-ahead is
+    the step W takes), and waits on a step the scaler skips (non-finite gradient)."""
+    from pipeline.methods.outer.lookahead import LookAheadUpdate
+
+    ds = Blobs()
+    data = ds.make()
+    params = fake_params("maxl", steps=10, maxl_meta_batch="step")
+    params.train = params.train.model_copy(update={"amp": amp})
+    seen, hook = [], LookAheadUpdate.before_w_step
+
+    def spy(self, method, ctx):
+        if ctx.step == 10:  # a step the scaler will skip: θ2 must not move on it
+            ctx.params[0].grad[0, 0] = float("inf")
+        logs = hook(self, method, ctx)
+        seen.append((ctx.step, max(float(p.grad.abs().max()) for p in ctx.params if p.grad is not None), dict(logs)))
+        return logs
+
+    monkeypatch.setattr(LookAheadUpdate, "before_w_step", spy)
+    res = train_run(ds, data, splits_for(len(data)), params, seed=0, device=torch.device("cpu"))
+    assert [e["step"] for e in res.history["method_log"] if "meta_loss" in e] == [5]
+    assert seen[4][1] < 1e3  # unscaled: fp16's scale factor (65536 at the start) is not in W's gradient
+    assert seen[9][2] == {}
+    generator = [k for k in res.method_state_final if k.startswith("generator.label_net.")]
+    assert any(not torch.equal(res.method_state_initial[k], res.method_state_final[k]) for k in generator)
+
+
 def test_diagnostics_observe_only():
     """Diagnostics: the diagnostics' own batch, eval mode, BatchNorm statistics untouched, modes restored."""
     ds = Blobs()

@@ -474,7 +474,7 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
                 logs = {}
                 if fixed_phi is None:  # W's gradient, W and its optimiser's state as W's step will use them
                     try:
-                        logs = method.before_w_step(ctx)
+                        logs = dict(method.before_w_step(ctx))
                     except FloatingPointError as err:
                         raise guard.role_failed(step, err, "the outer update") from None
                 if scaler is not None:

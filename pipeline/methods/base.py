@@ -3,7 +3,8 @@
 - a **loss combiner** (``combiners/``): per-task losses [B, T] -> L_T and W's gradient; the effective task
   weights. Every method has one (STL and Equal are fixed weights; AuxiLearn's is the auxiliary network g(ℓ; φ)).
 - an **outer update** (``outer/``): after W's step, updates the method's φ given W (or just before it, to
-  reuse W's gradient); it declares the batch streams it needs. The IFT hyper step (AuxiLearn), MAXL's look-ahead, or none.
+  reuse W's gradient); it declares the batch streams it needs. The IFT hyper step (AuxiLearn), MAXL's
+  look-ahead, or none.
 - a **task generator** (``generators/``): declares the head it needs on the primary network and adds the
   generated tasks' losses to the given ones (MAXL's labels, reconstruction); later also generated inputs.
 
@@ -43,8 +44,9 @@ class Batch:
 
 @dataclass
 class StepContext:
-    """What an outer update may use around W's step (``OuterUpdate.before_w_step``, ``OuterUpdate.step``). Every batch source is its own seeded stream (W's, the
-    outer update's, the diagnostics'), so an outer update or a diagnostic never changes which batches W sees."""
+    """What an outer update may use around W's step (``OuterUpdate.before_w_step``, ``OuterUpdate.step``).
+    Every batch source is its own seeded stream (W's, the outer update's, the diagnostics'), so an outer update
+    or a diagnostic never changes which batches W sees."""
 
     step: int  # inner steps taken so far, counting from 1
     params: list[Tensor]  # the primary network's trainable parameters W

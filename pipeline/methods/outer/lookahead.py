@@ -175,7 +175,9 @@ class LookAheadUpdate(OuterUpdate):
         if self.cfg.maxl_meta_batch != "step" or ctx.step % self.cfg.maxl_every:
             return {}
         gradient = [p.grad for p in ctx.params if p.grad is not None]
-        if not all_finite(gradient):  # fp16's scaler skips this W step; θ2 waits too (without one the guard stops)
+        # a non-finite W gradient: fp16's scaler will skip this W step, so θ2 waits too (without a scaler it is
+        # W's fault, for the training guard to report)
+        if not all_finite(gradient):
             return {}
         return self._update(ctx, ctx.batch, w_gradient=True)
 

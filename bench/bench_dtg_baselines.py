@@ -35,7 +35,7 @@ for path in (REPO_ROOT, REPO_ROOT / "bench"):
         sys.path.insert(0, str(path))
 
 from bench_label_epochs import epoch_params, epoch_seconds, prepared, print_ratios, steps_params  # noqa: E402
-from bench_overhead import _reset_rss_peak, _rss_kib, _run_fresh  # noqa: E402
+from bench_overhead import _run_fresh, peak_reader  # noqa: E402
 
 WARMUP_STEPS = 3
 
@@ -53,19 +53,10 @@ def peak_memory(spec: dict[str, Any]) -> dict[str, Any]:
     ds, data, splits, batch = prepared(spec["dataset"])
     params = epoch_params(spec["dataset"], spec["method"], splits, batch, spec["epochs"])
     train_run(ds, data, splits, steps_params(spec["dataset"], spec["method"], WARMUP_STEPS), seed=0, device=device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        _reset_rss_peak()
-        base = _rss_kib()
+    read_peak, _ = peak_reader(torch, device)
     res = train_run(ds, data, splits, params, seed=0, device=device)
     outer_steps = sum(1 for e in res.history["method_log"] if "hypergrad_norm" in e or "meta_loss" in e)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return {"peak_mib": (torch.cuda.max_memory_allocated(device) - base) / 2**20, "outer_steps": outer_steps}
-    return {"peak_mib": (_rss_kib() - base) / 1024, "outer_steps": outer_steps}
+    return {"peak_mib": read_peak(), "outer_steps": outer_steps}
 
 
 @click.command()

@@ -173,6 +173,26 @@ def _reset_rss_peak() -> bool:
         return False
 
 
+def peak_reader(torch: Any, device: Any) -> tuple[Any, str]:
+    """Resets the peak-memory mark now; returns a reader of the peak's growth over the present (MiB) and how
+    it is measured: CUDA ``max_memory_allocated`` over ``memory_allocated``, else the growth of ``ru_maxrss``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+
+        def read_cuda() -> float:
+            torch.cuda.synchronize(device)
+            return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+        return read_cuda, "torch.cuda.max_memory_allocated"
+    reset = _reset_rss_peak()
+    base = _rss_kib()
+    how = "ru_maxrss growth" + (" (high-water mark reset after setup)" if reset
+                                else " (high-water mark could not be reset)")
+    return (lambda: (_rss_kib() - base) / 1024), how
+
+
 def _hyper_configs(spec: dict[str, Any]) -> dict[str, Any]:
     """The two ``methods.bilevel`` settings compared: the default hyper batch (``BilevelConfig()``, or
     ``--hyper-batch`` for both batches) and the full batch (B for both)."""
@@ -327,27 +347,14 @@ def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
 def _measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of ``spec["kind"]`` over the post-setup baseline (run in a fresh process)."""
     env = _setup(spec)
-    torch, device = env["torch"], env["device"]
-    if env["cuda"]:
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        how = "torch.cuda.max_memory_allocated"
-    else:
-        reset = _reset_rss_peak()
-        base = _rss_kib()
-        how = "ru_maxrss growth" + (" (high-water mark reset after setup)" if reset
-                                    else " (high-water mark could not be reset)")
+    read_peak, how = peak_reader(env["torch"], env["device"])
     kind = spec["kind"]
     if kind in HYPERS:
         env["steps"]["inner"]()  # the state at a hyper step in train_run: W.grad and W's momentum buffers exist
     for _ in range(WARMUP_ITERS):
         env["steps"][kind]()
     env["sync"]()
-    if env["cuda"]:
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:
-        peak = (_rss_kib() - base) / 1024
-    return {**env["facts"], "peak_mib": peak, "mem_how": how}
+    return {**env["facts"], "peak_mib": read_peak(), "mem_how": how}
 
 
 def _measure_time(spec: dict[str, Any]) -> dict[str, Any]:

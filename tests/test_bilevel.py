@@ -285,3 +285,138 @@ def test_non_finite_outer_loss_is_not_blamed_on_phi_settings():
     with pytest.raises(FloatingPointError) as info:
         opt.step(train, aux * float("nan"), [w])
     assert "outer loss L_A" in str(info.value) and ".neumann_lr" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------- curvature batch
+
+
+def _net_problem(seed: int = 0, rows: int = 12):
+    """A tanh network with a main and K auxiliary outputs, per-sample per-task squared errors, a linear g(ℓ; φ)."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(D, 6), torch.nn.Tanh(), torch.nn.Linear(6, K + 1))
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(rows, D, generator=g), torch.randn(rows, K + 1, generator=g)
+    xa, ya = torch.randn(7, D, generator=g), torch.randn(7, generator=g)
+    auxnet = AUXNETS.get("linear")(K + 1, hidden_units=1, hidden_layers=1, init_weight=0.7).double()
+    return net, auxnet, (x, y), (xa, ya)
+
+
+def _context(net, x, y, xa, ya):
+    from pipeline.methods.base import Batch, StepContext
+    from pipeline.methods.bilevel import directional_derivative
+
+    params = list(net.parameters())
+    batch = Batch(x, torch.arange(len(x)), torch.arange(len(x)), torch.ones(len(x), dtype=torch.bool))
+    drawn = []
+
+    def losses(b):
+        return (net(b.x) - y[b.y]) ** 2
+
+    def draw():
+        drawn.append(1)
+        return batch
+
+    return StepContext(
+        step=1, params=params, train_losses=lambda: losses(draw()),
+        aux_losses=lambda: ((net(xa)[:, 0] - ya) ** 2)[:, None], train_batch=draw, batch_losses=losses,
+        loss_slope=lambda b, d, f: directional_derivative(net, params, d, lambda: f(losses(b)))), drawn
+
+
+class _Combine:
+    """The method as the outer update sees it: L_T = mean(ℓ_main + g(ℓ; φ))."""
+
+    def __init__(self, auxnet):
+        self.auxnet = auxnet
+
+    def training_loss(self, losses):
+        return (losses[:, 0] + self.auxnet(losses)).mean()
+
+
+def _hyper_step(curvature_batch: int, seed: int = 0):
+    """One hyper step of ImplicitOuterUpdate (SGD, lr 1, no momentum): the hypergradient is φ's change."""
+    from pipeline.methods.outer.implicit import ImplicitOuterUpdate
+
+    net, auxnet, (x, y), (xa, ya) = _net_problem(seed)
+    (phi,) = auxnet.parameters()
+    cfg = BilevelConfig(optimizer="sgd", lr=1.0, momentum=0.0, hyper_every=1, neumann_steps=3, neumann_lr=0.05,
+                        curvature_batch=curvature_batch)
+    outer = ImplicitOuterUpdate([phi], cfg)
+    ctx, drawn = _context(net, x, y, xa, ya)
+    before = phi.detach().clone()
+    outer.step(_Combine(auxnet), ctx)
+    return before - phi.detach(), len(drawn)
+
+
+def _reverse_hypergradient(curvature_rows: int, mixed_rows: int, seed: int = 0):
+    """−α ∇φ(∇W L_T[mixed rows] · Σ_j (I − αH[curvature rows])^j ∇W L_A), all in reverse mode (the reference)."""
+    net, auxnet, (x, y), (xa, ya) = _net_problem(seed)
+    (phi,) = auxnet.parameters()
+    params, alpha = list(net.parameters()), 0.05
+    combine = _Combine(auxnet)
+    v = torch.autograd.grad(((net(xa)[:, 0] - ya) ** 2).mean(), params)
+    head = torch.autograd.grad(combine.training_loss((net(x[:curvature_rows]) - y[:curvature_rows]) ** 2), params,
+                               create_graph=True)
+    term, series = list(v), list(v)
+    for _ in range(3):
+        hv = torch.autograd.grad(sum((a * b).sum() for a, b in zip(head, term)), params, retain_graph=True)
+        term = [t - alpha * h for t, h in zip(term, hv)]
+        series = [s + t for s, t in zip(series, term)]
+    whole = torch.autograd.grad(combine.training_loss((net(x[:mixed_rows]) - y[:mixed_rows]) ** 2), params,
+                                create_graph=True)
+    (mixed,) = torch.autograd.grad(sum((a * b).sum() for a, b in zip(whole, series)), [phi])
+    return -alpha * mixed
+
+
+def test_curvature_batch_takes_the_hessian_on_its_rows_and_the_mixed_term_on_the_whole_batch():
+    """With ``curvature_batch: 5`` of 12 rows the hypergradient is the reverse-mode formula with H on the first 5
+    rows and ∇φ∇W L_T on all 12 (the forward-mode slope is exact); it differs from both single-batch steps, and
+    the step draws one training batch, like the default."""
+    split, draws = _hyper_step(5)
+    torch.testing.assert_close(split, _reverse_hypergradient(5, 12), rtol=1e-10, atol=1e-13)
+    assert draws == 1
+    whole, _ = _hyper_step(0)
+    torch.testing.assert_close(whole, _reverse_hypergradient(12, 12), rtol=1e-10, atol=1e-13)
+    for other in (whole, _reverse_hypergradient(5, 5)):
+        assert (split - other).abs().max() > 1e-6 * split.abs().max()
+    # a curvature batch as large as the batch is the whole batch, through the one-graph path
+    assert torch.equal(_hyper_step(12)[0], whole)
+
+
+def test_forward_mode_slope_equals_reverse_through_batchnorm_and_updates_running_stats_alike():
+    from pipeline.methods.bilevel import directional_derivative
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).double()
+    phi = torch.tensor([1.0, 0.4, -0.3], requires_grad=True)
+    x, y = torch.randn(6, 2, 5, 5), torch.randint(0, 3, (6,))
+    params = list(net.parameters())
+    direction = [torch.randn_like(p) for p in params]
+
+    def objective():
+        out = net(x)
+        return torch.nn.functional.cross_entropy(out, y) * phi[0] + (out.pow(2).mean(0) * phi).sum()
+
+    stats = net[1].running_mean.clone()
+    slope = directional_derivative(net, params, direction, objective)
+    after_slope = net[1].running_mean.clone()
+    net[1].running_mean.copy_(stats)
+    gradient = torch.autograd.grad(objective(), params, create_graph=True)
+    assert torch.equal(net[1].running_mean, after_slope)  # one forward's update either way
+    reverse = sum((g * d).sum() for g, d in zip(gradient, direction))
+    torch.testing.assert_close(slope, reverse, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(slope, phi)[0], torch.autograd.grad(reverse, phi)[0],
+                               rtol=1e-10, atol=1e-12)
+    assert all(p.grad is None for p in params)  # nothing accumulated into W
+
+
+def test_batch_head_keeps_the_companion_rows_in_proportion():
+    from pipeline.methods.base import Batch
+
+    rows = torch.arange(12)
+    batch = Batch(rows.float()[:, None], rows, rows, rows < 12, companion=4)
+    head = batch.head(6)
+    assert head.index.tolist() == [0, 1, 2, 3, 8, 9] and head.companion == 2
+    assert Batch(rows.float()[:, None], rows, rows, rows < 12).head(5).index.tolist() == [0, 1, 2, 3, 4]
+    assert batch.head(12) is batch
+

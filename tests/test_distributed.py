@@ -92,6 +92,9 @@ def worker(rank: int, init_file: str, out: str) -> None:
             results[method] = train(method, steps=6)
             results[f"{method}_ddp_calls"] = torch.tensor(len(calls))
             calls.clear()
+        # the Hessian on 2 rows of each process's 4, the mixed term in forward mode on all 4 (curvature_batch)
+        results["curvature_batch"] = train("auxilearn_linear", methods={"bilevel": {
+            "hyper_every": 5, "hyper_train_batch": 8, "curvature_batch": 4}})
         # θ2's update inside W's step (before_w_step), from W's DDP-averaged gradient and this shard's batch
         results["maxl_step"] = train("maxl", steps=4, dataset="demo",
                                      methods={"labels": {"maxl_meta_batch": "step", "maxl_every": 2}})
@@ -155,6 +158,17 @@ def test_w_steps_go_through_ddp_and_processes_stay_identical(ranks):
     for key in weights:
         assert torch.equal(ranks[1]["maxl_step"][key], ranks[0]["maxl_step"][key]), key
     assert [int(r["mgda_ddp_calls"]) for r in ranks] == [6, 6] and [int(r["gcs_ddp_calls"]) for r in ranks] == [0, 0]
+
+
+def test_a_curvature_batch_keeps_the_processes_identical(ranks):
+    """With ``curvature_batch`` each process takes its shard's first rows for the Hessian and its whole shard for
+    the forward-mode mixed term; the averaged hypergradient leaves φ and W the same on both processes."""
+    runs = [r["curvature_batch"] for r in ranks]
+    weights = [k for k in runs[0] if not any(s in k for s in ("running_", "num_batches_tracked"))]
+    for key in weights:
+        assert torch.equal(runs[1][key], runs[0][key]), key
+    phi = [k for k in weights if k.startswith("method.")]
+    assert phi and max(float((runs[0][k] - ranks[0]["run"][k]).abs().max()) for k in phi) > 1e-6  # not the default path
 
 
 def test_shards_cover_the_batch_once(monkeypatch):

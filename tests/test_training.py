@@ -83,3 +83,25 @@ def test_select_by_validation_metric_keeps_the_best_metric_checkpoint():
     model.load_state_dict(run.model_state)
     kept = next(iter(ds.metrics(model.eval(), data, torch.as_tensor(splits["val"])).items()))[1]
     assert kept == min(run.history["val_main_metric"])
+
+
+
+def _toy2d_run(curvature_batch: int) -> dict[str, torch.Tensor]:
+    from pipeline.engine.training import train_run
+    from tests.conftest import _prepared, make_params
+
+    ds, data, splits = _prepared("toy2d")
+    params = make_params(dataset="toy2d", method="auxilearn_nonlinear", seeds=[0],
+                         datasets={"toy2d": {"train": {"steps": 30, "batch_size": 16, "eval_every": 10}}},
+                         methods={"bilevel": {"hyper_every": 5, "curvature_batch": curvature_batch}})
+    result = train_run(ds, data, splits, params, 0, device=torch.device("cpu"))
+    return {**result.method_state_final, **{f"initial.{k}": v for k, v in result.method_state_initial.items()}}
+
+
+def test_training_with_a_curvature_batch_is_deterministic_and_differs_only_below_the_batch():
+    split, again, whole, as_large = _toy2d_run(4), _toy2d_run(4), _toy2d_run(0), _toy2d_run(16)
+    phi = [k for k in split if not k.startswith("initial.")]
+    assert all(torch.equal(split[k], again[k]) for k in split)  # same seed, same φ
+    assert all(torch.equal(whole[k], as_large[k]) for k in whole)  # ≥ the batch: the one-graph path
+    assert max(float((split[k] - split[f"initial.{k}"]).abs().max()) for k in phi) > 1e-3  # φ learned
+    assert max(float((split[k] - whole[k]).abs().max()) for k in phi) > 1e-6  # the Hessian's rows changed

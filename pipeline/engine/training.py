@@ -7,10 +7,11 @@ import re
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -27,6 +28,7 @@ from pipeline.methods.base import (Batch, LossCombiner, Method, SharedTrunk, Ste
 from pipeline.metrics.summary import higher_is_better
 from pipeline.core.progress import ProgressLines
 from pipeline.core.registry import METHODS
+from pipeline.methods.bilevel import directional_derivative
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -432,8 +434,15 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
     def outer_losses(draw: Callable[[], Batch], step: int, what: str) -> Tensor:
         batch = draw()
         losses = scaled_losses(batch, True)[0]
-        guard.check_losses(step, batch, losses, what)  # one sync per outer batch
+        guard.check_losses(step, batch, forward_ad.unpack_dual(losses).primal, what)  # one sync per outer batch
         return losses
+
+    def loss_slope(batch: Batch, direction: Sequence[Tensor], objective: Callable[[Tensor], Tensor], step: int
+                   ) -> Tensor:
+        """∇W objective(losses) · direction on ``batch`` (forward mode; φ stays in the graph)."""
+        return directional_derivative(
+            model, w_params, direction,
+            lambda: objective(outer_losses(lambda: batch, step, "outer training batch")))
 
     label = f"{params.method} seed {seed}"
     bar = tqdm(range(first, cfg.steps + 1), desc=label, disable=None if progress else True,
@@ -470,6 +479,8 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
                 ctx = StepContext(step, w_params, lambda: outer_losses(next_outer_train_batch, step, "outer training batch"),
                                   lambda: outer_losses(lambda: next_batch(aux_stream), step, "auxiliary-set batch"),
                                   batch=batch,
+                                  batch_losses=lambda b: outer_losses(lambda: b, step, "outer training batch"),
+                                  loss_slope=lambda b, d, f: loss_slope(b, d, f, step),
                                   **ctx_common)
                 logs = {}
                 if fixed_phi is None:  # W's gradient, W and its optimiser's state as W's step will use them

@@ -41,6 +41,17 @@ class Batch:
     labelled: Tensor  # whether each sample's main-task label may be used
     companion: int = 0  # the last rows come from a dataset pair's auxiliary stream (``shared/pair.py``); 0: none
 
+    def head(self, rows: int) -> "Batch":
+        """The first ``rows`` rows, primary and companion rows in the batch's proportion."""
+        size = len(self.x)
+        if rows >= size:
+            return self
+        primary = size - self.companion
+        from_primary = min(primary, max(1, round(rows * primary / size))) if self.companion else rows
+        from_companion = min(self.companion, rows - from_primary)
+        keep = torch.cat([torch.arange(from_primary), primary + torch.arange(from_companion)]).to(self.x.device)
+        return Batch(self.x[keep], self.y[keep], self.index[keep], self.labelled[keep], companion=from_companion)
+
 
 @dataclass
 class StepContext:
@@ -59,6 +70,9 @@ class StepContext:
     batch: Batch | None = None  # the batch of W's step (MAXL's meta update may reuse it)
     optimizer: Any = None  # W's optimiser (its current lr and momentum, for look-ahead steps)
     diagnostic_batch: Callable[[], Batch] | None = None  # a fresh training batch from the diagnostics' own stream
+    batch_losses: Callable[[Batch], Tensor] | None = None  # ``train_losses`` of a given batch (checked alike)
+    # ∇W f(batch_losses(batch)) · direction for a scalar f of the losses, by forward mode: no graph through W, φ kept
+    loss_slope: Callable[[Batch, Sequence[Tensor], Callable[[Tensor], Tensor]], Tensor] | None = None
 
 
 # ---------------------------------------------------------------------------------------------- the roles

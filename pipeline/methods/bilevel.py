@@ -13,6 +13,13 @@ and the norm clip is applied in the reference's units (‖g/α‖ ≤ ``max_hype
 Neumann term (I − αH)^j v is bounded by ‖v‖ whatever α is. ``from_reference`` maps the reference's
 settings (φ lr, ``hpo_lr``, ``max_grad_norm``) onto these, exactly for SGD.
 
+Curvature batch. The Hessian in the series (and λ̂) may come from the first ``curvature_batch`` rows of the hyper
+step's L_T batch while the mixed term ∇φ(∇W L_T · series) keeps the whole batch: the series' correction terms
+(j ≥ 1) then see a sub-sampled Hessian (as Hessian-free optimisation samples its curvature batch), and the j = 0
+term ∇φ∇W L_T · ∇W L_A, the alignment of each auxiliary with the main loss, is exact on the whole batch. The
+mixed term is then a derivative along the series in W, taken in forward mode (``directional_derivative``): one
+forward with dual parameters, no graph through W, instead of ∇W L_T with ``create_graph`` and a backward.
+
 Curvature. The series only converges when α·λ_max(∇²_W L_T) < 2. ``neumann_lr: auto`` estimates λ_max
 by power iteration on the same vHp (warm-started from the last eigenvector), sets α = c/λ̂ with the
 safety factor c = ``curvature_safety`` < 1, and refreshes it every ``curvature_every`` hyper steps; every
@@ -27,8 +34,10 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call
 
 from pipeline.core.distributed import mean_across
 from pipeline.core.faults import overflow_named
@@ -57,6 +66,9 @@ class BilevelConfig(StrictModel):
         None, gt=0, description="clip ‖hypergradient / α‖ (the reference's units, AuxiLearn max_grad_norm); null = never")
     hyper_train_batch: int = Field(0, ge=0, description="batch of L_T for the hypergradient; 0 = train.batch_size")
     hyper_aux_batch: int = Field(0, ge=0, description="batch of L_A (auxiliary set); 0 = the whole auxiliary set")
+    curvature_batch: int = Field(
+        0, ge=0, description="rows of the hyper step's L_T batch whose Hessian the Neumann series and λ̂ use; the "
+                             "mixed term keeps the whole batch (forward mode). 0 = the whole batch (one graph)")
 
 
 def from_reference(lr: float, hpo_lr: float, max_grad_norm: float | None, momentum: float = 0.9,
@@ -169,10 +181,45 @@ def _outer_gradients(aux_loss: Tensor, params: list[Tensor], hparams: list[Tenso
     return grads[:len(hparams)], grads[len(hparams):]
 
 
+# ∇W L_T · d for a direction d in W, with φ in the graph: the mixed term's inner product
+Slope = Callable[[list[Tensor]], Tensor]
+
+
+class _Call(nn.Module):
+    """Runs ``fn`` with ``module`` as a submodule, so that ``functional_call`` can swap its parameters."""
+
+    def __init__(self, module: nn.Module, fn: Callable[[], Tensor]) -> None:
+        super().__init__()
+        self.module, self.fn = module, fn
+
+    def forward(self) -> Tensor:
+        return self.fn()
+
+
+def directional_derivative(module: nn.Module, params: Sequence[Tensor], direction: Sequence[Tensor],
+                           fn: Callable[[], Tensor]) -> Tensor:
+    """∇W fn() · direction, W = ``params`` (parameters of ``module``), by forward-mode differentiation: ``fn``
+    runs once with W replaced by dual tensors along ``direction``. No graph is built through W; whatever else
+    ``fn`` reads (φ) stays in the graph of the result."""
+    names = {id(p): name for name, p in module.named_parameters()}
+    missing = [i for i, p in enumerate(params) if id(p) not in names]
+    if missing:
+        raise ValueError(f"directional_derivative: parameters {missing} are not the module's own")
+    with forward_ad.dual_level():
+        duals = {f"module.{names[id(p)]}": forward_ad.make_dual(p.detach(), d.to(p.dtype))
+                 for p, d in zip(params, direction)}
+        tangent = forward_ad.unpack_dual(functional_call(_Call(module, fn), duals, ())).tangent
+    if tangent is None:  # fn does not depend on W
+        return torch.zeros((), device=params[0].device if params else None)
+    return tangent
+
+
 def _series_hypergradient(direct: list[Tensor], series: list[Tensor], curvature: TrainCurvature,
-                          hparams: list[Tensor], neumann_lr: float) -> list[Tensor]:
-    """∂L_A/∂φ − α·∇φ(∇W L_T · series); α scales the φ-sized result rather than a W-sized copy of the series."""
-    mixed = mean_across(_grads(_dot(curvature.gradient, series), hparams))
+                          hparams: list[Tensor], neumann_lr: float, slope: Slope | None = None) -> list[Tensor]:
+    """∂L_A/∂φ − α·∇φ(∇W L_T · series); α scales the φ-sized result rather than a W-sized copy of the series.
+    ``slope``: ∇W L_T · series on L_T's whole batch (when the curvature's graph holds only some rows of it)."""
+    inner = slope(series) if slope is not None else _dot(curvature.gradient, series)
+    mixed = mean_across(_grads(inner, hparams))
     return [(d - neumann_lr * m).detach() for d, m in zip(direct, mixed)]
 
 
@@ -275,9 +322,10 @@ class HyperOptimizer:
         return product
 
     def step(self, train_loss: Tensor | Sequence[Tensor], aux_loss: Tensor, params: Sequence[Tensor],
-             shared_graph: bool = True) -> HyperStepStats:
+             shared_graph: bool = True, slope: Slope | None = None) -> HyperStepStats:
         """One φ step. ``shared_graph=False`` promises that ``aux_loss``'s graph shares no node with
-        ``train_loss``'s (separate forwards), so it is freed early."""
+        ``train_loss``'s (separate forwards), so it is freed early. ``slope``: the mixed term's ∇W L_T · series
+        on a larger batch than ``train_loss``'s, which then serves the curvature only (``curvature_batch``)."""
         params = list(params)
         direct, v = _outer_gradients(aux_loss, params, self.hparams, shared_graph)
         curvature = TrainCurvature(train_loss, params)
@@ -287,7 +335,9 @@ class HyperOptimizer:
         v_finite = torch.stack([torch.isfinite(x).all() for x in v]).all() if v else torch.tensor(True)
         series = curvature.inverse_hvp(v, self.cfg.neumann_steps, alpha, overwrite=True)
         del v
-        grads = _series_hypergradient(direct, series, curvature, self.hparams, alpha)
+        if slope is not None:
+            curvature.gradient = []  # the series was its last use: free its graph before the forward on the whole batch
+        grads = _series_hypergradient(direct, series, curvature, self.hparams, alpha, slope)
         norm = float(_norm(grads))
         if not math.isfinite(norm):
             raise FloatingPointError(self._non_finite(norm, aux_loss, direct, v_finite, series, alpha))

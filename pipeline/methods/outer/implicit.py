@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 from torch import Tensor, nn
 
-from pipeline.methods.bilevel import BilevelConfig, HyperOptimizer
+from pipeline.methods.bilevel import BilevelConfig, HyperOptimizer, Slope
 from pipeline.datasets.shared.base import reduce_pixels
+from pipeline.core import distributed
 from pipeline.core.faults import FaultKeys, Suspect
 from pipeline.methods.base import OuterUpdate, StepContext
 
@@ -56,13 +57,30 @@ class ImplicitOuterUpdate(OuterUpdate):
         # now, so that the hyper step's W-sized vectors do not sit on top of a dead copy (peak memory).
         for p in ctx.params:
             p.grad = None
+        slope = None
         if self.objectives is not None:
             train_loss, outer_loss, logs = self.objectives(method, ctx)
         else:
-            train_loss, logs = method.training_loss(ctx.train_losses()), {}
+            train_loss, slope = self._train_objective(method, ctx)
+            logs = {}
             outer = ctx.aux_losses() if self.hyper_set == "aux" else ctx.train_losses()
             outer_loss = reduce_pixels(outer)[:, 0].mean()
         # the default losses come from separate forwards on separate batches: L_A's graph can go early
         stats = self.hyper.step(train_loss, outer_loss, [*ctx.params, *self.lower_params],
-                                shared_graph=self.objectives is not None)
+                                shared_graph=self.objectives is not None, slope=slope)
         return {**self.hyper.log(stats), **logs}
+
+    def _train_objective(self, method: "Method", ctx: StepContext) -> tuple[Tensor, Slope | None]:
+        """L_T for the hyper step: on the whole outer training batch, or (``curvature_batch``) on its first rows
+        for the curvature, with the mixed term's ∇W L_T · series on the whole batch in forward mode."""
+        rows = self.cfg.curvature_batch
+        split = (rows and ctx.batch_losses is not None and ctx.loss_slope is not None and ctx.train_batch is not None
+                 and not self.lower_params)
+        if not split:
+            return method.training_loss(ctx.train_losses()), None
+        batch = ctx.train_batch()
+        local_rows = max(1, -(-rows // distributed.world_size()))  # each process holds its shard of the batch
+        if local_rows >= len(batch.x):
+            return method.training_loss(ctx.batch_losses(batch)), None
+        train_loss = method.training_loss(ctx.batch_losses(batch.head(local_rows)))
+        return train_loss, lambda series: ctx.loss_slope(batch, series, method.training_loss)

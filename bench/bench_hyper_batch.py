@@ -17,7 +17,10 @@ does to the hypergradient's direction:
    cosine of their mean (φ's optimiser has momentum 0.9, so its step follows an average of ~10 hyper steps;
    the mean of the draws is an upper bound of that effect, as W moves between hyper steps);
 4. each hyper step's time (the pipeline's ``neumann_hypergradient``, both forwards included) is reported next
-   to the full-batch one, median over the draws.
+   to the full-batch one, median over the draws;
+5. the same for ``curvature_batch`` = b alone: the Hessian of the Neumann series on b random training samples,
+   L_A and the mixed term ∇φ∇W L_T · series on the full pools (the mixed term in forward mode, as the hyper
+   step runs it), so the loss of direction that comes from the sub-sampled curvature is seen on its own.
 
 Run from the repository root:  python bench/bench_hyper_batch.py [--draws 10] [--threads 1]
 """
@@ -27,6 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -53,7 +57,8 @@ def main(train_pool: int, aux_pool: int, sizes: str, draws: int, warmup_steps: i
     import torch.nn.functional as F
 
     from bench.bench_overhead import TASKS, _build, _per_task_losses
-    from pipeline.methods.bilevel import BilevelConfig, TrainCurvature, neumann_hypergradient
+    from pipeline.methods.bilevel import (BilevelConfig, TrainCurvature, _outer_gradients, _series_hypergradient,
+                                          directional_derivative, neumann_hypergradient)
     from pipeline.methods.combiners.auxnet import AuxiLearnConfig
     from pipeline.core.registry import METHODS
 
@@ -116,6 +121,22 @@ def main(train_pool: int, aux_pool: int, sizes: str, draws: int, warmup_steps: i
         grads = neumann_hypergradient(train_loss, aux_loss, params, phi, bilevel.neumann_steps, alpha)
         return torch.cat([g.flatten() for g in grads]), time.perf_counter() - t0
 
+    def curvature_hypergradient(idx: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
+        """The Hessian on ``idx``, L_A and the mixed term on the whole pools (``curvature_batch``)."""
+        t0 = time.perf_counter()
+        head_loss, aux_loss = losses(idx, everything_aux)
+        direct, v = _outer_gradients(aux_loss, params, phi, shared_graph=False)
+        curvature = TrainCurvature(head_loss, params)
+        series = curvature.inverse_hvp(v, bilevel.neumann_steps, alpha, overwrite=True)
+        curvature.gradient = []
+
+        def slope(direction: list[torch.Tensor]) -> torch.Tensor:
+            return directional_derivative(model, params, direction, lambda: method.training_loss(
+                _per_task_losses(model(x), ys)))
+
+        grads = _series_hypergradient(direct, series, curvature, phi, alpha, slope)
+        return torch.cat([g.flatten() for g in grads]), time.perf_counter() - t0
+
     everything, everything_aux = torch.arange(train_pool), torch.arange(aux_pool)
     train_loss, _ = losses(everything, everything_aux)
     lam, _ = TrainCurvature(train_loss, params).top_eigenvalue([torch.ones_like(p) for p in params],
@@ -133,19 +154,23 @@ def main(train_pool: int, aux_pool: int, sizes: str, draws: int, warmup_steps: i
                f"L_A on {aux_pool} samples, hypergradient norm {float(full.norm()):.3g}, {full_time * 1e3:.0f} ms")
     click.echo(f"  {'b':>5}{'mean cos':>10}{'min cos':>10}{f'cos(mean of {draws})':>20}{'time/step':>12}"
                f"{'x full':>8}")
-    for b in batch_sizes:
-        cosines, times, vectors = [], [], []
-        for _ in range(draws):
-            idx = torch.randperm(train_pool, generator=gen)[:b]
-            idx_aux = torch.randperm(aux_pool, generator=gen)[:b]
-            g, seconds = hypergradient(idx, idx_aux, alpha)
-            cosines.append(float(F.cosine_similarity(g, full, dim=0)))
-            times.append(seconds)
-            vectors.append(g)
-        mean_cos = float(F.cosine_similarity(torch.stack(vectors).mean(0), full, dim=0))
-        t = statistics.median(times)
-        click.echo(f"  {b:>5}{statistics.mean(cosines):>10.3f}{min(cosines):>10.3f}{mean_cos:>20.3f}"
-                   f"{t * 1e3:>10.0f} ms{t / full_time:>7.2f}x")
+    def table(draw: Callable[[int], tuple[torch.Tensor, float]]) -> None:
+        for b in batch_sizes:
+            cosines, times, vectors = [], [], []
+            for _ in range(draws):
+                g, seconds = draw(b)
+                cosines.append(float(F.cosine_similarity(g, full, dim=0)))
+                times.append(seconds)
+                vectors.append(g)
+            mean_cos = float(F.cosine_similarity(torch.stack(vectors).mean(0), full, dim=0))
+            t = statistics.median(times)
+            click.echo(f"  {b:>5}{statistics.mean(cosines):>10.3f}{min(cosines):>10.3f}{mean_cos:>20.3f}"
+                       f"{t * 1e3:>10.0f} ms{t / full_time:>7.2f}x")
+
+    table(lambda b: hypergradient(torch.randperm(train_pool, generator=gen)[:b],
+                                  torch.randperm(aux_pool, generator=gen)[:b], alpha))
+    click.echo(f"  curvature_batch = b: the Hessian on b training samples; L_A and the mixed term on the full pools")
+    table(lambda b: curvature_hypergradient(torch.randperm(train_pool, generator=gen)[:b], alpha))
     click.echo(f"total benchmark wall time {time.perf_counter() - started:.1f} s")
 
 

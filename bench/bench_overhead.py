@@ -9,9 +9,11 @@ head and K = 5 auxiliary heads, this measures
          L_T = method.training_loss(losses) (via ``method.backward``), backward, SGD step on W;
   hyper  one hypergradient update, as the trainer runs it when it is due: ``method.after_step(ctx)``, i.e.
          ``ImplicitOuterUpdate.step``: a forward on a training batch (L_T) and one on an auxiliary batch
-         (main loss), then ``HyperOptimizer.step`` (J-term Neumann IFT + φ's step). It is measured twice: with
+         (main loss), then ``HyperOptimizer.step`` (J-term Neumann IFT + φ's step). It is measured four ways: with
          the default hyper batch (``methods.bilevel.hyper_train_batch`` / ``hyper_aux_batch`` of
-         ``BilevelConfig()``, or ``--hyper-batch``) and with the full batch (B for both);
+         ``BilevelConfig()``, or ``--hyper-batch``), with the full batch (B for both), with the full batch but
+         the Neumann series' Hessian on ``--small-hyper-batch`` rows of it (``curvature_batch``; the mixed term
+         then in forward mode on the whole batch) and with ``--small-hyper-batch`` for both batches;
 
 and prints each one's ratio to ``plain`` from the same run, the amortised AuxiLearn overhead
 (N·inner + hyper) / (N·plain) for N = hyper_every and J = neumann_steps of the method's config, the
@@ -76,18 +78,20 @@ WORKLOADS = {
 }
 # B per workload unless --batch-size is given: ResNet-18 on one CPU core takes ~0.3 s per step at 32 images.
 DEFAULT_BATCH = {"mlp": 128, "cnn": 128, "resnet18": 32}
-# The hyper step with the default hyper batch (BilevelConfig()), the full batch (B and the whole auxiliary set)
-# and a small one (--small-hyper-batch, the reference's range); one that equals an earlier one is not re-run.
-HYPERS = ("hyper_default", "hyper_full", "hyper_small")
-HYPER_LABELS = {"hyper_default": "default hyper batch", "hyper_full": "full batch", "hyper_small": "small hyper batch"}
+# The hyper step with the default hyper batch (BilevelConfig()), the full batch (B and the whole auxiliary set),
+# the full batch with the curvature on --small-hyper-batch rows (curvature_batch) and a small hyper batch
+# (--small-hyper-batch, the reference's range); one that equals an earlier one is not re-run.
+HYPERS = ("hyper_default", "hyper_full", "hyper_curvature", "hyper_small")
+HYPER_LABELS = {"hyper_default": "default hyper batch", "hyper_full": "full batch",
+                "hyper_curvature": "small curvature batch", "hyper_small": "small hyper batch"}
 # Where the hyper step's time goes: pipeline.methods.bilevel's functions, timed by wrappers in the timing process only.
 PARTS = {
-    "forwards": "2 forwards (L_T batch, L_A batch)",
+    "forwards": "2 forwards (L_T batch or its curvature rows, L_A batch)",
     "outer_grad": "L_A backward (dL_A/dphi, grad_W L_A)",
     "create_graph": "grad_W L_T with create_graph",
     "curvature": "curvature refresh (power iteration)",
     "series": "Neumann series (J vHp)",
-    "mixed": "mixed product grad_phi(grad_W L_T . s)",
+    "mixed": "mixed product grad_phi(grad_W L_T . s) [+ forward mode]",
     "rest": "phi's step, checks, releases",
 }
 
@@ -194,14 +198,16 @@ def peak_reader(torch: Any, device: Any) -> tuple[Any, str]:
 
 
 def _hyper_configs(spec: dict[str, Any]) -> dict[str, Any]:
-    """The two ``methods.bilevel`` settings compared: the default hyper batch (``BilevelConfig()``, or
-    ``--hyper-batch`` for both batches) and the full batch (B for both)."""
+    """The ``methods.bilevel`` settings compared (see ``HYPERS``)."""
     from pipeline.methods.bilevel import BilevelConfig
 
     small = spec["small_hyper_batch"]
     return {"hyper_default": BilevelConfig(),
-            "hyper_full": BilevelConfig(hyper_train_batch=spec["batch_size"], hyper_aux_batch=spec["aux_batch_size"]),
-            "hyper_small": BilevelConfig(hyper_train_batch=small, hyper_aux_batch=small)}
+            "hyper_full": BilevelConfig(hyper_train_batch=spec["batch_size"], hyper_aux_batch=spec["aux_batch_size"],
+                                        curvature_batch=0),
+            "hyper_curvature": BilevelConfig(hyper_train_batch=spec["batch_size"],
+                                             hyper_aux_batch=spec["aux_batch_size"], curvature_batch=small),
+            "hyper_small": BilevelConfig(hyper_train_batch=small, hyper_aux_batch=small, curvature_batch=0)}
 
 
 class _PartTimer:
@@ -236,7 +242,8 @@ def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
     import torch
 
     from pipeline.core.registry import METHODS
-    from pipeline.methods.base import StepContext
+    from pipeline.methods.base import Batch, StepContext
+    from pipeline.methods.bilevel import directional_derivative
     from pipeline.methods.combiners.auxnet import AuxiLearnConfig
 
     torch.set_num_threads(spec["threads"])
@@ -267,7 +274,8 @@ def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     # (L_T batch, L_A batch) of each hyper step: a bilevel batch of 0 means B, resp. the whole auxiliary set
     sizes = {kind: m.outer_batch_sizes(spec["batch_size"]) for kind, m in methods.items()}
-    sizes = {kind: (bt, ba or spec["aux_batch_size"]) for kind, (bt, ba) in sizes.items()}
+    sizes = {kind: (bt, ba or spec["aux_batch_size"], min(bt, configs[kind].curvature_batch or bt))
+             for kind, (bt, ba) in sizes.items()}
     alias = {kind: next(k for k in HYPERS if sizes[k] == sizes[kind]) for kind in HYPERS}  # first equal one
 
     def plain() -> None:  # STL: forward, main-task loss, backward, SGD step
@@ -282,7 +290,7 @@ def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
 
     def hyper_step(kind: str) -> Any:
         """``method.after_step`` at a due step, as train_run calls it; returns this call's parts (seconds)."""
-        m, (bt, ba) = methods[kind], sizes[kind]
+        m, (bt, ba, _) = methods[kind], sizes[kind]
         parts: dict[str, float] = {}
 
         def forward(inputs: Any, targets: list[Any]) -> Any:
@@ -293,8 +301,17 @@ def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
             parts["forwards"] = parts.get("forwards", 0.0) + time.perf_counter() - t0
             return losses
 
+        rows = torch.arange(bt, device=device)
+        batch = Batch(x[:bt], rows, rows, torch.ones(bt, dtype=torch.bool, device=device))
+
+        def slope(b: Any, direction: Any, objective: Any) -> Any:  # its forward is timed with the mixed product
+            return directional_derivative(model, params, direction,
+                                          lambda: objective(_per_task_losses(model(b.x), [y[b.index] for y in ys])))
+
         ctx = StepContext(m.outer.hyper.every, params, lambda: forward(x[:bt], [y[:bt] for y in ys]),
-                          lambda: forward(x_aux[:ba], [y[:ba] for y in ys_aux]), model=model)
+                          lambda: forward(x_aux[:ba], [y[:ba] for y in ys_aux]), model=model,
+                          train_batch=lambda: batch, batch_losses=lambda b: forward(b.x, [y[b.index] for y in ys]),
+                          loss_slope=slope)
         if timer is not None:
             timer.parts = parts
         sync()
@@ -309,6 +326,9 @@ def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
     # memory baseline and not charged to whichever step happens to run first.
     with torch.no_grad():
         model(x)
+    # the same for forward-mode differentiation (the curvature batch's mixed term), on one sample: its first use
+    # in a process sets up ~25 MiB of machinery once, which is not a step's cost
+    directional_derivative(model, params, [torch.zeros_like(p) for p in params], lambda: model(x[:1])[0].sum())
     sync()
     gc.collect()
 
@@ -445,8 +465,9 @@ def _report(workload: str, timing: dict[str, Any], memory: dict[str, dict[str, A
         return f"{peak:10.2f} MiB{rel}"
 
     def batches(kind: str) -> str:
-        bt, ba = timing["sizes"][kind]
-        return f"L_T batch {bt}, L_A batch {ba}"
+        bt, ba, curvature = timing["sizes"][kind]
+        rows = f" (curvature on {curvature} rows)" if curvature < bt else ""
+        return f"L_T batch {bt}{rows}, L_A batch {ba}"
 
     def label(kind: str) -> str:
         if kind in ("plain", "inner"):
@@ -484,7 +505,8 @@ def _report(workload: str, timing: dict[str, Any], memory: dict[str, dict[str, A
 @click.option("--aux-batch-size", default=None, type=int,
               help="size of the auxiliary set the hyper step draws from [default: B]")
 @click.option("--small-hyper-batch", default=16, show_default=True,
-              help="L_T and L_A batch of the 'small hyper batch' rows (the reference uses 2-16 images)")
+              help="L_T and L_A batch of the 'small hyper batch' rows (the reference uses 2-16 images), and the "
+                   "curvature rows of the 'small curvature batch' rows")
 @click.option("--image-size", default=32, show_default=True,
               help="side of the cnn's and resnet18's square inputs (ResNet-18 is parameter-bound at 32, "
                    "activation-bound at 224)")

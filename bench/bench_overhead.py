@@ -326,9 +326,9 @@ def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
     # memory baseline and not charged to whichever step happens to run first.
     with torch.no_grad():
         model(x)
-    # the same for forward-mode differentiation (the curvature batch's mixed term), on one sample: its first use
+    # the same for forward-mode differentiation (the curvature batch's mixed term), on two samples: its first use
     # in a process sets up ~25 MiB of machinery once, which is not a step's cost
-    directional_derivative(model, params, [torch.zeros_like(p) for p in params], lambda: model(x[:1])[0].sum())
+    directional_derivative(model, params, [torch.zeros_like(p) for p in params], lambda: model(x[:2])[0].sum())
     sync()
     gc.collect()
 

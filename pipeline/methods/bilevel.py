@@ -138,18 +138,14 @@ class TrainCurvature:
     def hvp(self, v: Sequence[Tensor]) -> list[Tensor]:
         return mean_across([h.detach() for h in _grads(_dot(self.gradient, v), self.params, retain_graph=True)])
 
-    def top_eigenvalue(self, start: Sequence[Tensor], iterations: int, overwrite: bool = False
-                       ) -> tuple[float, list[Tensor]]:
-        """|λ|_max of ∇²_W L_T by power iteration from ``start``: (Rayleigh quotient, unit eigenvector).
-        ``overwrite``: ``start`` is the caller's to lose (saves a copy)."""
-        # normalised in place (the same values as out of place): only v and H·v are W-sized at a time
-        v = [x.detach() if overwrite and x.is_contiguous() else x.detach().clone() for x in start]
+    def top_eigenvalue(self, start: Sequence[Tensor], iterations: int) -> tuple[float, list[Tensor]]:
+        """|λ|_max of ∇²_W L_T by power iteration from ``start``: (Rayleigh quotient, unit eigenvector)."""
+        v = [x.detach().clone() for x in start]
         scale = _norm(v)
         if not torch.isfinite(scale) or scale == 0:
             v = [torch.ones_like(x) for x in v]
             scale = _norm(v)
-        for x in v:
-            x.div_(scale)
+        v = [x / scale for x in v]
         estimate = torch.zeros(())
         for _ in range(iterations):
             hv = self.hvp(v)
@@ -157,7 +153,7 @@ class TrainCurvature:
             size = _norm(hv)
             if size == 0:
                 break
-            v = [x.div_(size) if x.is_contiguous() else x / size for x in hv]  # autograd may return expanded views
+            v = [x / size for x in hv]
         return abs(float(estimate)), v
 
     def inverse_hvp(self, v: Sequence[Tensor], neumann_steps: int, neumann_lr: float,
@@ -304,12 +300,10 @@ class HyperOptimizer:
         """Power iteration when due; returns α_in_force × λ̂ (None when not refreshed this step)."""
         if self.hyper_steps % self.cfg.curvature_every != 0 and self.neumann_lr is not None:
             return None
-        warm = self._eigenvector is not None
-        start = self._eigenvector if warm else [g.detach().clone() for g in mean_across(
-            [g.detach() for g in curvature.gradient])]  # the same start on every process
-        self._eigenvector = None  # handed over: the iteration normalises it in place
-        iterations = self.cfg.curvature_iterations * (1 if warm else 2)
-        lam, self._eigenvector = curvature.top_eigenvalue(start, iterations, overwrite=True)
+        start = self._eigenvector if self._eigenvector is not None else mean_across(
+            [g.detach() for g in curvature.gradient])  # the same start on every process
+        iterations = self.cfg.curvature_iterations * (2 if self._eigenvector is None else 1)
+        lam, self._eigenvector = curvature.top_eigenvalue(start, iterations)
         if not math.isfinite(lam):
             raise FloatingPointError(f"{self.key}'s hyper step {self.hyper_steps + 1}: the curvature estimate "
                                      f"λ̂_max of ∇²_W L_T is {lam}: W has diverged (lower the dataset's train.lr) "

@@ -257,3 +257,18 @@ def test_a_dataset_sets_its_usefulness_defaults_and_written_keys_win():
     mine = parse_params({"usefulness": {"batches": 2}}).usefulness
     assert (mine.batch_size, mine.batches) == (16, 2)
     assert parse_params({"dataset": "toy2d"}).usefulness.batch_size == 64
+
+
+@pytest.mark.parametrize("method", ["jtds", "maoal"])
+def test_a_curvature_batch_is_refused_where_the_hyper_step_has_its_own_objectives(method):
+    """JTDS and MAOAL build their own L_T for the hyper step: ``curvature_batch`` cannot split it, and validation
+    says so before any data exist; the AuxiLearn family accepts it."""
+    with pytest.raises(ParamsError, match=r"methods\.bilevel.*curvature_batch = 4: method " + method):
+        parse_params({"method": method, "dataset": "cub", "methods": {"bilevel": {"curvature_batch": 4}}})
+    parse_params({"method": "auxilearn_nonlinear", "dataset": "cub", "methods": {"bilevel": {"curvature_batch": 4}}})
+
+    from pipeline.methods.bilevel import BilevelConfig
+    from pipeline.methods.outer.implicit import ImplicitOuterUpdate
+
+    with pytest.raises(ValueError, match="curvature_batch"):  # the outer update itself refuses too
+        ImplicitOuterUpdate([], BilevelConfig(curvature_batch=4), objectives=lambda method, ctx: None)

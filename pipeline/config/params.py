@@ -178,6 +178,11 @@ def _build_params_model() -> type[BaseModel]:
                 except ValidationError as err:
                     first = err.errors()[0]
                     raise ValueError(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+                if section == "bilevel" and cfg.curvature_batch and not spec.splits_hyper_batch:
+                    fits = sorted(name for name, other in METHODS.items() if other.splits_hyper_batch)
+                    raise ValueError(f"{where}.curvature_batch = {cfg.curvature_batch}: method {self.method} builds "
+                                     f"its own hyper-step objectives and cannot split their batch; set it to 0 "
+                                     f"(methods that can: {', '.join(fits)})")
                 if section == spec.config_section and spec.check is not None:
                     try:
                         spec.check(cfg)

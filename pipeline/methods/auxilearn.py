@@ -24,7 +24,7 @@ def combining_method(name: str, kind: str, order: int, description: str, hyper_s
 
     return MethodSpec(name, build, group="auxilearn", order=order, Config=AuxiLearnConfig,
                       config_section="auxilearn", uses_bilevel=True, uses_aux_set=hyper_set == "aux",
-                      requires=requires, description=description)
+                      requires=requires, description=description, splits_hyper_batch=True)
 
 
 for _order, _kind in enumerate(("linear", "deep_linear", "nonlinear")):
@@ -57,5 +57,5 @@ def build_labels(num_tasks: int, cfg: LabelsConfig, bilevel: Any, dataset: Any, 
 
 register(MethodSpec("auxilearn_labels", build_labels, group="generated", order=4, Config=LabelsConfig,
                     config_section="labels", uses_bilevel=True, uses_aux_set=True, needs_data=True,
-                    requires=frozenset({"generated_labels"}),
+                    requires=frozenset({"generated_labels"}), splits_hyper_batch=True,
                     description="AuxiLearn's label generator, θ2 by the IFT outer update"))

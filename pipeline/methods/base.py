@@ -242,7 +242,8 @@ class MethodSpec:
     ``needs_data``: its roles are built from the dataset (generators), so it cannot be built without one.
     ``requires``: what the dataset must provide (``Dataset.provides``); ``fits`` says whether a dataset does.
     ``check``: called with the method's section (dataset overrides applied) when params.yaml is validated; raises
-    ValueError naming the key.
+    ValueError naming the key. ``splits_hyper_batch``: its L_T in the hyper step is the combiner's training loss,
+    so ``methods.bilevel.curvature_batch`` can split that batch (methods with their own objectives cannot).
     """
 
     name: str
@@ -257,6 +258,7 @@ class MethodSpec:
     requires: frozenset[str] = frozenset()
     description: str = ""
     check: Callable[[Any], None] | None = None  # validates its config before any work (e.g. a file exists)
+    splits_hyper_batch: bool = False
 
     def __post_init__(self) -> None:
         if self.group not in GROUP_ORDER:

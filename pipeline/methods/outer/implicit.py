@@ -35,6 +35,10 @@ class ImplicitOuterUpdate(OuterUpdate):
                  lower_params: list[nn.Parameter] | None = None, section: str = "bilevel",
                  lr_key: str = "lr") -> None:
         super().__init__()
+        if cfg.curvature_batch and (objectives is not None or lower_params):
+            raise ValueError(f"methods.{section}.curvature_batch = {cfg.curvature_batch}: only methods whose L_T is "
+                             f"their combiner's training loss (the AuxiLearn family) split the hyper step's batch; "
+                             f"this method builds its own objectives: set it to 0")
         self.cfg = cfg
         self.hyper_set = hyper_set
         self.objectives = objectives

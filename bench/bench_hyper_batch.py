@@ -57,8 +57,7 @@ def main(train_pool: int, aux_pool: int, sizes: str, draws: int, warmup_steps: i
     import torch.nn.functional as F
 
     from bench.bench_overhead import TASKS, _build, _per_task_losses
-    from pipeline.methods.bilevel import (BilevelConfig, TrainCurvature, _outer_gradients, _series_hypergradient,
-                                          directional_derivative, neumann_hypergradient)
+    from pipeline.methods.bilevel import BilevelConfig, TrainCurvature, directional_derivative, neumann_hypergradient
     from pipeline.methods.combiners.auxnet import AuxiLearnConfig
     from pipeline.core.registry import METHODS
 
@@ -125,16 +124,12 @@ def main(train_pool: int, aux_pool: int, sizes: str, draws: int, warmup_steps: i
         """The Hessian on ``idx``, L_A and the mixed term on the whole pools (``curvature_batch``)."""
         t0 = time.perf_counter()
         head_loss, aux_loss = losses(idx, everything_aux)
-        direct, v = _outer_gradients(aux_loss, params, phi, shared_graph=False)
-        curvature = TrainCurvature(head_loss, params)
-        series = curvature.inverse_hvp(v, bilevel.neumann_steps, alpha, overwrite=True)
-        curvature.gradient = []
 
         def slope(direction: list[torch.Tensor]) -> torch.Tensor:
             return directional_derivative(model, params, direction, lambda: method.training_loss(
                 _per_task_losses(model(x), ys)))
 
-        grads = _series_hypergradient(direct, series, curvature, phi, alpha, slope)
+        grads = neumann_hypergradient(head_loss, aux_loss, params, phi, bilevel.neumann_steps, alpha, slope)
         return torch.cat([g.flatten() for g in grads]), time.perf_counter() - t0
 
     everything, everything_aux = torch.arange(train_pool), torch.arange(aux_pool)

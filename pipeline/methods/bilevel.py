@@ -218,6 +218,8 @@ def _series_hypergradient(direct: list[Tensor], series: list[Tensor], curvature:
                           hparams: list[Tensor], neumann_lr: float, slope: Slope | None = None) -> list[Tensor]:
     """∂L_A/∂φ − α·∇φ(∇W L_T · series); α scales the φ-sized result rather than a W-sized copy of the series.
     ``slope``: ∇W L_T · series on L_T's whole batch (when the curvature's graph holds only some rows of it)."""
+    if slope is not None:
+        curvature.gradient = []  # the series was its last use: free its graph before the forward on the whole batch
     inner = slope(series) if slope is not None else _dot(curvature.gradient, series)
     mixed = mean_across(_grads(inner, hparams))
     return [(d - neumann_lr * m).detach() for d, m in zip(direct, mixed)]
@@ -230,18 +232,20 @@ def neumann_hypergradient(
     hparams: Sequence[Tensor],
     neumann_steps: int,
     neumann_lr: float,
+    slope: Slope | None = None,
 ) -> list[Tensor]:
     """Approximate dL_A/dφ at the current (W, φ), treating W as the inner optimum W*(φ).
 
     ``train_loss`` and ``aux_loss`` must be built from ``params`` (W) and, where they depend on them,
     ``hparams`` (φ). With ``neumann_steps`` → ∞ and ``neumann_lr`` < 2/λ_max(H) this is the exact IFT
-    hypergradient.
+    hypergradient. ``slope``: the mixed term's ∇W L_T · series on a larger batch than ``train_loss``'s, which
+    then serves the curvature only (``curvature_batch``).
     """
     params, hparams = list(params), list(hparams)
     direct, v = _outer_gradients(aux_loss, params, hparams)
     curvature = TrainCurvature(train_loss, params)
     series = curvature.inverse_hvp(v, neumann_steps, neumann_lr, overwrite=True)
-    return _series_hypergradient(direct, series, curvature, hparams, neumann_lr)
+    return _series_hypergradient(direct, series, curvature, hparams, neumann_lr, slope)
 
 
 @dataclass
@@ -335,8 +339,6 @@ class HyperOptimizer:
         v_finite = torch.stack([torch.isfinite(x).all() for x in v]).all() if v else torch.tensor(True)
         series = curvature.inverse_hvp(v, self.cfg.neumann_steps, alpha, overwrite=True)
         del v
-        if slope is not None:
-            curvature.gradient = []  # the series was its last use: free its graph before the forward on the whole batch
         grads = _series_hypergradient(direct, series, curvature, self.hparams, alpha, slope)
         norm = float(_norm(grads))
         if not math.isfinite(norm):

@@ -77,10 +77,8 @@ class ImplicitOuterUpdate(OuterUpdate):
     def _train_objective(self, method: "Method", ctx: StepContext) -> tuple[Tensor, Slope | None]:
         """L_T for the hyper step: on the whole outer training batch, or (``curvature_batch``) on its first rows
         for the curvature, with the mixed term's ∇W L_T · series on the whole batch in forward mode."""
-        rows = self.cfg.curvature_batch
-        split = (rows and ctx.batch_losses is not None and ctx.loss_slope is not None and ctx.train_batch is not None
-                 and not self.lower_params)
-        if not split:
+        rows = self.cfg.curvature_batch  # 0, or a method without objectives or lower params (the constructor)
+        if not rows:
             return method.training_loss(ctx.train_losses()), None
         batch = ctx.train_batch()
         local_rows = max(1, -(-rows // distributed.world_size()))  # each process holds its shard of the batch

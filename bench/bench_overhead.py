@@ -115,6 +115,7 @@ def _build(workload: str, batch_size: int, aux_batch_size: int, device: Any, ima
             h = self.trunk(x)
             return [head(h) for head in self.heads]
 
+    torch.manual_seed(SEED)  # before the trunk is built: its initial weights are part of the workload
     if workload == "mlp":
         input_shape: tuple[int, ...] = (64,)
         trunk = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU())
@@ -138,7 +139,6 @@ def _build(workload: str, batch_size: int, aux_batch_size: int, device: Any, ima
     else:
         raise ValueError(workload)
 
-    torch.manual_seed(SEED)
     model = MultiHead(trunk, features).to(device)
     gen = torch.Generator().manual_seed(SEED + 1)
 

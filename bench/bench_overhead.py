@@ -27,7 +27,9 @@ last about 0.25 s with ``time.perf_counter``, after warm-up; reported are the me
 the median over repeats of the per-repeat ratio to ``plain``.
 Peak memory: one more fresh ``spawn`` subprocess per measurement, so none sees another's allocations;
 peak over a baseline read once the model, data, method and optimiser are built and one no-grad forward
-has run (lazy library set-up is not charged to a step):
+has run (lazy library set-up is not charged to a step). A hyper step's peak is taken over curvature_every + 1
+hyper steps, each after an inner step, so it covers a refresh of λ̂ from the stored eigenvector (the refresh that
+steady-state training runs, not only the first, cold one):
   CPU   growth of ``ru_maxrss``. Its high-water mark is first reset to the current RSS through
         /proc/self/clear_refs where Linux allows it, so import-time peaks do not hide the step's, and
         the memory process runs with MALLOC_MMAP_THRESHOLD_=65536 so that freed tensors leave RSS;
@@ -368,11 +370,17 @@ def _measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of ``spec["kind"]`` over the post-setup baseline (run in a fresh process)."""
     env = _setup(spec)
     read_peak, how = peak_reader(env["torch"], env["device"])
-    kind = spec["kind"]
+    kind, steps = spec["kind"], env["steps"]
     if kind in HYPERS:
-        env["steps"]["inner"]()  # the state at a hyper step in train_run: W.grad and W's momentum buffers exist
-    for _ in range(WARMUP_ITERS):
-        env["steps"][kind]()
+        # each after an inner step, as in train_run (W.grad and W's momentum buffers exist), and through one
+        # curvature refresh from the stored eigenvector: the refresh of steady-state training, not only the
+        # first (cold) one
+        for _ in range(env["facts"]["curvature_every"] + 1):
+            steps["inner"]()
+            steps[kind]()
+    else:
+        for _ in range(WARMUP_ITERS):
+            steps[kind]()
     env["sync"]()
     return {**env["facts"], "peak_mib": read_peak(), "mem_how": how}
 

@@ -420,3 +420,41 @@ def test_batch_head_keeps_the_companion_rows_in_proportion():
     assert Batch(rows.float()[:, None], rows, rows, rows < 12).head(5).index.tolist() == [0, 1, 2, 3, 4]
     assert batch.head(12) is batch
 
+
+
+def test_a_warm_curvature_refresh_runs_in_the_stored_eigenvectors_storage_with_the_same_roundings():
+    """The power iteration normalises each H·v into v's own storage (one W-sized vector fewer at the refresh's
+    peak) and H·v hands v to autograd as ∇W L_T's gradient (no product tensor): both bit for bit the
+    out-of-place iteration on ∇W L_T · v; a warm refresh reuses the stored eigenvector's storage."""
+    from pipeline.methods.bilevel import TrainCurvature
+
+    net, auxnet, (x, y), _ = _net_problem()
+    params = list(net.parameters())
+    curvature = TrainCurvature(_Combine(auxnet).training_loss((net(x) - y) ** 2), params)
+    start = [torch.randn_like(p) for p in params]
+
+    v = [s.clone() for s in start]  # the reference: out of place, H·v as ∇W(∇W L_T · v)
+    scale = torch.sqrt(sum((s ** 2).sum() for s in v))
+    v = [s / scale for s in v]
+    for _ in range(5):
+        hv = torch.autograd.grad(sum((g * s).sum() for g, s in zip(curvature.gradient, v)), params, retain_graph=True)
+        estimate = sum((a * b).sum() for a, b in zip(v, hv))
+        size = torch.sqrt(sum((h ** 2).sum() for h in hv))
+        v = [h / size for h in hv]
+
+    kept = [s.clone() for s in start]
+    lam, vector = curvature.top_eigenvalue(kept, 5)  # the caller's start is left as it was
+    assert all(torch.equal(a, b) for a, b in zip(kept, start))
+    assert lam == abs(float(estimate)) and all(torch.equal(a, b) for a, b in zip(vector, v))
+    owned = [s.clone() for s in start]
+    lam_owned, vector_owned = curvature.top_eigenvalue(owned, 5, overwrite=True)
+    assert lam_owned == lam and all(torch.equal(a, b) for a, b in zip(vector_owned, v))
+    assert [a.data_ptr() for a in vector_owned] == [b.data_ptr() for b in owned]
+
+    (phi,) = auxnet.parameters()  # HyperOptimizer: every refresh after the first runs in the same storage
+    opt = HyperOptimizer([phi], BilevelConfig(optimizer="sgd", lr=1e-3, hyper_every=1, curvature_every=1))
+    pointers = []
+    for _ in range(3):
+        opt.step(_Combine(auxnet).training_loss((net(x) - y) ** 2), ((net(x)[:, 0] - y[:, 0]) ** 2).mean(), params)
+        pointers.append([e.data_ptr() for e in opt._eigenvector])
+    assert pointers[1] == pointers[2]

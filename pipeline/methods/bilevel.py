@@ -85,12 +85,28 @@ def _grads(out: Tensor, inputs: Sequence[Tensor], **kwargs) -> list[Tensor]:
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
+def _vjp(outputs: Sequence[Tensor], vectors: Sequence[Tensor], inputs: Sequence[Tensor], **kwargs) -> list[Tensor]:
+    """∇_inputs (outputs · vectors), the vectors handed to autograd as the outputs' gradients: no product
+    outputs × vectors is formed, so no W-sized copy of the vectors enters the backward (peak memory)."""
+    pairs = [(out, vec) for out, vec in zip(outputs, vectors) if out.requires_grad]
+    if not pairs:
+        return [torch.zeros_like(x) for x in inputs]
+    outs, vecs = zip(*pairs)
+    return _grads(list(outs), inputs, grad_outputs=list(vecs), **kwargs)
+
+
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     return sum((x * y).sum() for x, y in zip(a, b))
 
 
 def _norm(a: Sequence[Tensor]) -> Tensor:
     return torch.sqrt(sum((x.detach() ** 2).sum() for x in a))
+
+
+def _writable(tensors: Sequence[Tensor], overwrite: bool) -> list[Tensor]:
+    """Detached tensors that may be written in place: ``tensors`` themselves when they are the caller's to lose
+    (``overwrite``), except expanded views (stride 0, which autograd may hand back), else copies."""
+    return [x.detach() if overwrite and x.is_contiguous() else x.detach().clone() for x in tensors]
 
 
 class TensorNormalizedSGD(torch.optim.Optimizer):
@@ -136,16 +152,21 @@ class TrainCurvature:
             self.gradient = list(train_loss)
 
     def hvp(self, v: Sequence[Tensor]) -> list[Tensor]:
-        return mean_across([h.detach() for h in _grads(_dot(self.gradient, v), self.params, retain_graph=True)])
+        return mean_across([h.detach() for h in _vjp(self.gradient, v, self.params, retain_graph=True)])
 
-    def top_eigenvalue(self, start: Sequence[Tensor], iterations: int) -> tuple[float, list[Tensor]]:
-        """|λ|_max of ∇²_W L_T by power iteration from ``start``: (Rayleigh quotient, unit eigenvector)."""
-        v = [x.detach().clone() for x in start]
+    def top_eigenvalue(self, start: Sequence[Tensor], iterations: int, overwrite: bool = False
+                       ) -> tuple[float, list[Tensor]]:
+        """|λ|_max of ∇²_W L_T by power iteration from ``start``: (Rayleigh quotient, unit eigenvector).
+
+        Each H·v is normalised straight into v's storage, so only v and one H·v are alive at a time (the same
+        roundings as out of place); ``overwrite``: ``start`` is the caller's to lose (saves a copy)."""
+        v = _writable(start, overwrite)
         scale = _norm(v)
         if not torch.isfinite(scale) or scale == 0:
             v = [torch.ones_like(x) for x in v]
             scale = _norm(v)
-        v = [x / scale for x in v]
+        for x in v:
+            x.div_(scale)
         estimate = torch.zeros(())
         for _ in range(iterations):
             hv = self.hvp(v)
@@ -153,7 +174,8 @@ class TrainCurvature:
             size = _norm(hv)
             if size == 0:
                 break
-            v = [x / size for x in hv]
+            for x, h in zip(v, hv):
+                torch.div(h, size, out=x)
         return abs(float(estimate)), v
 
     def inverse_hvp(self, v: Sequence[Tensor], neumann_steps: int, neumann_lr: float,
@@ -162,8 +184,7 @@ class TrainCurvature:
 
         The terms are updated in place (the same roundings as out of place), so only the sum, the current
         term and one H·v are alive at a time; ``overwrite``: ``v`` is the caller's to lose (saves a copy)."""
-        # autograd may hand back expanded views (stride 0), which cannot be written in place: copy those
-        v = [x.detach() if overwrite and x.is_contiguous() else x.detach().clone() for x in v]
+        v = _writable(v, overwrite)
         p = [x.clone() for x in v]
         for _ in range(neumann_steps):
             for vi, pi, hvi in zip(v, p, self.hvp(v)):
@@ -220,8 +241,8 @@ def _series_hypergradient(direct: list[Tensor], series: list[Tensor], curvature:
     ``slope``: ∇W L_T · series on L_T's whole batch (when the curvature's graph holds only some rows of it)."""
     if slope is not None:
         curvature.gradient = []  # the series was its last use: free its graph before the forward on the whole batch
-    inner = slope(series) if slope is not None else _dot(curvature.gradient, series)
-    mixed = mean_across(_grads(inner, hparams))
+    mixed = mean_across(_grads(slope(series), hparams) if slope is not None
+                        else _vjp(curvature.gradient, series, hparams))
     return [(d - neumann_lr * m).detach() for d, m in zip(direct, mixed)]
 
 
@@ -304,10 +325,12 @@ class HyperOptimizer:
         """Power iteration when due; returns α_in_force × λ̂ (None when not refreshed this step)."""
         if self.hyper_steps % self.cfg.curvature_every != 0 and self.neumann_lr is not None:
             return None
-        start = self._eigenvector if self._eigenvector is not None else mean_across(
-            [g.detach() for g in curvature.gradient])  # the same start on every process
-        iterations = self.cfg.curvature_iterations * (2 if self._eigenvector is None else 1)
-        lam, self._eigenvector = curvature.top_eigenvalue(start, iterations)
+        warm = self._eigenvector is not None
+        # warm: the iteration runs in the last eigenvector's storage (no W-sized copy beside it);
+        # cold: the start reads ∇W L_T, which the series still needs, so it is copied
+        start = self._eigenvector if warm else mean_across([g.detach() for g in curvature.gradient])
+        iterations = self.cfg.curvature_iterations * (1 if warm else 2)
+        lam, self._eigenvector = curvature.top_eigenvalue(start, iterations, overwrite=warm)
         if not math.isfinite(lam):
             raise FloatingPointError(f"{self.key}'s hyper step {self.hyper_steps + 1}: the curvature estimate "
                                      f"λ̂_max of ∇²_W L_T is {lam}: W has diverged (lower the dataset's train.lr) "

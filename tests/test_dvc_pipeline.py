@@ -152,15 +152,21 @@ def test_compare_renders_one_row_per_method(pipeline_repo: Path):
 def test_editing_one_dataset_package_stales_only_its_runs(pipeline_repo: Path):
     """Exact dependencies: the stages depend on the selected dataset's package, not on every dataset's code."""
     assert stale_stages(pipeline_repo) == set()
-    for name, stale in (("noisy_aux", set()), ("toy2d", {"prepare", "split", "train", "evaluate", "report",
-                                                          "usefulness"})):
+    # dataset_code reads every dataset package (a pair runs its members' code, which dvc.yaml cannot name)
+    for name, stale in (("noisy_aux", {"dataset_code"}),
+                        ("toy2d", {"dataset_code", "prepare", "split", "train", "evaluate", "report", "usefulness"})):
         task = pipeline_repo / f"pipeline/datasets/{name}/task.py"
         original = task.read_text()
         task.write_text(original + "\n# an edit\n")
         try:
             assert stale_stages(pipeline_repo) == stale, name
+            if name == "noisy_aux":  # toy2d imports no other dataset: its dataset_code.json stays as it was
+                out = dvc(pipeline_repo, "repro").stdout
+                assert "Running stage 'dataset_code'" in out and out.count("Running stage") == 1, out
+                assert stale_stages(pipeline_repo) == set()
         finally:
             task.write_text(original)
+    dvc(pipeline_repo, "repro")
     assert stale_stages(pipeline_repo) == set()
     metric_code = pipeline_repo / "pipeline/metrics/classification.py"  # evaluate reads the metric code
     original = metric_code.read_text()
@@ -170,6 +176,37 @@ def test_editing_one_dataset_package_stales_only_its_runs(pipeline_repo: Path):
         assert not any(s.startswith("prepare") for s in stale_stages(pipeline_repo))
     finally:
         metric_code.write_text(original)
+
+
+def test_a_pairs_stages_rerun_when_a_member_datasets_code_changes(pipeline_repo: Path):
+    """pet_cub runs oxford_pet's and cub's code; dvc.yaml names only pipeline/datasets/pet_cub, and dataset_code's
+    hashes of the members carry an edit of cub's code to the pair's stages."""
+    from tests.conftest import SMALL_STANDINS
+
+    def select(p, dataset):
+        p["dataset"] = dataset
+        p["datasets"]["pet_cub"]["prepare"] = {"auxiliary": SMALL_STANDINS["cub"]} if dataset == "pet_cub" else {}
+
+    edit_params(pipeline_repo, lambda p: select(p, "pet_cub"))
+    dvc(pipeline_repo, "repro", "prepare")
+    code = json.loads((pipeline_repo / "data/dataset_code.json").read_text())
+    assert code["dataset"] == "pet_cub"
+    assert set(code["built_from"]) == {"pipeline/datasets/cub", "pipeline/datasets/oxford_pet"}
+    assert not {"validate", "dataset_code", "prepare"} & stale_stages(pipeline_repo)
+    task = pipeline_repo / "pipeline/datasets/cub/task.py"
+    original = task.read_text()
+    task.write_text(original + "\n# an edit\n")
+    try:
+        stale = stale_stages(pipeline_repo)
+        assert "dataset_code" in stale and "prepare" not in stale, stale  # DVC sees the member through the file
+        out = dvc(pipeline_repo, "repro", "prepare").stdout
+        assert "Running stage 'dataset_code'" in out and "Running stage 'prepare'" in out, out
+    finally:
+        task.write_text(original)
+    edit_params(pipeline_repo, lambda p: select(p, "toy2d"))
+    out = dvc(pipeline_repo, "repro").stdout
+    assert "Stage 'prepare' is cached" in out, out  # toy2d's dataset_code.json is as it was: DVC's run cache
+    assert stale_stages(pipeline_repo) == set()
 
 
 def test_a_users_raw_folder_is_a_dependency(pipeline_repo: Path):

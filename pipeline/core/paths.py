@@ -2,6 +2,7 @@
 from pathlib import Path
 
 PREPARED = Path("data/prepared")
+DATASET_CODE = Path("data/dataset_code.json")  # hashes of the other datasets' code the selected one runs
 SPLITS = Path("data/splits")
 MODELS = Path("models")
 REPORTS = Path("reports")
@@ -33,4 +34,4 @@ def swapped_outputs() -> list[Path]:
                 prepared.add(entry)
             elif name.startswith(".") and name.endswith((".old", ".tmp")) and "." in name[1:]:
                 prepared.add(PREPARED / name[1:].split(".")[0])
-    return [MODELS, SPLITS, FIGURES, PLOTS, METRICS, PER_SEED, REPORT_MD, TIMINGS, *sorted(prepared)]
+    return [DATASET_CODE, MODELS, SPLITS, FIGURES, PLOTS, METRICS, PER_SEED, REPORT_MD, TIMINGS, *sorted(prepared)]

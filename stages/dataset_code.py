@@ -18,7 +18,7 @@ import click
 
 import pipeline.datasets
 from pipeline.config.stage import stage
-from pipeline.core.io import write_json
+from pipeline.core.io import sha256_file, write_json
 from pipeline.core.paths import DATASET_CODE
 
 SHARED = "shared"  # pipeline/datasets/shared is every stage's own dependency in dvc.yaml
@@ -48,10 +48,6 @@ def _imported_packages(file: Path, root: Path) -> set[str]:
     return found
 
 
-def _source_files(package: Path) -> list[Path]:
-    return sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
-
-
 def built_from(dataset: str, root: Path = DATASETS_ROOT) -> list[str]:
     """The other dataset packages whose code ``dataset``'s package runs, directly or through one another."""
     if not (root / dataset).is_dir():
@@ -59,7 +55,7 @@ def built_from(dataset: str, root: Path = DATASETS_ROOT) -> list[str]:
     seen, todo = {dataset}, [dataset]
     while todo:
         package = root / todo.pop()
-        for file in _source_files(package):
+        for file in sorted(package.rglob("*.py")):  # byte-code caches hold .pyc only
             for name in sorted(_imported_packages(file, root) - seen - {SHARED}):
                 if not (root / name).is_dir():
                     raise FileNotFoundError(f"{file} imports the dataset package {name!r}, but {root / name} "
@@ -73,8 +69,7 @@ def package_hash(package: Path) -> str:
     """sha256 over every file of ``package`` (relative path and bytes), compiled caches excluded."""
     digest = hashlib.sha256()
     for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
+        digest.update(f"{path.relative_to(package).as_posix()}\0{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
 

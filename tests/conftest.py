@@ -21,9 +21,10 @@ from pipeline.engine.training import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Under pytest-xdist the workers share the cores: each takes its share of torch's intra-op threads, so that two
-# workers on two cores do not oversubscribe them (the stages run by DVC tests take `threads` from params: 1).
-torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+# Under pytest-xdist the workers share the cores: each takes its share of torch's intra-op threads (torch's own
+# default, which follows OMP_NUM_THREADS), so that two workers on two cores do not oversubscribe them (the
+# stages run by DVC tests take `threads` from params: 1).
+torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 def pytest_collection_modifyitems(config, items):

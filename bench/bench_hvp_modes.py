@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Hessian-vector products two ways: reverse-over-reverse (the engine's) against forward-over-reverse (a report).
+
+The hyper step's memory at 224×224 is mostly ∇W L_T's create-graph graph, kept for the J Neumann terms. A
+forward-over-reverse product (``torch.func.jvp`` of ``torch.func.grad``) keeps no graph between products, so
+it might need less. This measures both on ``bench_overhead.py``'s ResNet-18 with its K = 5 auxiliary heads
+and the equal-weight training loss L_T:
+
+  reverse  ∇W L_T with ``create_graph``, then J products ``autograd.grad(∇W L_T, W, v, retain_graph=True)``
+           (``TrainCurvature``'s path);
+  forward  J products ``jvp(grad(L_T), W, v)``, each a forward with dual tensors and a backward.
+
+BatchNorm uses batch statistics without updating running ones in both (a transform may not mutate them).
+Time: the faster of two calls of the whole J products, in the process that measured memory, after one STL
+warm-up step. Memory: one fresh spawned process per mode, ``ru_maxrss`` growth over the state after warm-up
+(``bench_overhead.peak_reader``). The products are checked against each other (relative difference of the
+last one). Run from the repository root:
+``OMP_NUM_THREADS=2 python bench/bench_hvp_modes.py --image-size 224 --rows 16 --threads 2``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.bench_overhead import MEMORY_ENV, _run_fresh  # noqa: E402  (stdlib + click only on import)
+
+MODES = ("reverse", "forward")
+
+
+def _measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Child side: build, warm up, then time and measure J products in ``spec['mode']``."""
+    import torch
+    from torch.func import functional_call, grad, jvp
+
+    from bench.bench_overhead import _build, _per_task_losses, peak_reader
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device("cpu")
+    model, (x, ys), _ = _build("resnet18", spec["rows"], spec["rows"], device, image_size=spec["image_size"])
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x)[0], ys[0]).backward()
+    optimizer.step()  # W's momentum exists, as in training
+    optimizer.zero_grad(set_to_none=True)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats = False
+            module.running_mean = module.running_var = None
+    names = [name for name, _ in model.named_parameters()]
+    params = list(model.parameters())
+    buffers = dict(model.named_buffers())
+    generator = torch.Generator().manual_seed(1)
+    vector = [torch.randn(p.shape, generator=generator) for p in params]
+
+    def train_loss(out: list[Any]) -> Any:
+        return _per_task_losses(out, ys).mean(0).mean()
+
+    def reverse() -> list[Any]:
+        gradient = torch.autograd.grad(train_loss(model(x)), params, create_graph=True)
+        for _ in range(spec["neumann_steps"]):
+            product = torch.autograd.grad(gradient, params, grad_outputs=vector, retain_graph=True)
+        return [p.detach() for p in product]
+
+    def loss_of(weights: dict[str, Any]) -> Any:
+        return train_loss(functional_call(model, (weights, buffers), (x,)))
+
+    def forward() -> list[Any]:
+        primal = {name: p.detach() for name, p in zip(names, params)}
+        tangent = dict(zip(names, vector))
+        for _ in range(spec["neumann_steps"]):
+            _, product = jvp(grad(loss_of), (primal,), (tangent,))
+        return [product[name] for name in names]
+
+    run = {"reverse": reverse, "forward": forward}[spec["mode"]]
+    read_peak, how = peak_reader(torch, device)
+    start = time.perf_counter()
+    product = run()
+    first = time.perf_counter() - start
+    peak = read_peak()
+    start = time.perf_counter()
+    run()
+    second = time.perf_counter() - start
+    return {"seconds": min(first, second), "peak_mib": peak, "how": how,
+            "product": [p.double() for p in product], "parameters": sum(p.numel() for p in params)}
+
+
+@click.command()
+@click.option("--image-size", default=224, show_default=True, help="side of the square inputs")
+@click.option("--rows", default=16, show_default=True, help="rows of L_T's batch (the hyper step's curvature rows)")
+@click.option("--neumann-steps", default=3, show_default=True, help="J: products per measurement")
+@click.option("--threads", default=1, show_default=True, help="torch.set_num_threads")
+def main(image_size: int, rows: int, neumann_steps: int, threads: int) -> None:
+    """Time and peak memory of J Hessian-vector products, reverse-over-reverse against forward-over-reverse."""
+    spec = {"image_size": image_size, "rows": rows, "neumann_steps": neumann_steps, "threads": threads}
+    results = {mode: _run_fresh(_measure, {**spec, "mode": mode}, MEMORY_ENV) for mode in MODES}
+    reverse, forward = results["reverse"], results["forward"]
+    difference = sum(float(((a - b) ** 2).sum()) for a, b in zip(reverse["product"], forward["product"])) ** 0.5
+    scale = sum(float((a ** 2).sum()) for a in reverse["product"]) ** 0.5
+    print(f"ResNet-18 ({reverse['parameters']:,} parameters in W), K = 5 auxiliary heads, inputs 3x{image_size}x"
+          f"{image_size}, {rows} rows, J = {neumann_steps} products, {threads} thread(s); memory: {reverse['how']}")
+    print(f"  {'mode':<10}{'time (J products)':>20}{'x reverse':>12}{'peak memory':>16}{'x reverse':>12}")
+    for mode in MODES:
+        r = results[mode]
+        print(f"  {mode:<10}{r['seconds']:>18.3f} s{r['seconds'] / reverse['seconds']:>11.2f}x"
+              f"{r['peak_mib']:>12.1f} MiB{r['peak_mib'] / reverse['peak_mib']:>11.2f}x")
+    print(f"  products agree: ||forward - reverse|| / ||reverse|| = {difference / scale:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,8 +6,8 @@ forward-over-reverse product (``torch.func.jvp`` of ``torch.func.grad``) keeps n
 it might need less. This measures both on ``bench_overhead.py``'s ResNet-18 with its K = 5 auxiliary heads
 and the equal-weight training loss L_T:
 
-  reverse  ∇W L_T with ``create_graph``, then J products ``autograd.grad(∇W L_T, W, v, retain_graph=True)``
-           (``TrainCurvature``'s path);
+  reverse  the engine's ``TrainCurvature``: ∇W L_T with ``create_graph``, then J products ``hvp(v)``, each a
+           backward through the retained graph;
   forward  J products ``jvp(grad(L_T), W, v)``, each a forward with dual tensors and a backward.
 
 BatchNorm uses batch statistics without updating running ones in both (a transform may not mutate them).
@@ -41,6 +41,7 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     from torch.func import functional_call, grad, jvp
 
     from bench.bench_overhead import _build, _per_task_losses, peak_reader
+    from pipeline.methods.bilevel import TrainCurvature
 
     torch.set_num_threads(spec["threads"])
     device = torch.device("cpu")
@@ -65,10 +66,10 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
         return _per_task_losses(out, ys).mean(0).mean()
 
     def reverse() -> list[Any]:
-        gradient = torch.autograd.grad(train_loss(model(x)), params, create_graph=True)
+        curvature = TrainCurvature(train_loss(model(x)), params)
         for _ in range(spec["neumann_steps"]):
-            product = torch.autograd.grad(gradient, params, grad_outputs=vector, retain_graph=True)
-        return [p.detach() for p in product]
+            product = curvature.hvp(vector)
+        return product
 
     def loss_of(weights: dict[str, Any]) -> Any:
         return train_loss(functional_call(model, (weights, buffers), (x,)))

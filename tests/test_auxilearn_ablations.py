@@ -82,6 +82,24 @@ def test_polynomial_network_is_linear_in_the_terms_and_starts_at_equal():
     assert net.weight[4] == 0  # clipped: monotone, as the paper's linear network
 
 
+def test_polynomial_network_has_finite_second_derivatives_at_a_zero_loss():
+    """A loss of exactly 0 (a masked task, e.g. a dataset pair's rows without that label) must not make the
+    Hessian of L_T NaN: x ** 0 has derivative 0 · x⁻¹, which autograd's second pass turns into 0 · ∞."""
+    net = build_method("auxilearn_polynomial", 3, parse_params({"dataset": "demo", "method": "auxilearn_polynomial"})
+                       ).combiner.auxnet
+    with torch.no_grad():
+        net.weight.copy_(torch.linspace(0.5, 1.5, len(net.exponents)))
+    losses = torch.tensor([[0.5, 0.0, 3.0], [0.0, 2.0, 0.0]], requires_grad=True)
+    (gradient,) = torch.autograd.grad(net(losses).sum(), losses, create_graph=True)
+    (curvature,) = torch.autograd.grad(gradient.sum(), losses)
+    assert torch.isfinite(gradient).all() and torch.isfinite(curvature).all(), (gradient, curvature)
+    # the exact derivatives of Σ_m φ_m Π_j ℓ_j^e_mj, e.g. ∂/∂ℓ₂ at (0, 2, 0): φ(ℓ₂) + 2·2·φ(ℓ₂²) + 0 + ...
+    exact = torch.func.hessian(lambda x: sum(float(w) * torch.prod(torch.stack([x[j] ** e for j, e in enumerate(ex)
+                                                                                  if e]))
+                                             for w, ex in zip(net.weight, net.exponents)))(losses[1].detach())
+    assert torch.allclose(curvature[1], exact.sum(0))
+
+
 def test_polynomial_run_logs_a_weight_per_term(tmp_path):
     _, result = demo_run(tmp_path, "auxilearn_polynomial")
     logged = [e for e in result.history["method_log"] if any(parse_term_key(k) for k in e)]

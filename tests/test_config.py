@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
         ({"dataset": "imagenet"}, "dataset", "unknown dataset 'imagenet'"),
         ({"seeds": []}, "seeds", "at least 1"),
         ({"datasets": {"toy2d": {"split": {"test": 1250}}}}, "datasets.toy2d.split", "leaves no training data"),
+        # demo's size follows from shapes_per_category (4 families): 12 × 4 = 48 < its default 160 held out
+        ({"datasets": {"demo": {"prepare": {"shapes_per_category": 12}}}}, "prepare.shapes_per_category = 12",
+         "aux + val + test = 160 leaves no training data (datasets.demo: 48 surfaces"),
     ],
 )
 def test_bad_params_name_the_key(raw, key, text):

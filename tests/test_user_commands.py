@@ -19,7 +19,7 @@ from tests.conftest import copy_repository
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
 
-# One method of each family; every registered method is measured from the defaults by bench/run_every_method.py.
+# One method of each family; every registered method is measured from the defaults by bench/user_commands.py.
 FAMILIES = ["equal", "auxilearn_convnet", "maxl", "dae"]
 
 

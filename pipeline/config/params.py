@@ -209,11 +209,14 @@ def _build_params_model() -> type[BaseModel]:
             for name in DATASETS:
                 profile = getattr(self.datasets, name)
                 size = getattr(profile.prepare, "num_samples", None)  # None: known only after ingest
+                source = f"datasets.{name}.prepare.num_samples = {size}"
+                if hasattr(profile.prepare, "sample_count"):  # a generator whose size follows from other keys
+                    size, source = profile.prepare.sample_count()
+                    source = f"datasets.{name}: {source}"
                 held_out = sum(getattr(profile.split, k, 0) for k in ("aux", "val", "test"))
                 if size is not None and held_out >= size:
                     raise ValueError(
-                        f"datasets.{name}.split: aux + val + test = {held_out} leaves no training data "
-                        f"(datasets.{name}.prepare.num_samples = {size})"
+                        f"datasets.{name}.split: aux + val + test = {held_out} leaves no training data ({source})"
                     )
             return self
 

@@ -25,6 +25,11 @@ class Config(StrictModel):
     harmful_std: float = Field(2.0, gt=0, description="std of the harmful auxiliary's random per-point targets")
     root: str = Field(default_root(NAME), description=ROOT_DESCRIPTION.format(name=NAME))
 
+    def sample_count(self) -> tuple[int, str]:
+        """The prepared dataset's size, known before preparing it, and the keys it follows from (for messages)."""
+        count = len(CATEGORIES) * self.shapes_per_category
+        return count, f"{count} surfaces: prepare.shapes_per_category = {self.shapes_per_category} × {len(CATEGORIES)} families"
+
     def known_label_groups(self) -> int:
         """ψ's groups for generated labels: the surface families."""
         return len(CATEGORIES)

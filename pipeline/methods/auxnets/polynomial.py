@@ -62,7 +62,14 @@ class PolynomialNet(nn.Module):
             raise ValueError(f"polynomial auxiliary network: positive_weights must be clip or none (a linear network "
                              f"over the terms), got {positive_weights!r}")
         self.exponents = monomial_exponents(num_tasks, degree)
-        self.register_buffer("powers", torch.tensor(self.exponents, dtype=torch.float32))  # [P, T]
+        # the exponents [P, T], saved with φ so that a stored state names its terms
+        self.register_buffer("powers", torch.tensor(self.exponents, dtype=torch.float32))
+        # each monomial as ``degree`` factor indices, padded with index T (a column of ones): products of
+        # gathered losses have finite derivatives of every order at a loss of 0, where x ** 0 does not
+        # (autograd's second pass meets 0 · x⁻¹ = 0 · ∞ = NaN; a masked task's loss is exactly 0)
+        factors = [[j for j, e in enumerate(exps) for _ in range(e)] for exps in self.exponents]
+        self.register_buffer("factors", torch.tensor([f + [num_tasks] * (degree - len(f)) for f in factors]),
+                             persistent=False)  # [P, degree]
         start = torch.zeros(len(self.exponents))
         for m, e in enumerate(self.exponents):
             if sum(e) == 1:
@@ -72,7 +79,8 @@ class PolynomialNet(nn.Module):
 
     def terms(self, losses: Tensor) -> Tensor:
         """[B, T] -> [B, P] monomials (x**0 = 1, also at a loss of 0)."""
-        return torch.pow(losses.unsqueeze(1), self.powers).prod(-1)
+        padded = torch.cat([losses, losses.new_ones(losses.shape[0], 1)], dim=1)  # [B, T + 1]
+        return padded[:, self.factors].prod(-1)
 
     def forward(self, losses: Tensor) -> Tensor:
         if losses.dim() != 2:

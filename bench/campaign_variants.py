@@ -88,7 +88,7 @@ def _run(dataset: str, variant: dict, method: str, steps: int, ds, data, splits)
 @click.command()
 @click.option("-d", "--datasets", "datasets", default=",".join(VARIANTS), show_default=True)
 @click.option("-m", "--methods", "methods", default="", help="comma-separated; default every registered method")
-@click.option("--steps", default=12, show_default=True, help="training steps per run")
+@click.option("--steps", default=30, show_default=True, help="training steps per run")
 def main(datasets: str, methods: str, steps: int) -> None:
     """Train every method a few steps on variant stand-ins; list what crashes."""
     torch.set_num_threads(1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -29,10 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.measure_methods import prepared, trained  # noqa: E402
 from pipeline.config.params import parse_params  # noqa: E402
-from pipeline.core.registry import DATASETS, METHODS  # noqa: E402
-from pipeline.engine.training import load_model, train_run  # noqa: E402
-from pipeline.methods.base import build_method  # noqa: E402
+from pipeline.core.registry import METHODS  # noqa: E402
 
 # Stand-ins drawn with other seeds and at other sizes than the defaults (small, so that the campaign is quick)
 VARIANTS: dict[str, list[dict]] = {
@@ -83,10 +81,7 @@ def _run(dataset: str, variant: dict, method: str, steps: int, ds, data, splits)
         if not any(reason in message for reason in expected):
             raise
         return "refused", message
-    result = train_run(ds, data, splits, params, 0, device=torch.device("cpu"))
-    aux = build_method(method, data.num_tasks, params, ds, data).head_outputs()
-    model = load_model(ds, data, result.model_state, params.profile.model, aux_outputs=aux)
-    metrics = ds.metrics(model, data, torch.as_tensor(splits["test"]))
+    _, metrics = trained(ds, data, splits, params, 0)
     first = next(iter(metrics))
     return "trained", f"{first} {metrics[first]:.4g}"
 
@@ -104,11 +99,7 @@ def main(datasets: str, methods: str, steps: int) -> None:
     for dataset in datasets.split(","):
         for variant in VARIANTS[dataset]:
             base = parse_params({"dataset": dataset, "method": "stl", "datasets": {dataset: variant}})
-            ds = DATASETS.get(dataset)(base.profile.model)
-            folder = Path(tempfile.mkdtemp(prefix=f"variant_{dataset}_"))
-            ds.prepare(base.dataset_config, folder)
-            data = ds.load(folder)
-            splits = ds.make_splits(data, base.split)
+            ds, data, splits = prepared(base)
             click.echo(f"{dataset} {json.dumps(variant)}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
             for method in names:
                 start = time.time()

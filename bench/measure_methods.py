@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -39,6 +40,24 @@ def _mean_sem(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {sem:.4f}"
 
 
+def prepared(params: Any) -> tuple[Any, Any, dict]:
+    """What the `prepare` and `split` stages make for ``params.dataset``, in a temporary folder: (dataset, data,
+    splits)."""
+    ds = DATASETS.get(params.dataset)(params.profile.model)
+    folder = Path(tempfile.mkdtemp(prefix=f"measure_{params.dataset}_"))
+    ds.prepare(params.dataset_config, folder)
+    data = ds.load(folder)
+    return ds, data, ds.make_splits(data, params.split)
+
+
+def trained(ds: Any, data: Any, splits: dict, params: Any, seed: int) -> tuple[Any, dict[str, float]]:
+    """What the `train` and `evaluate` stages do for one seed: (``train_run``'s result, the test metrics)."""
+    result = train_run(ds, data, splits, params, seed, device=torch.device("cpu"))
+    aux = build_method(params.method, data.num_tasks, params, ds, data).head_outputs()
+    model = load_model(ds, data, result.model_state, params.profile.model, aux_outputs=aux)
+    return result, ds.metrics(model, data, torch.as_tensor(splits["test"]))
+
+
 @click.command()
 @click.argument("dataset")
 @click.argument("methods")
@@ -53,11 +72,7 @@ def main(dataset: str, methods: str, grid: str, prepare: str, split: str, seeds:
     seed_list = [int(s) for s in seeds.split(",")]
     base = {"dataset": dataset, "datasets": {dataset: {"prepare": prepare_overrides, "split": json.loads(split)}}}
     params0 = parse_params({**base, "method": methods.split(",")[0]})  # the default method may not fit
-    ds = DATASETS.get(dataset)(params0.profile.model)
-    folder = Path(tempfile.mkdtemp(prefix=f"measure_{dataset}_"))
-    ds.prepare(params0.dataset_config, folder)
-    data = ds.load(folder)
-    splits = ds.make_splits(data, params0.split)
+    ds, data, splits = prepared(params0)
     for method in methods.split(","):
         for overrides in json.loads(grid):
             start = time.time()
@@ -68,10 +83,8 @@ def main(dataset: str, methods: str, grid: str, prepare: str, split: str, seeds:
             params = parse_params(raw)
             metrics, first, last, histories = [], [], [], []
             for seed in seed_list:
-                result = train_run(ds, data, splits, params, seed, device=torch.device("cpu"))
-                aux = build_method(method, data.num_tasks, params, ds, data).head_outputs()
-                model = load_model(ds, data, result.model_state, params.profile.model, aux_outputs=aux)
-                metrics.append(ds.metrics(model, data, torch.as_tensor(splits["test"])))
+                result, test = trained(ds, data, splits, params, seed)
+                metrics.append(test)
                 first.append(result.history["weights"][0])
                 last.append(result.history["weights"][-1])
                 histories.append(result.history)

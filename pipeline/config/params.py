@@ -80,6 +80,15 @@ def _dataset_profile(name: str, dataset: Any, method_sections: dict[str, type[Ba
     )
 
 
+def _known_size(prepare: Any) -> tuple[int, str] | None:
+    """A dataset's size when its prepare params fix it before preparing, with the keys it follows from; None when
+    it is known only after ingest. ``num_samples`` is the size itself; ``sample_count()`` derives it."""
+    if hasattr(prepare, "sample_count"):
+        return prepare.sample_count()
+    size = getattr(prepare, "num_samples", None)
+    return None if size is None else (size, f"prepare.num_samples = {size}")
+
+
 def _build_params_model() -> type[BaseModel]:
     from pipeline.core.registry import DATASETS
     import torch
@@ -208,16 +217,11 @@ def _build_params_model() -> type[BaseModel]:
         def _split_fits(self) -> "Params":
             for name in DATASETS:
                 profile = getattr(self.datasets, name)
-                size = getattr(profile.prepare, "num_samples", None)  # None: known only after ingest
-                source = f"datasets.{name}.prepare.num_samples = {size}"
-                if hasattr(profile.prepare, "sample_count"):  # a generator whose size follows from other keys
-                    size, source = profile.prepare.sample_count()
-                    source = f"datasets.{name}: {source}"
+                known = _known_size(profile.prepare)
                 held_out = sum(getattr(profile.split, k, 0) for k in ("aux", "val", "test"))
-                if size is not None and held_out >= size:
-                    raise ValueError(
-                        f"datasets.{name}.split: aux + val + test = {held_out} leaves no training data ({source})"
-                    )
+                if known is not None and held_out >= known[0]:
+                    raise ValueError(f"datasets.{name}.split: aux + val + test = {held_out} leaves no training data "
+                                     f"(datasets.{name}: {known[1]})")
             return self
 
         @property

@@ -62,7 +62,7 @@ class PolynomialNet(nn.Module):
             raise ValueError(f"polynomial auxiliary network: positive_weights must be clip or none (a linear network "
                              f"over the terms), got {positive_weights!r}")
         self.exponents = monomial_exponents(num_tasks, degree)
-        # the exponents [P, T], saved with φ so that a stored state names its terms
+        # the exponents [P, T]; no longer read, but kept in the state: stored method states carry it (strict loading)
         self.register_buffer("powers", torch.tensor(self.exponents, dtype=torch.float32))
         # each monomial as ``degree`` factor indices, padded with index T (a column of ones): products of
         # gathered losses have finite derivatives of every order at a loss of 0, where x ** 0 does not

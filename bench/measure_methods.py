@@ -4,7 +4,8 @@ It runs what the `prepare`, `split`, `train` and `evaluate` stages run (the data
 given overrides in a temporary folder, its splits, `train_run` per seed, `Dataset.metrics` on the test
 split) and prints, per method and setting, the best validation main loss, the test metrics (mean, SEM over
 seeds), the final effective task weights, how far they moved, the Spearman correlation of the auxiliaries'
-weights with their index (many auxiliaries), α·λ̂ of the Neumann series and how often the clip bound.
+weights with their index (many auxiliaries), α·λ̂ of the Neumann series, how often the clip bound and how
+often ``series_stop`` ended a series early.
 
     python bench/measure_methods.py toy2d stl,equal,auxilearn_linear
     python bench/measure_methods.py cifar10 auxilearn_labels --grid '[{"methods": {"bilevel": {"lr": 0.001}}}]'
@@ -102,6 +103,9 @@ def main(dataset: str, methods: str, grid: str, prepare: str, split: str, seeds:
             if products:
                 line += (f" alpha_lambda=[{min(products):.2f}, {max(products):.2f}]"
                          f" clipped={np.mean([e.get('clipped', 0.0) for e in logs]):.2f}")
+            cut = [e["series_cut"] for e in logs if "series_cut" in e]
+            if cut:
+                line += f" series_cut={np.mean(cut):.2f}"
             click.echo(f"{line} [{time.time() - start:.0f} s]")
 
 

@@ -216,14 +216,14 @@ def test_from_reference_reproduces_the_reference_phi_trajectory(clip):
         assert torch.allclose(r, o, rtol=0, atol=1e-6), (r, o)
 
 
-def _quadratic(eigenvalues, seed=0):
-    """L_T = ½ wᵀAw + φ·(c·w): ∇²_W L_T = A, with A's eigenvalues known."""
+def _quadratic(eigenvalues, seed=0, phi=None):
+    """L_T = ½ wᵀAw + φ·(c·w): ∇²_W L_T = A, with A's eigenvalues known (``phi``: a given φ, else a new 0)."""
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=g))
     a = q @ torch.diag(torch.tensor(eigenvalues)) @ q.T
     c = torch.randn(len(eigenvalues), generator=g)
     w = torch.randn(len(eigenvalues), generator=g, requires_grad=True)
-    phi = torch.zeros(1, requires_grad=True)
+    phi = torch.zeros(1, requires_grad=True) if phi is None else phi
     train = 0.5 * w @ a @ w + phi[0] * (c @ w)
     aux = ((w - 1) ** 2).sum()
     return train, aux, w, phi
@@ -255,6 +255,66 @@ def test_non_finite_hypergradient_names_the_key():
     opt = HyperOptimizer([phi], BilevelConfig(hyper_every=1, neumann_lr=0.1))
     with pytest.raises(FloatingPointError, match="methods.bilevel"):
         opt.step(train, aux, [w])
+
+
+def _grown_curvature_steps(series_stop):
+    """Three hyper steps of auto α: the first refreshes λ̂ (40); then ∇²_W L_T grows tenfold before the next
+    scheduled refresh (every 5 hyper steps), so α = 0.5 / 40 meets a curvature of 400: α·λ = 5, where the
+    series' terms grow by |1 − αλ| = 4 each. Returns each step's stats and the hypergradient a J-term series
+    with α would give at step 2 for every J."""
+    eigenvalues = [40.0, 38.0, 36.0, 1.0]
+    cfg = BilevelConfig(optimizer="sgd", lr=1e-3, hyper_every=1, neumann_steps=3, curvature_every=5,
+                        series_stop=series_stop)
+    train, aux, w, phi = _quadratic(eigenvalues)
+    opt = HyperOptimizer([phi], cfg)
+    stats = [opt.step(train, aux, [w])]
+    grown = [10 * e for e in eigenvalues]
+    alpha = stats[0].neumann_lr
+    by_terms = []
+    for j in range(4):
+        train, aux, w, _ = _quadratic(grown, phi=phi)
+        by_terms.append(neumann_hypergradient(train, aux, [w], [phi], j, alpha)[0])
+    for _ in range(2):
+        train, aux, w, _ = _quadratic(grown, phi=phi)
+        stats.append(opt.step(train, aux, [w]))
+    return stats, by_terms, opt
+
+
+def test_series_stop_ends_a_series_the_curvature_outgrew_and_refreshes_at_the_next_step():
+    stats, by_terms, opt = _grown_curvature_steps(series_stop=1.0)
+    first, grown, after = stats
+    assert first.series_terms == 3 and first.alpha_lambda == pytest.approx(0.5, rel=1e-6)
+    # step 2: no refresh was due; the first term's curvature already shows α·q ≥ 1, so the series is v alone:
+    # exactly the J = 0 hypergradient, not the divergent 3-term one
+    assert grown.alpha_lambda is None and grown.series_terms == 0
+    assert grown.hypergrad_norm == pytest.approx(float(by_terms[0].norm()), rel=1e-9)
+    assert float(by_terms[3].norm()) > 10 * grown.hypergrad_norm
+    # step 3 refreshes out of schedule: the stale α against the new λ̂ (≈ 5), then a full series with α = 0.5 / 400
+    assert after.alpha_lambda == pytest.approx(5.0, rel=0.05) and after.series_terms == 3
+    assert after.neumann_lr == pytest.approx(0.5 / 400, rel=0.05)
+    assert not opt.refresh_next
+
+
+def test_series_stop_null_or_a_fixed_alpha_keeps_every_term():
+    stats, by_terms, _ = _grown_curvature_steps(series_stop=None)
+    assert [s.series_terms for s in stats] == [3, 3, 3]
+    assert stats[1].hypergrad_norm == pytest.approx(float(by_terms[3].norm()), rel=1e-9)
+    assert stats[2].alpha_lambda is None  # no refresh out of schedule
+    train, aux, w, phi = _quadratic([40.0, 1.0])
+    opt = HyperOptimizer([phi], BilevelConfig(hyper_every=1, neumann_lr=0.1, series_stop=1.0))
+    with pytest.warns(UserWarning):  # α·λ̂ = 4: the reference's fixed α is the user's; its series is kept
+        assert opt.step(train, aux, [w]).series_terms == 3
+
+
+def test_a_pending_refresh_is_part_of_the_checkpointed_state():
+    from pipeline.engine.checkpoint import load_role_state, role_state
+    _, _, opt = _grown_curvature_steps(series_stop=1.0)
+    opt.refresh_next = True
+    state = role_state(opt)
+    assert state["refresh_next"] == {"value": True}
+    fresh = HyperOptimizer(opt.hparams, opt.cfg)
+    load_role_state(fresh, state, torch.device("cpu"), "test")
+    assert fresh.refresh_next
 
 
 def test_diverging_neumann_series_names_neumann_lr_not_phi_lr():

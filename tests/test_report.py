@@ -32,6 +32,7 @@ def test_report_for_many_auxiliaries(tmp_path, monkeypatch):
     low, median, high = (float(line.split(word + " ")[1].split(",")[0].split(" ")[0]) for word in ("min", "median", "max"))
     assert 0 < low <= median <= high < 2 and abs(median - 0.5) < 0.05, line  # α = 0.5 / λ̂ at each refresh
     assert "the hypergradient clip bound in 0% of them" in text
+    assert "The curvature outgrew α" not in text  # α·λ̂ < 2 throughout: no series ended early
     # the curves dvc plots draws: train's live series, one per task and seed
     weights = (tmp_path / "reports/live/task_weight.tsv").read_text().splitlines()
     assert weights[0] == "step\tvalue\tseries" and {w.split("\t")[2] for w in weights[1:]} >= {"aux_1 · seed 0",
@@ -100,3 +101,14 @@ def test_the_main_metric_stays_first_where_it_is_not_first_alphabetically(tmp_pa
     assert json.loads((tmp_path / "reports/per_seed.json").read_text())["main_metric"] == "weight_error"
     text = (tmp_path / "reports/report.md").read_text()
     assert "| method | weight_error | main_mse |" in text and "the main metric (`weight_error`) first" in text
+
+
+def test_outer_update_summary_counts_the_series_series_stop_ended_early():
+    from pipeline.engine.experiment import TrainedRun
+    from stages.report.figures import outer_update_summary
+    logs = [{"hypergrad_norm": 0.1, "series_cut": 0.0, "alpha_lambda": 0.5}, {"hypergrad_norm": 0.1, "series_cut": 1.0},
+            {"hypergrad_norm": 0.1, "series_cut": 0.0, "alpha_lambda": 3.0}, {"hypergrad_norm": 0.1, "series_cut": 0.0}]
+    runs = [TrainedRun(seed, None, None, None, {"method_log": logs}) for seed in (0, 1)]
+    summary = outer_update_summary(runs)
+    assert summary["hyper_steps"] == 4 and summary["series_cut_fraction"] == 0.25
+    assert summary["alpha_lambda_over_2"] == 0.5 and summary["alpha_lambda_max"] == 3.0

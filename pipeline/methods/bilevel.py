@@ -24,7 +24,10 @@ Curvature. The series only converges when α·λ_max(∇²_W L_T) < 2. ``neumann
 by power iteration on the same vHp (warm-started from the last eigenvector), sets α = c/λ̂ with the
 safety factor c = ``curvature_safety`` < 1, and refreshes it every ``curvature_every`` hyper steps; every
 refresh logs α·λ̂ (the α that was in force against the new estimate). A fixed α with α·λ̂ ≥ 2 warns,
-naming the key.
+naming the key. Between refreshes the curvature can outgrow α (the loss-combining networks' weights, and with
+them ∇²_W L_T, may grow several-fold in a few hyper steps); each series term's Rayleigh quotient q, free from the
+H·t the series computes anyway, shows it: at α·q ≥ ``series_stop`` the series ends there (a shorter Neumann
+series, not a divergent one) and the next hyper step refreshes λ̂.
 """
 from __future__ import annotations
 
@@ -62,6 +65,10 @@ class BilevelConfig(StrictModel):
     curvature_safety: float = Field(0.5, gt=0, lt=1, description="c in α = c / λ̂_max (auto)")
     curvature_every: int = Field(5, ge=1, description="hyper steps between λ̂_max refreshes")
     curvature_iterations: int = Field(8, ge=1, description="power iterations per refresh (warm-started)")
+    series_stop: float | None = Field(
+        1.0, gt=0, description="auto only: the Neumann series ends at a term t whose curvature q = t·Ht / t·t gives "
+                               "α·q ≥ this (the curvature has grown past the α of the last refresh) and λ̂_max is "
+                               "refreshed at the next hyper step; null = never (the reference's fixed series)")
     max_hypergrad_norm: float | None = Field(
         None, gt=0, description="clip ‖hypergradient / α‖ (the reference's units, AuxiLearn max_grad_norm); null = never")
     hyper_train_batch: int = Field(0, ge=0, description="batch of L_T for the hypergradient; 0 = train.batch_size")
@@ -179,18 +186,27 @@ class TrainCurvature:
         return abs(float(estimate)), v
 
     def inverse_hvp(self, v: Sequence[Tensor], neumann_steps: int, neumann_lr: float,
-                    overwrite: bool = False) -> list[Tensor]:
-        """Σ_{j=0..J} (I − αH)^j v: the reference's series; × α it approximates H⁻¹ v.
+                    overwrite: bool = False, stop_rate: float | None = None) -> tuple[list[Tensor], int]:
+        """Σ_{j=0..J} (I − αH)^j v: the reference's series; × α it approximates H⁻¹ v. Returns (the sum, the
+        number of terms after the first that it holds).
 
+        ``stop_rate``: the series ends before the term (I − αH)t of a term t whose curvature, the Rayleigh
+        quotient q = t·Ht / t·t, gives α·q ≥ ``stop_rate``: along t the curvature is at least ``stop_rate`` / α,
+        so α no longer fits it and the next terms may grow instead of shrinking (α·q > 2 diverges).
         The terms are updated in place (the same roundings as out of place), so only the sum, the current
         term and one H·v are alive at a time; ``overwrite``: ``v`` is the caller's to lose (saves a copy)."""
         v = _writable(v, overwrite)
         p = [x.clone() for x in v]
-        for _ in range(neumann_steps):
-            for vi, pi, hvi in zip(v, p, self.hvp(v)):
+        for j in range(neumann_steps):
+            hv = self.hvp(v)
+            if stop_rate is not None:
+                square = _dot(v, v)
+                if square > 0 and neumann_lr * float(_dot(v, hv) / square) >= stop_rate:
+                    return p, j
+            for vi, pi, hvi in zip(v, p, hv):
                 vi.sub_(neumann_lr * hvi)
                 pi.add_(vi)
-        return p
+        return p, neumann_steps
 
 
 def _outer_gradients(aux_loss: Tensor, params: list[Tensor], hparams: list[Tensor], shared_graph: bool = True
@@ -265,7 +281,7 @@ def neumann_hypergradient(
     params, hparams = list(params), list(hparams)
     direct, v = _outer_gradients(aux_loss, params, hparams)
     curvature = TrainCurvature(train_loss, params)
-    series = curvature.inverse_hvp(v, neumann_steps, neumann_lr, overwrite=True)
+    series, _ = curvature.inverse_hvp(v, neumann_steps, neumann_lr, overwrite=True)
     return _series_hypergradient(direct, series, curvature, hparams, neumann_lr, slope)
 
 
@@ -277,6 +293,7 @@ class HyperStepStats:
     aux_loss: float
     neumann_lr: float  # α used in this step
     alpha_lambda: float | None  # α in force × the fresh λ̂_max, on steps that refreshed it
+    series_terms: int  # terms of the Neumann series after the first (fewer than J where series_stop ended it)
 
 
 class HyperOptimizer:
@@ -308,6 +325,7 @@ class HyperOptimizer:
         self._eigenvector: list[Tensor] | None = None
         self._warned = False
         self.last_lambda: float | None = None  # the latest λ̂_max, for messages
+        self.refresh_next = False  # series_stop ended the last series: the curvature outgrew α
 
     @property
     def every(self) -> int:
@@ -323,8 +341,10 @@ class HyperOptimizer:
 
     def _refresh_curvature(self, curvature: TrainCurvature) -> float | None:
         """Power iteration when due; returns α_in_force × λ̂ (None when not refreshed this step)."""
-        if self.hyper_steps % self.cfg.curvature_every != 0 and self.neumann_lr is not None:
+        due = self.hyper_steps % self.cfg.curvature_every == 0 or self.refresh_next
+        if not due and self.neumann_lr is not None:
             return None
+        self.refresh_next = False
         warm = self._eigenvector is not None
         # warm: the iteration runs in the last eigenvector's storage (no W-sized copy beside it);
         # cold: the start reads ∇W L_T, which the series still needs, so it is copied
@@ -360,7 +380,9 @@ class HyperOptimizer:
         alpha = float(self.neumann_lr)  # type: ignore[arg-type]
         # the series overwrites v; its finiteness is kept as a lazy flag, read only to explain a failure
         v_finite = torch.stack([torch.isfinite(x).all() for x in v]).all() if v else torch.tensor(True)
-        series = curvature.inverse_hvp(v, self.cfg.neumann_steps, alpha, overwrite=True)
+        stop_rate = self.cfg.series_stop if self.auto else None
+        series, terms = curvature.inverse_hvp(v, self.cfg.neumann_steps, alpha, overwrite=True, stop_rate=stop_rate)
+        self.refresh_next = terms < self.cfg.neumann_steps
         del v
         grads = _series_hypergradient(direct, series, curvature, self.hparams, alpha, slope)
         norm = float(_norm(grads))
@@ -384,7 +406,8 @@ class HyperOptimizer:
                 f"{norm:.3g}): lower {self.key}.lr (now {self.cfg.lr:g})")
         self.hyper_steps += 1
         return HyperStepStats(hypergrad_norm=norm, reference_norm=reference_norm, clipped=clipped,
-                              aux_loss=float(aux_loss.detach()), neumann_lr=alpha, alpha_lambda=alpha_lambda)
+                              aux_loss=float(aux_loss.detach()), neumann_lr=alpha, alpha_lambda=alpha_lambda,
+                              series_terms=terms)
 
     def _non_finite(self, norm: float, aux_loss: Tensor, direct: list[Tensor], v_finite: Tensor,
                     series: list[Tensor], alpha: float) -> str:
@@ -421,7 +444,8 @@ class HyperOptimizer:
     def log(self, stats: HyperStepStats) -> dict[str, float]:
         """The scalars a method logs for one hyper step."""
         out = {"hypergrad_norm": stats.hypergrad_norm, "outer_main_loss": stats.aux_loss,
-               "neumann_lr": stats.neumann_lr, "clipped": float(stats.clipped)}
+               "neumann_lr": stats.neumann_lr, "clipped": float(stats.clipped),
+               "series_cut": float(stats.series_terms < self.cfg.neumann_steps)}
         if stats.alpha_lambda is not None:
             out["alpha_lambda"] = stats.alpha_lambda
         return out

@@ -151,7 +151,11 @@ def outer_update_section(exp, runs, weights, final, names) -> list[str]:
         if "alpha_lambda_median" in summary:
             lines += [f"α·λ̂_max of the Neumann series at each curvature refresh: min {summary['alpha_lambda_min']:.2f}, "
                       f"median {summary['alpha_lambda_median']:.2f}, max {summary['alpha_lambda_max']:.2f} "
-                      f"(≥ 2, where the series diverges: {100 * summary['alpha_lambda_over_2']:.0f}% of refreshes)."]
+                      f"(≥ 2, where the α of the hyper steps before would make the series diverge: "
+                      f"{100 * summary['alpha_lambda_over_2']:.0f}% of refreshes)."]
+        if summary["series_cut_fraction"] > 0:
+            lines += [f"The curvature outgrew α between refreshes in {100 * summary['series_cut_fraction']:.0f}% of the "
+                      "hyper steps: their Neumann series ended early (`series_stop`) and λ̂ was refreshed at the next."]
         lines += [""]
     roles = exp.data.meta.get("aux_roles")
     if roles and final.shape[1]:

@@ -241,13 +241,14 @@ def phi_movement(initial: dict[str, torch.Tensor], final: dict[str, torch.Tensor
 
 
 def outer_update_summary(runs: Sequence[TrainedRun]) -> dict[str, float] | None:
-    """α·λ̂_max over training, how often the hypergradient clip bound, and the hyper-step count (None: no
-    IFT outer update logged)."""
+    """α·λ̂_max over training, how often the hypergradient clip bound and ``series_stop`` ended a series early,
+    and the hyper-step count (None: no IFT outer update logged)."""
     logs = [e for r in runs for e in r.history.get("method_log", []) if "hypergrad_norm" in e]
     if not logs:
         return None
     products = [e["alpha_lambda"] for e in logs if "alpha_lambda" in e]
-    summary = {"hyper_steps": len(logs) / len(runs), "clip_fraction": float(np.mean([e.get("clipped", 0.0) for e in logs]))}
+    summary = {"hyper_steps": len(logs) / len(runs), "clip_fraction": float(np.mean([e.get("clipped", 0.0) for e in logs])),
+               "series_cut_fraction": float(np.mean([e.get("series_cut", 0.0) for e in logs]))}
     if products:
         summary.update(alpha_lambda_min=float(np.min(products)), alpha_lambda_median=float(np.median(products)),
                        alpha_lambda_max=float(np.max(products)),

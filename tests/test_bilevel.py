@@ -518,3 +518,10 @@ def test_a_warm_curvature_refresh_runs_in_the_stored_eigenvectors_storage_with_t
         opt.step(_Combine(auxnet).training_loss((net(x) - y) ** 2), ((net(x)[:, 0] - y[:, 0]) ** 2).mean(), params)
         pointers.append([e.data_ptr() for e in opt._eigenvector])
     assert pointers[1] == pointers[2]
+
+
+def test_a_series_stop_at_or_below_the_curvature_safety_is_refused_naming_both_keys():
+    from pipeline.config.params import ParamsError, parse_params
+    with pytest.raises(ParamsError, match=r"methods\.bilevel: series_stop = 0\.4 must exceed curvature_safety = 0\.5"):
+        parse_params({"method": "auxilearn_linear", "methods": {"bilevel": {"series_stop": 0.4}}})
+    assert parse_params({"method": "auxilearn_linear", "methods": {"bilevel": {"series_stop": None}}})

@@ -38,7 +38,7 @@ from typing import Callable, Literal, Sequence
 
 import torch
 import torch.autograd.forward_ad as forward_ad
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -76,6 +76,14 @@ class BilevelConfig(StrictModel):
     curvature_batch: int = Field(
         0, ge=0, description="rows of the hyper step's L_T batch whose Hessian the Neumann series and λ̂ use; the "
                              "mixed term keeps the whole batch (forward mode). 0 = the whole batch (one graph)")
+
+    @model_validator(mode="after")
+    def _series_stop_above_the_safety(self) -> "BilevelConfig":
+        if self.series_stop is not None and self.series_stop <= self.curvature_safety:
+            raise ValueError(f"series_stop = {self.series_stop:g} must exceed curvature_safety = "
+                             f"{self.curvature_safety:g}: right after a refresh α·λ̂ = curvature_safety, so every "
+                             "series would end at its first term")
+        return self
 
 
 def from_reference(lr: float, hpo_lr: float, max_grad_norm: float | None, momentum: float = 0.9,

@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 
 from bench.measure_methods import prepared, trained  # noqa: E402
 from pipeline.config.params import parse_params  # noqa: E402
-from pipeline.metrics.summary import higher_is_better  # noqa: E402
+from pipeline.metrics.summary import higher_is_better, mean_sem  # noqa: E402
 from stages.report.figures import role_ranking  # noqa: E402
 
 # Seeds not used to choose any default (the README's tables use 0-7 and 11 on these datasets)
@@ -106,8 +106,8 @@ def main(datasets: str, methods: str, seeds: str) -> None:
 
 
 def _mean_sem(values: np.ndarray) -> str:
-    sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
-    return f"{values.mean():.4g} ± {sem:.2g}"
+    stats = mean_sem(values.tolist())
+    return f"{stats['mean']:.4g} ± {stats['sem']:.2g}"
 
 
 def _in_sems(sign: float, a: np.ndarray, b: np.ndarray) -> str:

@@ -100,3 +100,22 @@ def test_per_dataset_method_overrides_apply_to_that_dataset_only():
         parse_params({"datasets": {"toy2d": {"methods": {"bilevel": {"lrr": 1}}}}})
     with pytest.raises(ParamsError, match=r"datasets.toy2d.methods: bilevel.lr: Input should be greater than 0"):
         parse_params({"datasets": {"toy2d": {"methods": {"bilevel": {"lr": 0}}}}})
+
+
+def test_a_key_the_user_writes_in_methods_is_not_hidden_by_a_datasets_own_default():
+    """CUB's own default φ rate (1e-3) stands where the user writes nothing; `methods.bilevel.lr` written (as `dvc
+    exp run -S methods.bilevel.lr=…` writes it) is what a CUB run reads; `datasets.cub.methods` wins over both,
+    even when it repeats CUB's default. `defaults --dataset cub` lists what a CUB run reads, and says whose it is."""
+    from pipeline.config.params import defaults_yaml
+
+    def lr(raw: dict) -> float:
+        return parse_params({"dataset": "cub", "method": "auxilearn_linear", **raw}).method_config("bilevel").lr
+
+    assert lr({}) == 1e-3
+    assert lr({"methods": {"bilevel": {"lr": 0.05}}}) == 0.05
+    assert lr({"methods": {"bilevel": {"momentum": 0.5}}}) == 1e-3  # another key written: the default stands
+    assert lr({"methods": {"bilevel": {"lr": 0.05}}, "datasets": {"cub": {"methods": {"bilevel": {"lr": 1e-3}}}}}) == 1e-3
+    assert parse_params({"dataset": "toy2d", "methods": {"bilevel": {"lr": 0.05}}}).method_config("bilevel").lr == 0.05
+    listing = defaults_yaml("cub", "auxilearn_linear")
+    assert "    lr: 0.001  # cub's default. φ's learning rate" in listing
+    assert "    hyper_every: 20  # N:" in listing

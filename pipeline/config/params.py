@@ -31,10 +31,11 @@ def _section(name: str, configs: dict[str, type[BaseModel]]) -> type[BaseModel]:
 
 def _dataset_profile(name: str, dataset: Any, method_sections: dict[str, type[BaseModel]]) -> type[BaseModel]:
     """``datasets.<name>``: what each stage reads for this dataset (prepare, split, model, train), and
-    ``methods``: per-dataset overrides of ``methods.<section>`` keys (the papers tune φ per dataset).
+    ``methods``: the user's per-dataset overrides of ``methods.<section>`` keys.
 
-    The dataset's own ``default_split``/``default_train``/``default_methods`` sit under whatever the
-    user writes, so a partial section (``train: {steps: 50}``) keeps the dataset's other defaults.
+    The dataset's own ``default_split``/``default_train`` sit under whatever the user writes, so a partial
+    section (``train: {steps: 50}``) keeps the dataset's other defaults. Its ``default_methods`` are applied
+    by ``Params.method_config``, under the keys the user writes in ``methods.<section>``.
     """
     dataset_defaults = {"split": dataset.default_split, "train": dataset.default_train}
 
@@ -48,8 +49,7 @@ def _dataset_profile(name: str, dataset: Any, method_sections: dict[str, type[Ba
                 merged[key] = {**defaults, **given}
         given_methods = raw.get("methods", {})
         if isinstance(given_methods, dict):
-            merged["methods"] = {section: {**dataset.default_methods.get(section, {}), **(given_methods.get(section) or {})}
-                                 for section in {*dataset.default_methods, *given_methods}}
+            merged["methods"] = {section: keys or {} for section, keys in given_methods.items()}
         return merged
 
     def check_method_overrides(cls: Any, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -76,7 +76,7 @@ def _dataset_profile(name: str, dataset: Any, method_sections: dict[str, type[Ba
         split=(dataset.SplitConfig, dataset.SplitConfig(**dataset.default_split)),
         model=(dataset.ModelConfig, dataset.ModelConfig()),
         train=(TrainConfig, TrainConfig(**dataset.default_train)),
-        methods=(dict[str, dict[str, Any]], {k: dict(v) for k, v in dataset.default_methods.items()}),
+        methods=(dict[str, dict[str, Any]], {}),
     )
 
 
@@ -241,9 +241,14 @@ def _build_params_model() -> type[BaseModel]:
             return self.profile.train
 
         def method_config(self, section: str) -> Any:
-            """``methods.<section>`` with this dataset's overrides (``datasets.<dataset>.methods.<section>``) on top."""
+            """``methods.<section>`` as a run of this dataset reads it. From the bottom: the section's defaults,
+            the dataset's own defaults (its ``default_methods``, e.g. CUB's φ rate), the keys written in
+            ``methods.<section>``, the keys written in ``datasets.<dataset>.methods.<section>``. So a key the user
+            writes is never hidden by a default."""
             cfg = getattr(self.methods, section)
-            overrides = self.profile.methods.get(section, {})
+            own_defaults = DATASETS.get(self.dataset).default_methods.get(section, {})
+            overrides = {**{k: v for k, v in own_defaults.items() if k not in cfg.model_fields_set},
+                         **self.profile.methods.get(section, {})}
             return type(cfg)(**{**cfg.model_dump(), **overrides}) if overrides else cfg
 
     return Params
@@ -404,6 +409,8 @@ def defaults_yaml(dataset: str | None = None, method: str | None = None) -> str:
         return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
 
     def emit(model: BaseModel, indent: int, path: tuple[str, ...]) -> None:
+        # with a dataset named, the method sections show what its runs read: its own defaults on top
+        own = DATASETS.get(dataset).default_methods.get(path[1], {}) if dataset and path[0:1] == ("methods",) and len(path) == 2 else {}
         for name, field in type(model).model_fields.items():
             value = getattr(model, name)
             if path == ("datasets",) and dataset is not None and name != dataset:
@@ -413,10 +420,13 @@ def defaults_yaml(dataset: str | None = None, method: str | None = None) -> str:
             pad = "  " * indent
             if isinstance(value, BaseModel):
                 lines.append(f"{pad}{name}:")
-                emit(value, indent + 1, (*path, name))
+                section = params.method_config(name) if path == ("methods",) and dataset is not None else value
+                emit(section, indent + 1, (*path, name))
                 continue
             shown = method if (name == "method" and method is not None and not path) else value
             note = " ".join(field.description.split()) if field.description else ""
+            if name in own:
+                note = f"{dataset}'s default. {note}".strip()
             lines.append(f"{pad}{name}: {scalar(shown)}" + (f"  # {note}" if note else ""))
 
     emit(params, 0, ())

@@ -34,11 +34,12 @@ from pipeline.config.params import parse_params  # noqa: E402
 from pipeline.core.registry import DATASETS  # noqa: E402
 from pipeline.methods.base import build_method  # noqa: E402
 from pipeline.engine.training import load_model, train_run  # noqa: E402
+from pipeline.metrics.summary import mean_sem  # noqa: E402
 
 
 def _mean_sem(values: list[float]) -> str:
-    sem = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.4f} ± {sem:.4f}"
+    stats = mean_sem(values)
+    return f"{stats['mean']:.4f} ± {stats['sem']:.4f}"
 
 
 def prepared(params: Any) -> tuple[Any, Any, dict]:

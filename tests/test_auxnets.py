@@ -113,3 +113,27 @@ def test_convnet_is_the_reference_shape_and_every_layer_gets_gradient():
     grads = torch.autograd.grad(net(losses).sum(), weights)
     relative = [float(g.norm() / w.detach().norm()) for g, w in zip(grads, weights)]
     assert min(relative) > 1e-2 * max(relative), relative
+
+
+@pytest.mark.parametrize("kind,depth", [("linear", 1), ("nonlinear", 5), ("deep_linear", 5), ("convnet", 3)])
+def test_a_deep_network_steps_each_layer_at_the_rate_over_its_depth(kind, depth):
+    """layer_rate by_depth (the default): each of D layers at methods.bilevel.lr / D; same: every layer at lr.
+    The first normalised step moves every φ entry by exactly that ratio."""
+    from pipeline.methods.bilevel import BilevelConfig, HyperOptimizer
+    from pipeline.methods.combiners.auxnet import AuxiLearnConfig, AuxNetCombiner
+
+    cfg = BilevelConfig(lr=0.01)
+    moves = {}
+    for rate in ("by_depth", "same"):
+        torch.manual_seed(0)
+        combiner = AuxNetCombiner.from_config(3, kind, AuxiLearnConfig(layer_rate=rate))
+        hyper = HyperOptimizer(combiner.hyper_parameter_groups(), cfg)
+        assert [g["lr"] for g in hyper.optimizer.param_groups] == pytest.approx([0.01 / depth if rate == "by_depth" else 0.01])
+        assert combiner.auxnet.depth == depth
+        before = [p.detach().clone() for p in hyper.hparams]
+        for p in hyper.hparams:
+            p.grad = torch.ones_like(p)
+        hyper.optimizer.step()
+        moves[rate] = torch.cat([(p.detach() - b).flatten() for p, b in zip(hyper.hparams, before)])
+    assert moves["same"].abs().min() > 0
+    torch.testing.assert_close(moves["by_depth"], moves["same"] / depth)

@@ -103,19 +103,22 @@ def test_per_dataset_method_overrides_apply_to_that_dataset_only():
 
 
 def test_a_key_the_user_writes_in_methods_is_not_hidden_by_a_datasets_own_default():
-    """CUB's own default φ rate (1e-3) stands where the user writes nothing; `methods.bilevel.lr` written (as `dvc
-    exp run -S methods.bilevel.lr=…` writes it) is what a CUB run reads; `datasets.cub.methods` wins over both,
-    even when it repeats CUB's default. `defaults --dataset cub` lists what a CUB run reads, and says whose it is."""
+    """noisy_aux's own N (hyper_every 5) stands where the user writes nothing; `methods.bilevel.hyper_every` written
+    (as `dvc exp run -S methods.bilevel.hyper_every=…` writes it) is what a noisy_aux run reads;
+    `datasets.noisy_aux.methods` wins over both, even when it repeats the dataset's default. `defaults --dataset`
+    lists what a run of that dataset reads, and says whose it is."""
     from pipeline.config.params import defaults_yaml
 
-    def lr(raw: dict) -> float:
-        return parse_params({"dataset": "cub", "method": "auxilearn_linear", **raw}).method_config("bilevel").lr
+    def every(raw: dict, dataset: str = "noisy_aux") -> int:
+        return parse_params({"dataset": dataset, "method": "auxilearn_linear", **raw}).method_config("bilevel").hyper_every
 
-    assert lr({}) == 1e-3
-    assert lr({"methods": {"bilevel": {"lr": 0.05}}}) == 0.05
-    assert lr({"methods": {"bilevel": {"momentum": 0.5}}}) == 1e-3  # another key written: the default stands
-    assert lr({"methods": {"bilevel": {"lr": 0.05}}, "datasets": {"cub": {"methods": {"bilevel": {"lr": 1e-3}}}}}) == 1e-3
-    assert parse_params({"dataset": "toy2d", "methods": {"bilevel": {"lr": 0.05}}}).method_config("bilevel").lr == 0.05
-    listing = defaults_yaml("cub", "auxilearn_linear")
-    assert "    lr: 0.001  # cub's default. φ's learning rate" in listing
-    assert "    hyper_every: 20  # N:" in listing
+    assert every({}) == 5
+    assert every({"methods": {"bilevel": {"hyper_every": 9}}}) == 9
+    assert every({"methods": {"bilevel": {"lr": 0.5}}}) == 5  # another key written: the default stands
+    assert every({"methods": {"bilevel": {"hyper_every": 9}},
+                  "datasets": {"noisy_aux": {"methods": {"bilevel": {"hyper_every": 5}}}}}) == 5
+    assert every({"methods": {"bilevel": {"hyper_every": 9}}}, dataset="toy2d") == 9
+    assert every({}, dataset="toy2d") == 20
+    listing = defaults_yaml("noisy_aux", "auxilearn_linear")
+    assert "    hyper_every: 5  # noisy_aux's default. N:" in listing
+    assert "    lr: 0.01  # φ's learning rate" in listing

@@ -18,7 +18,7 @@ def combining_method(name: str, kind: str, order: int, description: str, hyper_s
 
     def build(num_tasks: int, cfg: AuxiLearnConfig, bilevel: Any, dataset: Any, data: Any, params: Any) -> Roles:
         combiner = AuxNetCombiner.from_config(num_tasks, kind, cfg)
-        outer = ImplicitOuterUpdate(combiner.hyper_parameters(), bilevel, after_update=combiner.project,
+        outer = ImplicitOuterUpdate(combiner.hyper_parameter_groups(), bilevel, after_update=combiner.project,
                                     hyper_set=hyper_set)
         return Roles(combiner, outer, None)
 
@@ -50,7 +50,7 @@ def build_labels(num_tasks: int, cfg: LabelsConfig, bilevel: Any, dataset: Any, 
         combiner = AuxNetCombiner(total, cfg.combine, hidden_units=cfg.hidden_units,
                                   hidden_layers=cfg.hidden_layers, init_weight=1.0)
         project = combiner.project
-    outer = ImplicitOuterUpdate(labels.hyper_parameters() + combiner.hyper_parameters(), bilevel,
+    outer = ImplicitOuterUpdate([{"params": labels.hyper_parameters()}, *combiner.hyper_parameter_groups()], bilevel,
                                 after_update=project)
     return Roles(combiner, outer, labels)
 

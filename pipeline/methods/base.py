@@ -107,6 +107,10 @@ class LossCombiner(nn.Module):
         """φ that an outer update trains (AuxiLearn's auxiliary network)."""
         return []
 
+    def hyper_parameter_groups(self) -> list[dict]:
+        """``hyper_parameters`` as optimiser groups; a group's ``lr_scale`` multiplies φ's rate (default 1)."""
+        return [{"params": self.hyper_parameters()}]
+
     def project(self) -> None:
         """Called after every outer step on φ (e.g. clip to the monotone set)."""
 

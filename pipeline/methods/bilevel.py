@@ -304,6 +304,18 @@ class HyperStepStats:
     series_terms: int  # terms of the Neumann series after the first (fewer than J where series_stop ended it)
 
 
+# φ: tensors, or torch parameter groups ({"params": [...], "lr_scale": s}) whose rate is s × ``cfg.lr``
+# (a deep auxiliary network steps each of its D layers at lr / D: ``AuxNetCombiner.hyper_parameter_groups``)
+HyperParameters = Sequence[Tensor] | Sequence[dict]
+
+
+def _param_groups(hparams: HyperParameters, lr: float) -> list[dict]:
+    if all(isinstance(h, Tensor) for h in hparams):
+        return [{"params": list(hparams), "lr": lr}]
+    return [{"params": list(g["params"]), "lr": lr * g.get("lr_scale", 1.0)}  # type: ignore[union-attr]
+            for g in hparams if list(g["params"])]  # type: ignore[index]
+
+
 class HyperOptimizer:
     """Owns φ and its optimiser; every ``cfg.hyper_every`` inner steps it takes one IFT hypergradient step.
 
@@ -312,19 +324,20 @@ class HyperOptimizer:
     ``key`` names the config section in messages (e.g. ``methods.bilevel``).
     """
 
-    def __init__(self, hparams: Sequence[Tensor], cfg: BilevelConfig, *,
+    def __init__(self, hparams: HyperParameters, cfg: BilevelConfig, *,
                  after_update: Callable[[], None] | None = None, key: str = "methods.bilevel") -> None:
-        self.hparams = list(hparams)
+        groups = _param_groups(hparams, cfg.lr)
+        self.hparams = [p for g in groups for p in g["params"]]
         self.cfg = cfg
         self.key = key
         if cfg.optimizer == "normalized":
             self.optimizer: torch.optim.Optimizer = TensorNormalizedSGD(
-                self.hparams, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "adam":
-            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(self.hparams, lr=cfg.lr,
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(groups, lr=cfg.lr,
                                                                      weight_decay=cfg.weight_decay)
         else:
-            self.optimizer = torch.optim.SGD(self.hparams, lr=cfg.lr, momentum=cfg.momentum,
+            self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                              weight_decay=cfg.weight_decay)
         self.after_update = after_update
         self.auto = cfg.neumann_lr == "auto"

@@ -101,6 +101,11 @@ class MonotoneNet(nn.Module):
         return [m for m in self.net if isinstance(m, (nn.Linear, nn.Conv2d))]
 
     @property
+    def depth(self) -> int:
+        """Weight layers in series (1 for the linear network)."""
+        return len(self.layers)
+
+    @property
     def main_skip(self) -> bool:
         """Whether L_T adds ℓ_main itself (otherwise g carries the main task's learned weight)."""
         return not self.learn_main_weight

@@ -38,6 +38,11 @@ class AuxiLearnConfig(StrictModel):
                            "start with φ fixed there (no outer update); the retrained model is the result")
     degree: int = Field(2, ge=1, le=4, description="polynomial (auxilearn_polynomial, App. C.5): the highest total "
                         "degree of the monomials of the losses g weighs linearly")
+    layer_rate: Literal["by_depth", "same"] = Field(
+        "by_depth", description="φ's rate per layer of a network of D weight layers (deep linear and nonlinear: "
+                                "hidden_layers + 1, ConvNet: 3): by_depth = methods.bilevel.lr / D, so one rate "
+                                "suits every network (the D layers' relative steps add up in g's effective "
+                                "weights); same = lr for every layer (before 2026-12-03)")
 
     @field_validator("kernel_size")
     @classmethod
@@ -57,17 +62,19 @@ class AuxiLearnConfig(StrictModel):
 class AuxNetCombiner(LossCombiner):
     """L_T = mean_b [ℓ_main + g(ℓ; φ)] (g alone when the network carries the main term itself)."""
 
-    def __init__(self, num_tasks: int, kind: str, calibrate: bool = True, **auxnet_kwargs: Any) -> None:
+    def __init__(self, num_tasks: int, kind: str, calibrate: bool = True,
+                 layer_rate: Literal["by_depth", "same"] = "by_depth", **auxnet_kwargs: Any) -> None:
         super().__init__(num_tasks)
         self.kind = kind
         self.needs_loss_images = kind == "convnet"  # §5.3: the ConvNet reads per-pixel loss images
         self.calibrate = calibrate
+        self.layer_rate = layer_rate
         self.auxnet = AUXNETS.get(kind)(num_tasks, **auxnet_kwargs)
 
     @classmethod
     def from_config(cls, num_tasks: int, kind: str, cfg: AuxiLearnConfig) -> "AuxNetCombiner":
         """The auxiliary network of ``methods.auxilearn``."""
-        return cls(num_tasks, kind, calibrate=cfg.calibrate_init, hidden_units=cfg.hidden_units,
+        return cls(num_tasks, kind, calibrate=cfg.calibrate_init, layer_rate=cfg.layer_rate, hidden_units=cfg.hidden_units,
                    hidden_layers=cfg.hidden_layers, init_weight=cfg.init_weight, conv_channels=cfg.conv_channels,
                    kernel_size=cfg.kernel_size, pool=cfg.pool, init_range=cfg.init_range,
                    learn_main_weight=cfg.learn_main_weight, positive_weights=cfg.positive_weights, degree=cfg.degree)
@@ -78,6 +85,12 @@ class AuxNetCombiner(LossCombiner):
 
     def hyper_parameters(self) -> list[nn.Parameter]:
         return list(self.auxnet.parameters())
+
+    def hyper_parameter_groups(self) -> list[dict]:
+        """One group; with ``layer_rate: by_depth`` its rate is lr / D for a network of D weight layers in series:
+        g's effective weights are products over the layers, so each layer's relative step adds to theirs."""
+        depth = getattr(self.auxnet, "depth", 1)
+        return [{"params": self.hyper_parameters(), "lr_scale": 1.0 / depth if self.layer_rate == "by_depth" else 1.0}]
 
     def project(self) -> None:
         self.auxnet.project()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 from torch import Tensor, nn
 
-from pipeline.methods.bilevel import BilevelConfig, HyperOptimizer, Slope
+from pipeline.methods.bilevel import BilevelConfig, HyperOptimizer, HyperParameters, Slope
 from pipeline.datasets.shared.base import reduce_pixels
 from pipeline.core import distributed
 from pipeline.core.faults import FaultKeys, Suspect
@@ -30,7 +30,7 @@ class ImplicitOuterUpdate(OuterUpdate):
     parameters outside the primary network (a generator's own head) that count as part of W in the IFT;
     ``section``/``lr_key`` name the config keys in messages (default ``methods.bilevel.lr``)."""
 
-    def __init__(self, hparams: list[nn.Parameter], cfg: BilevelConfig, after_update=None,
+    def __init__(self, hparams: HyperParameters, cfg: BilevelConfig, after_update=None,
                  hyper_set: Literal["aux", "train"] = "aux", objectives: Objectives | None = None,
                  lower_params: list[nn.Parameter] | None = None, section: str = "bilevel",
                  lr_key: str = "lr") -> None:

@@ -40,9 +40,10 @@ class AuxiLearnConfig(StrictModel):
                         "degree of the monomials of the losses g weighs linearly")
     layer_rate: Literal["by_depth", "same"] = Field(
         "by_depth", description="φ's rate per layer of a network of D weight layers (deep linear and nonlinear: "
-                                "hidden_layers + 1, ConvNet: 3): by_depth = methods.bilevel.lr / D, so one rate "
-                                "suits every network (the D layers' relative steps add up in g's effective "
-                                "weights); same = lr for every layer (before 2026-12-03)")
+                                "hidden_layers + 1, ConvNet: len(conv_channels) + 1): by_depth = methods.bilevel.lr "
+                                "/ D, as the D layers' relative steps add up in g's effective weights (at lr for "
+                                "every layer they grew to 10^2-10^5 on the image stand-ins); same = lr for every "
+                                "layer (the default before 2026-12-03)")
 
     @field_validator("kernel_size")
     @classmethod

@@ -242,7 +242,7 @@ def _build_params_model() -> type[BaseModel]:
 
         def method_config(self, section: str) -> Any:
             """``methods.<section>`` as a run of this dataset reads it. From the bottom: the section's defaults,
-            the dataset's own defaults (its ``default_methods``, e.g. CUB's φ rate), the keys written in
+            the dataset's own defaults (its ``default_methods``, e.g. noisy_aux's N), the keys written in
             ``methods.<section>``, the keys written in ``datasets.<dataset>.methods.<section>``. So a key the user
             writes is never hidden by a default."""
             cfg = getattr(self.methods, section)

@@ -22,8 +22,10 @@ class NoisyAux(SyntheticRegression):
     default_train = {"steps": 2000, "lr": 0.01, "aux_loss_scale": 0.01}  # τ = 1/K keeps Σ aux ≈ main
     auxiliary_order = "label noise grows with the index"
     # φ chosen on validation from lr ∈ {1e-3, 3e-3, 1e-2} × N = 5 (and weight decay 0.3): 400 hyper steps
-    # let 100 auxiliaries sort themselves out (N = 20 leaves 100).
-    default_methods = {"bilevel": {"hyper_every": 5}}
+    # let 100 auxiliaries sort themselves out (N = 20 leaves 100). The deep networks step every layer at φ's
+    # rate: validation main loss 0.960 against 0.981 with layer_rate by_depth (nonlinear, 3 seeds); the cleanest
+    # auxiliary is almost the main task, and its weight growing (to ~80) is what helps here.
+    default_methods = {"bilevel": {"hyper_every": 5}, "auxilearn": {"layer_rate": "same"}}
 
     def generate(self, cfg: config.Config, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         n, d, k = cfg.num_samples, cfg.dim, cfg.num_aux

@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.measure_methods import prepared, trained  # noqa: E402
+from bench.measure_methods import mean_sem_text, prepared, trained  # noqa: E402
 from pipeline.config.params import parse_params  # noqa: E402
-from pipeline.metrics.summary import higher_is_better, mean_sem  # noqa: E402
+from pipeline.metrics.summary import higher_is_better  # noqa: E402
 from stages.report.figures import role_ranking  # noqa: E402
 
 # Seeds not used to choose any default (the README's tables use 0-7 and 11 on these datasets)
@@ -87,7 +87,7 @@ def main(datasets: str, methods: str, seeds: str) -> None:
                 weights = [np.asarray(result.history["weights"]) for result, _ in runs]
                 final = np.stack([w[-1, 1:] for w in weights])
                 moved = float(np.mean([np.abs(w[-1, 1:] - w[0, 1:]).mean() for w in weights]))
-                line = f"  {method:22s} {main_metric} {_mean_sem(scores[method])}"
+                line = f"  {method:22s} {main_metric} {mean_sem_text(scores[method].tolist(), '.4g', '.2g')}"
                 for other in ("stl", "equal"):
                     if other != method and other in scores:
                         line += f"  vs {other} {_in_sems(sign, scores[method], scores[other])}"
@@ -103,11 +103,6 @@ def main(datasets: str, methods: str, seeds: str) -> None:
                 click.echo(f"{line}  [{time.time() - start:.0f} s]")
     click.echo(f"\nlearned-weight runs {tally['runs']}: ranking right in {tally['ranked right']} of {tally['ranked']} "
                f"with a documented order; main metric at or above STL's in {tally['at or above stl']}")
-
-
-def _mean_sem(values: np.ndarray) -> str:
-    stats = mean_sem(values.tolist())
-    return f"{stats['mean']:.4g} ± {stats['sem']:.2g}"
 
 
 def _in_sems(sign: float, a: np.ndarray, b: np.ndarray) -> str:

@@ -37,9 +37,9 @@ from pipeline.engine.training import load_model, train_run  # noqa: E402
 from pipeline.metrics.summary import mean_sem  # noqa: E402
 
 
-def _mean_sem(values: list[float]) -> str:
+def mean_sem_text(values: list[float], mean_format: str = ".4f", sem_format: str = ".4f") -> str:
     stats = mean_sem(values)
-    return f"{stats['mean']:.4f} ± {stats['sem']:.4f}"
+    return f"{stats['mean']:{mean_format}} ± {stats['sem']:{sem_format}}"
 
 
 def prepared(params: Any) -> tuple[Any, Any, dict]:
@@ -91,7 +91,7 @@ def main(dataset: str, methods: str, grid: str, prepare: str, split: str, seeds:
                 last.append(result.history["weights"][-1])
                 histories.append(result.history)
             w, w0 = np.asarray(last), np.asarray(first)
-            tests = {k: _mean_sem([m[k] for m in metrics]) for k in list(metrics[0])[:3]}
+            tests = {k: mean_sem_text([m[k] for m in metrics]) for k in list(metrics[0])[:3]}
             val = np.mean([min(h["val_main_loss"]) for h in histories])
             line = (f"{method} {json.dumps(overrides)} val_main_loss={val:.4f} test={tests} "
                     f"final_weights={np.round(w.mean(0)[:8], 3).tolist()}")

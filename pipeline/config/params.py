@@ -410,7 +410,8 @@ def defaults_yaml(dataset: str | None = None, method: str | None = None) -> str:
 
     def emit(model: BaseModel, indent: int, path: tuple[str, ...]) -> None:
         # with a dataset named, the method sections show what its runs read: its own defaults on top
-        own = DATASETS.get(dataset).default_methods.get(path[1], {}) if dataset and path[0:1] == ("methods",) and len(path) == 2 else {}
+        in_method_section = dataset is not None and len(path) == 2 and path[0] == "methods"
+        own = DATASETS.get(dataset).default_methods.get(path[1], {}) if in_method_section else {}
         for name, field in type(model).model_fields.items():
             value = getattr(model, name)
             if path == ("datasets",) and dataset is not None and name != dataset:

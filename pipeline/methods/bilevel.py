@@ -312,8 +312,8 @@ HyperParameters = Sequence[Tensor] | Sequence[dict]
 def _param_groups(hparams: HyperParameters, lr: float) -> list[dict]:
     if all(isinstance(h, Tensor) for h in hparams):
         return [{"params": list(hparams), "lr": lr}]
-    return [{"params": list(g["params"]), "lr": lr * g.get("lr_scale", 1.0)}  # type: ignore[union-attr]
-            for g in hparams if list(g["params"])]  # type: ignore[index]
+    groups = [(list(g["params"]), g.get("lr_scale", 1.0)) for g in hparams]  # type: ignore[index, union-attr]
+    return [{"params": params, "lr": lr * scale} for params, scale in groups if params]
 
 
 class HyperOptimizer:

@@ -20,7 +20,9 @@ does to the hypergradient's direction:
    to the full-batch one, median over the draws;
 5. the same for ``curvature_batch`` = b alone: the Hessian of the Neumann series on b random training samples,
    L_A and the mixed term ∇φ∇W L_T · series on the full pools (the mixed term in forward mode, as the hyper
-   step runs it), so the loss of direction that comes from the sub-sampled curvature is seen on its own.
+   step runs it), so the loss of direction that comes from the sub-sampled curvature is seen on its own;
+6. on the full pools, the hypergradient with the IFT over the top of W only (``implicit_scope: top``: the last
+   conv layer and the heads, the rest held out of autograd, α = c / λ̂_max of that block's Hessian).
 
 Run from the repository root:  python bench/bench_hyper_batch.py [--draws 10] [--threads 1]
 """
@@ -59,6 +61,7 @@ def main(train_pool: int, aux_pool: int, sizes: str, draws: int, warmup_steps: i
     from bench.bench_overhead import TASKS, _build, _per_task_losses
     from pipeline.methods.bilevel import BilevelConfig, TrainCurvature, directional_derivative, neumann_hypergradient
     from pipeline.methods.combiners.auxnet import AuxiLearnConfig
+    from pipeline.methods.outer.implicit import held_fixed
     from pipeline.core.registry import METHODS
 
     try:
@@ -166,6 +169,23 @@ def main(train_pool: int, aux_pool: int, sizes: str, draws: int, warmup_steps: i
                                   torch.randperm(aux_pool, generator=gen)[:b], alpha))
     click.echo(f"  curvature_batch = b: the Hessian on b training samples; L_A and the mixed term on the full pools")
     table(lambda b: curvature_hypergradient(torch.randperm(train_pool, generator=gen)[:b], alpha))
+
+    trunk, last = ({id(p) for p in part()} for part in (model.shared_parameters, model.last_shared_parameters))
+    top = [p for p in params if id(p) in last or id(p) not in trunk]
+    with held_fixed([p for p in params if id(p) in trunk - last]):
+        train_loss, _ = losses(everything, everything_aux)
+        lam_top, _ = TrainCurvature(train_loss, top).top_eigenvalue([torch.ones_like(p) for p in top],
+                                                                     2 * bilevel.curvature_iterations)
+        del train_loss
+        t0 = time.perf_counter()
+        train_loss, aux_loss = losses(everything, everything_aux)
+        grads = neumann_hypergradient(train_loss, aux_loss, top, phi, bilevel.neumann_steps,
+                                      bilevel.curvature_safety / lam_top)
+        top_time = time.perf_counter() - t0
+    cosine = float(F.cosine_similarity(torch.cat([g.flatten() for g in grads]), full, dim=0))
+    click.echo(f"  implicit_scope = top on the full pools (IFT over the last conv layer and the heads, "
+               f"{sum(p.numel() for p in top):,} of {sum(p.numel() for p in params):,} parameters): cosine "
+               f"{cosine:.3f}, {top_time * 1e3:.0f} ms ({top_time / full_time:.2f}x full)")
     click.echo(f"total benchmark wall time {time.perf_counter() - started:.1f} s")
 
 

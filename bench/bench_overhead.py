@@ -82,10 +82,12 @@ WORKLOADS = {
 DEFAULT_BATCH = {"mlp": 128, "cnn": 128, "resnet18": 32}
 # The hyper step with the default hyper batch (BilevelConfig()), the full batch (B and the whole auxiliary set),
 # the full batch with the curvature on --small-hyper-batch rows (curvature_batch) and a small hyper batch
-# (--small-hyper-batch, the reference's range); one that equals an earlier one is not re-run.
-HYPERS = ("hyper_default", "hyper_full", "hyper_curvature", "hyper_small")
+# (--small-hyper-batch, the reference's range), each with the IFT over all of W, and the full batch with the IFT
+# over the top of W only (implicit_scope: top); one that equals an earlier one is not re-run.
+HYPERS = ("hyper_default", "hyper_full", "hyper_curvature", "hyper_small", "hyper_top")
 HYPER_LABELS = {"hyper_default": "default hyper batch", "hyper_full": "full batch",
-                "hyper_curvature": "small curvature batch", "hyper_small": "small hyper batch"}
+                "hyper_curvature": "small curvature batch", "hyper_small": "small hyper batch",
+                "hyper_top": "full batch, IFT over the top"}
 # Where the hyper step's time goes: pipeline.methods.bilevel's functions, timed by wrappers in the timing process only.
 PARTS = {
     "forwards": "2 forwards (L_T batch or its curvature rows, L_A batch)",
@@ -108,27 +110,35 @@ def _build(workload: str, batch_size: int, aux_batch_size: int, device: Any, ima
     from torch import nn
 
     class MultiHead(nn.Module):
-        def __init__(self, trunk: nn.Module, features: int) -> None:
+        def __init__(self, trunk: nn.Module, last_block: nn.Module, features: int) -> None:
             super().__init__()
             self.trunk = trunk
+            # not registered a second time: functional_call would untie, i.e. replace, its parameters
+            self._last_block = [last_block]
             self.heads = nn.ModuleList(nn.Linear(features, dim) for _, dim in TASKS)
 
         def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
             h = self.trunk(x)
             return [head(h) for head in self.heads]
 
+        def shared_parameters(self) -> list[nn.Parameter]:
+            return list(self.trunk.parameters())
+
+        def last_shared_parameters(self) -> list[nn.Parameter]:  # implicit_scope: top
+            return list(self._last_block[0].parameters())
+
     torch.manual_seed(SEED)  # before the trunk is built: its initial weights are part of the workload
     if workload == "mlp":
         input_shape: tuple[int, ...] = (64,)
         trunk = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU())
-        features = 128
+        features, last_block = 128, trunk[2]
     elif workload == "resnet18":
         import torchvision
 
         input_shape = (3, image_size, image_size)
         trunk = torchvision.models.resnet18(weights=None)
         trunk.fc = nn.Identity()
-        features = 512
+        features, last_block = 512, trunk.layer4[-1]
     elif workload == "cnn":
         input_shape = (3, image_size, image_size)
         trunk = nn.Sequential(
@@ -137,11 +147,11 @@ def _build(workload: str, batch_size: int, aux_batch_size: int, device: Any, ima
             nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
-        features = 32
+        features, last_block = 32, trunk[6]
     else:
         raise ValueError(workload)
 
-    model = MultiHead(trunk, features).to(device)
+    model = MultiHead(trunk, last_block, features).to(device)
     gen = torch.Generator().manual_seed(SEED + 1)
 
     def batch(n: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -209,7 +219,9 @@ def _hyper_configs(spec: dict[str, Any]) -> dict[str, Any]:
                                         curvature_batch=0),
             "hyper_curvature": BilevelConfig(hyper_train_batch=spec["batch_size"],
                                              hyper_aux_batch=spec["aux_batch_size"], curvature_batch=small),
-            "hyper_small": BilevelConfig(hyper_train_batch=small, hyper_aux_batch=small, curvature_batch=0)}
+            "hyper_small": BilevelConfig(hyper_train_batch=small, hyper_aux_batch=small, curvature_batch=0),
+            "hyper_top": BilevelConfig(hyper_train_batch=spec["batch_size"], hyper_aux_batch=spec["aux_batch_size"],
+                                       curvature_batch=0, implicit_scope="top")}
 
 
 class _PartTimer:
@@ -278,7 +290,8 @@ def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
     sizes = {kind: m.outer_batch_sizes(spec["batch_size"]) for kind, m in methods.items()}
     sizes = {kind: (bt, ba or spec["aux_batch_size"], min(bt, configs[kind].curvature_batch or bt))
              for kind, (bt, ba) in sizes.items()}
-    alias = {kind: next(k for k in HYPERS if sizes[k] == sizes[kind]) for kind in HYPERS}  # first equal one
+    same = {kind: (*sizes[kind], configs[kind].implicit_scope) for kind in HYPERS}
+    alias = {kind: next(k for k in HYPERS if same[k] == same[kind]) for kind in HYPERS}  # first equal one
 
     def plain() -> None:  # STL: forward, main-task loss, backward, SGD step
         optimizer.zero_grad(set_to_none=True)
@@ -306,8 +319,8 @@ def _setup(spec: dict[str, Any], part_timer: bool = False) -> dict[str, Any]:
         rows = torch.arange(bt, device=device)
         batch = Batch(x[:bt], rows, rows, torch.ones(bt, dtype=torch.bool, device=device))
 
-        def slope(b: Any, direction: Any, objective: Any) -> Any:  # its forward is timed with the mixed product
-            return directional_derivative(model, params, direction,
+        def slope(b: Any, along: Any, direction: Any, objective: Any) -> Any:  # timed with the mixed product
+            return directional_derivative(model, along, direction,
                                           lambda: objective(_per_task_losses(model(b.x), [y[b.index] for y in ys])))
 
         ctx = StepContext(m.outer.hyper.every, params, lambda: forward(x[:bt], [y[:bt] for y in ys]),

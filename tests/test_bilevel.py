@@ -350,10 +350,23 @@ def test_non_finite_outer_loss_is_not_blamed_on_phi_settings():
 # ---------------------------------------------------------------------------------------------- curvature batch
 
 
-def _net_problem(seed: int = 0, rows: int = 12):
-    """A tanh network with a main and K auxiliary outputs, per-sample per-task squared errors, a linear g(ℓ; φ)."""
+class _Trunked(torch.nn.Sequential):
+    """Linear-tanh-linear-tanh trunk, then the task heads (one linear layer): the model interface's parameter roles."""
+
+    def shared_parameters(self):
+        return list(self[:4].parameters())
+
+    def last_shared_parameters(self):
+        return list(self[2].parameters())
+
+
+def _net_problem(seed: int = 0, rows: int = 12, trunked: bool = False):
+    """A tanh network with a main and K auxiliary outputs, per-sample per-task squared errors, a linear g(ℓ; φ).
+    ``trunked``: one more hidden layer, with the model interface's trunk (``_Trunked``)."""
     torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(D, 6), torch.nn.Tanh(), torch.nn.Linear(6, K + 1))
+    net = (_Trunked(torch.nn.Linear(D, 6), torch.nn.Tanh(), torch.nn.Linear(6, 6), torch.nn.Tanh(),
+                    torch.nn.Linear(6, K + 1)) if trunked
+           else torch.nn.Sequential(torch.nn.Linear(D, 6), torch.nn.Tanh(), torch.nn.Linear(6, K + 1)))
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(rows, D, generator=g), torch.randn(rows, K + 1, generator=g)
     xa, ya = torch.randn(7, D, generator=g), torch.randn(7, generator=g)
@@ -379,7 +392,7 @@ def _context(net, x, y, xa, ya):
     return StepContext(
         step=1, params=params, train_losses=lambda: losses(draw()),
         aux_losses=lambda: ((net(xa)[:, 0] - ya) ** 2)[:, None], train_batch=draw, batch_losses=losses,
-        loss_slope=lambda b, d, f: directional_derivative(net, params, d, lambda: f(losses(b)))), drawn
+        loss_slope=lambda b, w, d, f: directional_derivative(net, w, d, lambda: f(losses(b)))), drawn
 
 
 class _Combine:
@@ -392,26 +405,29 @@ class _Combine:
         return (losses[:, 0] + self.auxnet(losses)).mean()
 
 
-def _hyper_step(curvature_batch: int, seed: int = 0):
+def _hyper_step(curvature_batch: int, seed: int = 0, scope: str = "all", trunked: bool = False):
     """One hyper step of ImplicitOuterUpdate (SGD, lr 1, no momentum): the hypergradient is φ's change."""
     from pipeline.methods.outer.implicit import ImplicitOuterUpdate
 
-    net, auxnet, (x, y), (xa, ya) = _net_problem(seed)
+    net, auxnet, (x, y), (xa, ya) = _net_problem(seed, trunked=trunked)
     (phi,) = auxnet.parameters()
     cfg = BilevelConfig(optimizer="sgd", lr=1.0, momentum=0.0, hyper_every=1, neumann_steps=3, neumann_lr=0.05,
-                        curvature_batch=curvature_batch)
+                        curvature_batch=curvature_batch, implicit_scope=scope)
     outer = ImplicitOuterUpdate([phi], cfg)
     ctx, drawn = _context(net, x, y, xa, ya)
+    ctx.model = net
     before = phi.detach().clone()
     outer.step(_Combine(auxnet), ctx)
+    assert all(p.requires_grad for p in net.parameters())  # the scope's hold on W is released
     return before - phi.detach(), len(drawn)
 
 
-def _reverse_hypergradient(curvature_rows: int, mixed_rows: int, seed: int = 0):
-    """−α ∇φ(∇W L_T[mixed rows] · Σ_j (I − αH[curvature rows])^j ∇W L_A), all in reverse mode (the reference)."""
-    net, auxnet, (x, y), (xa, ya) = _net_problem(seed)
+def _reverse_hypergradient(curvature_rows: int, mixed_rows: int, seed: int = 0, top: bool = False):
+    """−α ∇φ(∇W L_T[mixed rows] · Σ_j (I − αH[curvature rows])^j ∇W L_A), all in reverse mode (the reference).
+    ``top``: W = the trunked network's last trunk layer and heads, the rest held fixed."""
+    net, auxnet, (x, y), (xa, ya) = _net_problem(seed, trunked=top)
     (phi,) = auxnet.parameters()
-    params, alpha = list(net.parameters()), 0.05
+    params, alpha = list(net[2:].parameters()) if top else list(net.parameters()), 0.05
     combine = _Combine(auxnet)
     v = torch.autograd.grad(((net(xa)[:, 0] - ya) ** 2).mean(), params)
     head = torch.autograd.grad(combine.training_loss((net(x[:curvature_rows]) - y[:curvature_rows]) ** 2), params,
@@ -440,6 +456,18 @@ def test_curvature_batch_takes_the_hessian_on_its_rows_and_the_mixed_term_on_the
         assert (split - other).abs().max() > 1e-6 * split.abs().max()
     # a curvature batch as large as the batch is the whole batch, through the one-graph path
     assert torch.equal(_hyper_step(12)[0], whole)
+
+
+def test_implicit_scope_top_differentiates_through_the_trunks_last_layer_and_the_heads_only():
+    """``implicit_scope: top``: the hypergradient is the reverse-mode formula with W = the last trunk layer and the
+    heads (the first layer held fixed), with or without a curvature batch; it differs from the whole-W one, and
+    every parameter requires grad again afterwards (``_hyper_step`` asserts it)."""
+    top, _ = _hyper_step(0, scope="top", trunked=True)
+    torch.testing.assert_close(top, _reverse_hypergradient(12, 12, top=True), rtol=1e-10, atol=1e-13)
+    split, _ = _hyper_step(5, scope="top", trunked=True)
+    torch.testing.assert_close(split, _reverse_hypergradient(5, 12, top=True), rtol=1e-10, atol=1e-13)
+    whole, _ = _hyper_step(0, scope="all", trunked=True)
+    assert (top - whole).abs().max() > 1e-3 * whole.abs().max()
 
 
 def test_forward_mode_slope_equals_reverse_through_batchnorm_and_updates_running_stats_alike():

@@ -272,3 +272,15 @@ def test_a_curvature_batch_is_refused_where_the_hyper_step_has_its_own_objective
 
     with pytest.raises(ValueError, match="curvature_batch"):  # the outer update itself refuses too
         ImplicitOuterUpdate([], BilevelConfig(curvature_batch=4), objectives=lambda method, ctx: None)
+
+
+def test_an_implicit_scope_short_of_w_is_refused_for_maoal_and_names_the_values():
+    """MAOAL's φ scales each trunk module's gradient: ``implicit_scope: top`` would leave all but the last module's
+    importances without a hypergradient, so validation refuses it; JTDS and the AuxiLearn family accept it, and an
+    unknown value names the allowed ones."""
+    with pytest.raises(ParamsError, match=r"methods\.bilevel.*implicit_scope = top: method maoal"):
+        parse_params({"method": "maoal", "dataset": "cub", "methods": {"bilevel": {"implicit_scope": "top"}}})
+    for method in ("jtds", "auxilearn_linear", "auxilearn_labels"):
+        parse_params({"method": method, "dataset": "cub", "methods": {"bilevel": {"implicit_scope": "top"}}})
+    with pytest.raises(ParamsError, match=r"implicit_scope.*'all' or 'top'"):
+        parse_params({"method": "auxilearn_linear", "methods": {"bilevel": {"implicit_scope": "last"}}})

@@ -192,6 +192,10 @@ def _build_params_model() -> type[BaseModel]:
                     raise ValueError(f"{where}.curvature_batch = {cfg.curvature_batch}: method {self.method} builds "
                                      f"its own hyper-step objectives and cannot split their batch; set it to 0 "
                                      f"(methods that can: {', '.join(fits)})")
+                if section == "bilevel" and cfg.implicit_scope != "all" and spec.needs_whole_w:
+                    raise ValueError(f"{where}.implicit_scope = {cfg.implicit_scope}: method {self.method}'s φ acts on "
+                                     f"each trunk module, so its hypergradient needs the IFT over all of W; set it "
+                                     f"to all")
                 if section == spec.config_section and spec.check is not None:
                     try:
                         spec.check(cfg)

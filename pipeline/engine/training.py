@@ -437,11 +437,11 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
         guard.check_losses(step, batch, forward_ad.unpack_dual(losses).primal, what)  # one sync per outer batch
         return losses
 
-    def loss_slope(batch: Batch, direction: Sequence[Tensor], objective: Callable[[Tensor], Tensor], step: int
-                   ) -> Tensor:
-        """∇W objective(losses) · direction on ``batch`` (forward mode; φ stays in the graph)."""
+    def loss_slope(batch: Batch, along: Sequence[Tensor], direction: Sequence[Tensor],
+                   objective: Callable[[Tensor], Tensor], step: int) -> Tensor:
+        """∇W objective(losses) · direction on ``batch``, W = ``along`` (forward mode; φ stays in the graph)."""
         return directional_derivative(
-            model, w_params, direction,
+            model, along, direction,
             lambda: objective(outer_losses(lambda: batch, step, "outer training batch")))
 
     label = f"{params.method} seed {seed}"
@@ -480,7 +480,7 @@ def _train_once(dataset: Dataset, data: TaskData, splits: dict[str, np.ndarray],
                                   lambda: outer_losses(lambda: next_batch(aux_stream), step, "auxiliary-set batch"),
                                   batch=batch,
                                   batch_losses=lambda b: outer_losses(lambda: b, step, "outer training batch"),
-                                  loss_slope=lambda b, d, f: loss_slope(b, d, f, step),
+                                  loss_slope=lambda b, w, d, f: loss_slope(b, w, d, f, step),
                                   **ctx_common)
                 logs = {}
                 if fixed_phi is None:  # W's gradient, W and its optimiser's state as W's step will use them

@@ -71,8 +71,9 @@ class StepContext:
     optimizer: Any = None  # W's optimiser (its current lr and momentum, for look-ahead steps)
     diagnostic_batch: Callable[[], Batch] | None = None  # a fresh training batch from the diagnostics' own stream
     batch_losses: Callable[[Batch], Tensor] | None = None  # ``train_losses`` of a given batch (checked alike)
-    # ∇W f(batch_losses(batch)) · direction for a scalar f of the losses, by forward mode: no graph through W, φ kept
-    loss_slope: Callable[[Batch, Sequence[Tensor], Callable[[Tensor], Tensor]], Tensor] | None = None
+    # ∇W f(batch_losses(batch)) · direction for a scalar f of the losses and W some of ``params`` (batch, W, direction,
+    # f), by forward mode: no graph through W, φ kept
+    loss_slope: Callable[[Batch, Sequence[Tensor], Sequence[Tensor], Callable[[Tensor], Tensor]], Tensor] | None = None
 
 
 # ---------------------------------------------------------------------------------------------- the roles
@@ -248,6 +249,8 @@ class MethodSpec:
     ``check``: called with the method's section (dataset overrides applied) when params.yaml is validated; raises
     ValueError naming the key. ``splits_hyper_batch``: its L_T in the hyper step is the combiner's training loss,
     so ``methods.bilevel.curvature_batch`` can split that batch (methods with their own objectives cannot).
+    ``needs_whole_w``: its φ acts on every trunk module separately, so its hypergradient needs the IFT over all of W
+    (``methods.bilevel.implicit_scope: all``).
     """
 
     name: str
@@ -263,6 +266,7 @@ class MethodSpec:
     description: str = ""
     check: Callable[[Any], None] | None = None  # validates its config before any work (e.g. a file exists)
     splits_hyper_batch: bool = False
+    needs_whole_w: bool = False
 
     def __post_init__(self) -> None:
         if self.group not in GROUP_ORDER:

@@ -73,6 +73,10 @@ class BilevelConfig(StrictModel):
         None, gt=0, description="clip ‖hypergradient / α‖ (the reference's units, AuxiLearn max_grad_norm); null = never")
     hyper_train_batch: int = Field(0, ge=0, description="batch of L_T for the hypergradient; 0 = train.batch_size")
     hyper_aux_batch: int = Field(0, ge=0, description="batch of L_A (auxiliary set); 0 = the whole auxiliary set")
+    implicit_scope: Literal["all", "top"] = Field(
+        "all", description="the part of W the IFT differentiates through: all (the paper), or top (the trunk's last "
+                           "block and the task heads; the rest of W held fixed, so the hyper step's backward "
+                           "passes stop there)")
     curvature_batch: int = Field(
         0, ge=0, description="rows of the hyper step's L_T batch whose Hessian the Neumann series and λ̂ use; the "
                              "mixed term keeps the whole batch (forward mode). 0 = the whole batch (one graph)")

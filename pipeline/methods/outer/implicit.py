@@ -3,7 +3,8 @@ of ``methods.bilevel``'s optimiser on the hypergradient of the main loss on the 
 truncated Neumann series of ``pipeline.methods.bilevel``. φ is whatever the combiner and the generator expose."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Literal
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator, Literal
 
 from torch import Tensor, nn
 
@@ -12,6 +13,20 @@ from pipeline.datasets.shared.base import reduce_pixels
 from pipeline.core import distributed
 from pipeline.core.faults import FaultKeys, Suspect
 from pipeline.methods.base import OuterUpdate, StepContext
+
+@contextmanager
+def held_fixed(params: list[Tensor]) -> Iterator[None]:
+    """``params`` out of autograd for the block: forwards record no graph below the first op that reads a
+    parameter still in scope, so backward passes (and the activations they keep) stop there."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
 
 if TYPE_CHECKING:
     from pipeline.methods.base import Method
@@ -61,20 +76,37 @@ class ImplicitOuterUpdate(OuterUpdate):
         # now, so that the hyper step's W-sized vectors do not sit on top of a dead copy (peak memory).
         for p in ctx.params:
             p.grad = None
+        scope = self._scope(ctx)
+        with held_fixed([p for p in ctx.params if id(p) not in {id(q) for q in scope}]):
+            return self._step(method, ctx, scope)
+
+    def _scope(self, ctx: StepContext) -> list[Tensor]:
+        """The part of W the IFT differentiates through (``implicit_scope``)."""
+        if self.cfg.implicit_scope == "all":
+            return list(ctx.params)
+        shared = {id(p) for p in ctx.model.shared_parameters()}
+        top = {id(p) for p in ctx.model.last_shared_parameters()}
+        return [p for p in ctx.params if id(p) in top or id(p) not in shared]
+
+    def _step(self, method: "Method", ctx: StepContext, params: list[Tensor]) -> dict[str, float]:
         slope = None
         if self.objectives is not None:
             train_loss, outer_loss, logs = self.objectives(method, ctx)
+            if not isinstance(train_loss, Tensor) and len(train_loss) != len(params) + len(self.lower_params):
+                raise ValueError(f"methods.{self.section}.implicit_scope = {self.cfg.implicit_scope}: method "
+                                 f"{method.name}'s lower update is one direction per tensor of W; set it to all")
         else:
-            train_loss, slope = self._train_objective(method, ctx)
+            train_loss, slope = self._train_objective(method, ctx, params)
             logs = {}
             outer = ctx.aux_losses() if self.hyper_set == "aux" else ctx.train_losses()
             outer_loss = reduce_pixels(outer)[:, 0].mean()
         # the default losses come from separate forwards on separate batches: L_A's graph can go early
-        stats = self.hyper.step(train_loss, outer_loss, [*ctx.params, *self.lower_params],
+        stats = self.hyper.step(train_loss, outer_loss, [*params, *self.lower_params],
                                 shared_graph=self.objectives is not None, slope=slope)
         return {**self.hyper.log(stats), **logs}
 
-    def _train_objective(self, method: "Method", ctx: StepContext) -> tuple[Tensor, Slope | None]:
+    def _train_objective(self, method: "Method", ctx: StepContext, params: list[Tensor]
+                         ) -> tuple[Tensor, Slope | None]:
         """L_T for the hyper step: on the whole outer training batch, or (``curvature_batch``) on its first rows
         for the curvature, with the mixed term's ∇W L_T · series on the whole batch in forward mode."""
         rows = self.cfg.curvature_batch  # 0, or a method without objectives or lower params (the constructor)
@@ -85,4 +117,4 @@ class ImplicitOuterUpdate(OuterUpdate):
         if local_rows >= len(batch.x):
             return method.training_loss(ctx.batch_losses(batch)), None
         train_loss = method.training_loss(ctx.batch_losses(batch.head(local_rows)))
-        return train_loss, lambda series: ctx.loss_slope(batch, series, method.training_loss)
+        return train_loss, lambda series: ctx.loss_slope(batch, params, series, method.training_loss)

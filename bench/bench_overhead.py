@@ -112,9 +112,7 @@ def _build(workload: str, batch_size: int, aux_batch_size: int, device: Any, ima
     class MultiHead(nn.Module):
         def __init__(self, trunk: nn.Module, last_block: nn.Module, features: int) -> None:
             super().__init__()
-            self.trunk = trunk
-            # not registered a second time: functional_call would untie, i.e. replace, its parameters
-            self._last_block = [last_block]
+            self.trunk, self.last_block = trunk, last_block  # the last block is reached by two paths
             self.heads = nn.ModuleList(nn.Linear(features, dim) for _, dim in TASKS)
 
         def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -125,7 +123,7 @@ def _build(workload: str, batch_size: int, aux_batch_size: int, device: Any, ima
             return list(self.trunk.parameters())
 
         def last_shared_parameters(self) -> list[nn.Parameter]:  # implicit_scope: top
-            return list(self._last_block[0].parameters())
+            return list(self.last_block.parameters())
 
     torch.manual_seed(SEED)  # before the trunk is built: its initial weights are part of the workload
     if workload == "mlp":

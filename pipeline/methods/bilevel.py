@@ -40,9 +40,9 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from pydantic import Field, model_validator
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from pipeline.core.distributed import mean_across
+from pipeline.core.functional import call_with
 from pipeline.core.faults import overflow_named
 from pipeline.core.schema import StrictModel
 
@@ -235,7 +235,7 @@ Slope = Callable[[list[Tensor]], Tensor]
 
 
 class _Call(nn.Module):
-    """Runs ``fn`` with ``module`` as a submodule, so that ``functional_call`` can swap its parameters."""
+    """Runs ``fn`` with ``module`` as a submodule, so that ``call_with`` can swap its parameters."""
 
     def __init__(self, module: nn.Module, fn: Callable[[], Tensor]) -> None:
         super().__init__()
@@ -257,7 +257,7 @@ def directional_derivative(module: nn.Module, params: Sequence[Tensor], directio
     with forward_ad.dual_level():
         duals = {f"module.{names[id(p)]}": forward_ad.make_dual(p.detach(), d.to(p.dtype))
                  for p, d in zip(params, direction)}
-        tangent = forward_ad.unpack_dual(functional_call(_Call(module, fn), duals, ())).tangent
+        tangent = forward_ad.unpack_dual(call_with(_Call(module, fn), duals)).tangent
     if tangent is None:  # fn does not depend on W
         return torch.zeros((), device=params[0].device if params else None)
     return tangent

@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
-from torch.func import functional_call  # noqa: E402
 
 from pipeline.engine.experiment import Experiment, TrainedRun  # noqa: E402
+from pipeline.core.functional import call_with  # noqa: E402
 from pipeline.core.io import atomic_path  # noqa: E402
 from pipeline.methods.base import scale_losses  # noqa: E402
 from pipeline.engine.training import task_scale  # noqa: E402
@@ -83,7 +83,7 @@ def loss_landscapes(exp: Experiment, run: TrainedRun, params: Any, path: Path, g
         for i, a in enumerate(span):
             for j, b in enumerate(span):
                 w = torch.tensor([a, b], dtype=weight.dtype)
-                losses = scale_losses(exp.dataset.per_task_losses(functional_call(model, {name: w}, (x,)), y), scale)
+                losses = scale_losses(exp.dataset.per_task_losses(call_with(model, {name: w}, (x,)), y), scale)
                 surfaces["main"][j, i] = float(losses[:, 0].mean())
                 surfaces["first"][j, i] = float(run.method_initial.training_loss(losses))
                 surfaces["last"][j, i] = float(run.method_final.training_loss(losses))

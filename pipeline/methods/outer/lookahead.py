@@ -1,6 +1,6 @@
 """MAXL's outer update (Liu et al. 2019, Alg. 1): θ2 follows the main loss after a one-step look-ahead of W.
 
-``LookAheadUpdate`` is the exact second-order meta-gradient (through ``torch.func.functional_call``);
+``LookAheadUpdate`` is the exact second-order meta-gradient (through ``torch.func.functional_call``, by ``pipeline.core.functional.call_with``);
 ``FirstOrderLookAhead`` the reference's finite-difference approximation. Options: ``methods.labels`` (see
 ``generators/labels.py``, which also documents how each default follows the authors' code).
 
@@ -21,10 +21,10 @@ from typing import Any
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
-from torch.func import functional_call
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from pipeline.core.distributed import mean_across
+from pipeline.core.functional import call_with
 from pipeline.core.faults import FaultKeys, Suspect, all_finite, max_abs, overflow_named
 from pipeline.methods.base import Batch, OuterUpdate, StepContext, scale_losses
 from pipeline.methods.generators.labels import GeneratedLabels, LabelsConfig, WithGeneratedHead, negative_entropy
@@ -93,7 +93,7 @@ class LookAheadUpdate(OuterUpdate):
 
     def _losses_at(self, full: nn.Module, weights: dict[str, Tensor], buffers: dict[str, Tensor], batch: Batch,
                    soft: Tensor) -> Tensor:
-        return self.labels.losses_from_outputs(functional_call(full, {**weights, **buffers}, (batch.x,)), batch, soft)
+        return self.labels.losses_from_outputs(call_with(full, {**weights, **buffers}, (batch.x,)), batch, soft)
 
     @staticmethod
     def _inner(losses: Tensor, loss_scale: Tensor | None, labelled: Tensor | None = None) -> Tensor:
@@ -147,7 +147,7 @@ class LookAheadUpdate(OuterUpdate):
         derivative along e by forward mode, dotted with ∂L_T/∂outputs built at the output level."""
         with fwAD.dual_level():
             dual = {k: fwAD.make_dual(p, ahead.e[k]) for k, p in ahead.current.items()}
-            leaves, spec = tree_flatten(functional_call(ahead.full, {**dual, **ahead.buffers}, (batch.x,)))
+            leaves, spec = tree_flatten(call_with(ahead.full, {**dual, **ahead.buffers}, (batch.x,)))
             unpacked = [fwAD.unpack_dual(o) for o in leaves]
         outputs = [u.primal.detach().requires_grad_(True) for u in unpacked]
         losses = self.labels.losses_from_outputs(tree_unflatten(outputs, spec), batch, ahead.soft)
@@ -236,7 +236,7 @@ class FirstOrderLookAhead(LookAheadUpdate):
             for sign in (1.0, -1.0):
                 shifted = {k: p + sign * eps * d[k] for k, p in ahead.current.items()}
                 with torch.no_grad():
-                    outputs = functional_call(ahead.full, {**shifted, **ahead.buffers}, (batch.x,))
+                    outputs = call_with(ahead.full, {**shifted, **ahead.buffers}, (batch.x,))
                 targets = soft.detach().requires_grad_(True)
                 losses = self.labels.losses_from_outputs(outputs, batch, targets)
                 sides.append(torch.autograd.grad(self._inner(losses, loss_scale, batch.labelled), targets)[0])

@@ -86,16 +86,21 @@ def test_select_by_validation_metric_keeps_the_best_metric_checkpoint():
 
 
 
-def _toy2d_run(curvature_batch: int) -> dict[str, torch.Tensor]:
+def _phi_of_run(dataset: str, method: str, train: dict, bilevel: dict) -> dict[str, torch.Tensor]:
+    """φ at the end of one short ``train_run`` (and, under ``initial.<key>``, at its start)."""
     from pipeline.engine.training import train_run
     from tests.conftest import _prepared, make_params
 
-    ds, data, splits = _prepared("toy2d")
-    params = make_params(dataset="toy2d", method="auxilearn_nonlinear", seeds=[0],
-                         datasets={"toy2d": {"train": {"steps": 30, "batch_size": 16, "eval_every": 10}}},
-                         methods={"bilevel": {"hyper_every": 5, "curvature_batch": curvature_batch}})
+    ds, data, splits = _prepared(dataset)
+    params = make_params(dataset=dataset, method=method, seeds=[0], datasets={dataset: {"train": train}},
+                         methods={"bilevel": bilevel})
     result = train_run(ds, data, splits, params, 0, device=torch.device("cpu"))
     return {**result.method_state_final, **{f"initial.{k}": v for k, v in result.method_state_initial.items()}}
+
+
+def _toy2d_run(curvature_batch: int) -> dict[str, torch.Tensor]:
+    return _phi_of_run("toy2d", "auxilearn_nonlinear", {"steps": 30, "batch_size": 16, "eval_every": 10},
+                       {"hyper_every": 5, "curvature_batch": curvature_batch})
 
 
 def test_training_with_a_curvature_batch_is_deterministic_and_differs_only_below_the_batch():
@@ -108,15 +113,8 @@ def test_training_with_a_curvature_batch_is_deterministic_and_differs_only_below
 
 
 def _cub_run(scope: str) -> dict[str, torch.Tensor]:
-    from pipeline.engine.training import train_run
-    from tests.conftest import _prepared, make_params
-
-    ds, data, splits = _prepared("cub")
-    params = make_params(dataset="cub", method="auxilearn_linear", seeds=[0],
-                         datasets={"cub": {"train": {"steps": 8, "batch_size": 4, "eval_every": 4}}},
-                         methods={"bilevel": {"hyper_every": 2, "implicit_scope": scope}})
-    result = train_run(ds, data, splits, params, 0, device=torch.device("cpu"))
-    return {**result.method_state_final, **{f"initial.{k}": v for k, v in result.method_state_initial.items()}}
+    return _phi_of_run("cub", "auxilearn_linear", {"steps": 8, "batch_size": 4, "eval_every": 4},
+                       {"hyper_every": 2, "implicit_scope": scope})
 
 
 def test_training_with_the_implicit_scope_top_is_deterministic_learns_phi_and_differs_from_all_of_w():

@@ -75,8 +75,8 @@ class BilevelConfig(StrictModel):
     hyper_aux_batch: int = Field(0, ge=0, description="batch of L_A (auxiliary set); 0 = the whole auxiliary set")
     implicit_scope: Literal["all", "top"] = Field(
         "all", description="the part of W the IFT differentiates through: all (the paper), or top (the trunk's last "
-                           "block and the task heads; the rest of W held fixed, so the hyper step's backward "
-                           "passes stop there)")
+                           "block and the task heads; the rest of W is a constant of the hypergradient, so the "
+                           "hyper step's backward passes stop there, and it still trains)")
     curvature_batch: int = Field(
         0, ge=0, description="rows of the hyper step's L_T batch whose Hessian the Neumann series and λ̂ use; the "
                              "mixed term keeps the whole batch (forward mode). 0 = the whole batch (one graph)")

@@ -95,6 +95,9 @@ def worker(rank: int, init_file: str, out: str) -> None:
         # the Hessian on 2 rows of each process's 4, the mixed term in forward mode on all 4 (curvature_batch)
         results["curvature_batch"] = train("auxilearn_linear", methods={"bilevel": {
             "hyper_every": 5, "hyper_train_batch": 8, "curvature_batch": 4}})
+        # the IFT over the trunk's last block and the heads, the rest of W out of autograd in the hyper step only
+        results["implicit_scope_top"] = train("auxilearn_linear", steps=6, dataset="demo", methods={"bilevel": {
+            "hyper_every": 2, "hyper_train_batch": 8, "implicit_scope": "top"}})
         # θ2's update inside W's step (before_w_step), from W's DDP-averaged gradient and this shard's batch
         results["maxl_step"] = train("maxl", steps=4, dataset="demo",
                                      methods={"labels": {"maxl_meta_batch": "step", "maxl_every": 2}})
@@ -169,6 +172,17 @@ def test_a_curvature_batch_keeps_the_processes_identical(ranks):
         assert torch.equal(runs[1][key], runs[0][key]), key
     phi = [k for k in weights if k.startswith("method.")]
     assert phi and max(float((runs[0][k] - ranks[0]["run"][k]).abs().max()) for k in phi) > 1e-6  # not the default path
+
+
+def test_the_implicit_scope_top_keeps_the_processes_identical(ranks):
+    """``implicit_scope: top`` takes the trunk below its last block out of autograd inside each hyper step only;
+    DDP's W steps between them and the averaged hypergradient leave both processes with the same W and φ (demo's
+    network has BatchNorm, whose statistics are per shard, so a one-process run is not the reference here)."""
+    runs = [r["implicit_scope_top"] for r in ranks]
+    weights = [k for k in runs[0] if not any(s in k for s in ("running_", "num_batches_tracked"))]
+    assert any(k.startswith("method.") for k in weights) and any(k.startswith("model.") for k in weights)
+    for key in weights:
+        assert torch.equal(runs[1][key], runs[0][key]), key
 
 
 def test_shards_cover_the_batch_once(monkeypatch):

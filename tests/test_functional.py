@@ -82,7 +82,8 @@ def test_call_with_names_an_unknown_key_and_takes_dual_values():
     with forward_ad.dual_level():  # a dual value is just another value
         model = _Tied()
         w = model.enc.weight
-        out = call_with(model, {"enc.weight": forward_ad.make_dual(w.detach(), torch.ones_like(w))}, (torch.ones(1, 3),))
+        dual = forward_ad.make_dual(w.detach(), torch.ones_like(w))
+        out = call_with(model, {"enc.weight": dual}, (torch.ones(1, 3),))
         assert forward_ad.unpack_dual(out).tangent is not None
     assert model.enc.weight is w
 

@@ -165,5 +165,6 @@ def build(num_tasks: int, cfg: MAOALConfig, bilevel: Any, dataset: Any, data: An
 
 register(MethodSpec("maoal", build, group="auxilearn", order=6, Config=MAOALConfig, config_section="maoal",
                     uses_bilevel=True, uses_aux_set=True, needs_data=True, requires=frozenset({"auxiliaries"}),
-                    needs_whole_w=True, description="MAOAL: a learned importance per (auxiliary, trunk module) scaling that auxiliary's "
+                    needs_whole_w=True,
+                    description="MAOAL: a learned importance per (auxiliary, trunk module) scaling that auxiliary's "
                                 "gradient on the module, by the IFT of the modified lower update"))

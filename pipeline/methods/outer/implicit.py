@@ -14,6 +14,7 @@ from pipeline.core import distributed
 from pipeline.core.faults import FaultKeys, Suspect
 from pipeline.methods.base import OuterUpdate, StepContext
 
+
 @contextmanager
 def held_fixed(params: list[Tensor]) -> Iterator[None]:
     """``params`` out of autograd for the block: forwards record no graph below the first op that reads a

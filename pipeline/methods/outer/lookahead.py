@@ -1,8 +1,9 @@
 """MAXL's outer update (Liu et al. 2019, Alg. 1): θ2 follows the main loss after a one-step look-ahead of W.
 
-``LookAheadUpdate`` is the exact second-order meta-gradient (through ``torch.func.functional_call``, by ``pipeline.core.functional.call_with``);
-``FirstOrderLookAhead`` the reference's finite-difference approximation. Options: ``methods.labels`` (see
-``generators/labels.py``, which also documents how each default follows the authors' code).
+``LookAheadUpdate`` is the exact second-order meta-gradient (through ``torch.func.functional_call``, by
+``pipeline.core.functional.call_with``); ``FirstOrderLookAhead`` the reference's finite-difference approximation.
+Options: ``methods.labels`` (see ``generators/labels.py``, which also documents how each default follows the
+authors' code).
 
 Cost. θ1⁺ = θ1 − α·c·(∇θ1 L_T + wd·θ1) − α·b depends on θ2 only through the generated task's soft labels ȳ(θ2)
 in ∇θ1 L_T. So, with e = α·c·∇θ1⁺ ℓ_main(θ1⁺), the second-order term is

@@ -61,7 +61,7 @@ def main(train_pool: int, aux_pool: int, sizes: str, draws: int, warmup_steps: i
     from bench.bench_overhead import TASKS, _build, _per_task_losses
     from pipeline.methods.bilevel import BilevelConfig, TrainCurvature, directional_derivative, neumann_hypergradient
     from pipeline.methods.combiners.auxnet import AuxiLearnConfig
-    from pipeline.methods.outer.implicit import held_fixed
+    from pipeline.methods.outer.implicit import held_fixed, in_scope
     from pipeline.core.registry import METHODS
 
     try:
@@ -170,9 +170,8 @@ def main(train_pool: int, aux_pool: int, sizes: str, draws: int, warmup_steps: i
     click.echo(f"  curvature_batch = b: the Hessian on b training samples; L_A and the mixed term on the full pools")
     table(lambda b: curvature_hypergradient(torch.randperm(train_pool, generator=gen)[:b], alpha))
 
-    trunk, last = ({id(p) for p in part()} for part in (model.shared_parameters, model.last_shared_parameters))
-    top = [p for p in params if id(p) in last or id(p) not in trunk]
-    with held_fixed([p for p in params if id(p) in trunk - last]):
+    top = in_scope(model, params, "top")
+    with held_fixed([p for p in params if id(p) not in {id(q) for q in top}]):
         train_loss, _ = losses(everything, everything_aux)
         lam_top, _ = TrainCurvature(train_loss, top).top_eigenvalue([torch.ones_like(p) for p in top],
                                                                      2 * bilevel.curvature_iterations)

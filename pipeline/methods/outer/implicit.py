@@ -29,6 +29,16 @@ def held_fixed(params: list[Tensor]) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def in_scope(model: nn.Module, params: list[Tensor], scope: Literal["all", "top"]) -> list[Tensor]:
+    """The part of ``params`` (the model's W) the IFT differentiates through (``methods.bilevel.implicit_scope``):
+    all of it, or the trunk's last block and the task heads."""
+    if scope == "all":
+        return list(params)
+    shared = {id(p) for p in model.shared_parameters()}
+    top = {id(p) for p in model.last_shared_parameters()}
+    return [p for p in params if id(p) in top or id(p) not in shared]
+
+
 if TYPE_CHECKING:
     from pipeline.methods.base import Method
 
@@ -77,17 +87,9 @@ class ImplicitOuterUpdate(OuterUpdate):
         # now, so that the hyper step's W-sized vectors do not sit on top of a dead copy (peak memory).
         for p in ctx.params:
             p.grad = None
-        scope = self._scope(ctx)
+        scope = in_scope(ctx.model, ctx.params, self.cfg.implicit_scope)
         with held_fixed([p for p in ctx.params if id(p) not in {id(q) for q in scope}]):
             return self._step(method, ctx, scope)
-
-    def _scope(self, ctx: StepContext) -> list[Tensor]:
-        """The part of W the IFT differentiates through (``implicit_scope``)."""
-        if self.cfg.implicit_scope == "all":
-            return list(ctx.params)
-        shared = {id(p) for p in ctx.model.shared_parameters()}
-        top = {id(p) for p in ctx.model.last_shared_parameters()}
-        return [p for p in ctx.params if id(p) in top or id(p) not in shared]
 
     def _step(self, method: "Method", ctx: StepContext, params: list[Tensor]) -> dict[str, float]:
         slope = None

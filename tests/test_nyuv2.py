@@ -22,7 +22,6 @@ from pipeline.datasets.nyuv2.prepared import H5_NAME
 from pipeline.datasets.nyuv2.sources import CLASS_NAMES, KINDS, NUM_CLASSES
 from pipeline.datasets.nyuv2.splits import official_splits
 from pipeline.datasets.nyuv2.standin import STANDIN_DIR, random_depth_field, render_standin_scene
-import pipeline.datasets.nyuv2.task as nyuv2_task
 from pipeline.datasets.nyuv2.task import TASK_NAMES, Nyuv2, pixel_losses
 from pipeline.datasets.shared.aux_roles import AUX_ROLES_FILE
 from pipeline.metrics.geometry import depth_error_sums, depth_scores, normal_angles, normal_scores
@@ -399,7 +398,7 @@ def test_metrics_accumulate_over_chunks(monkeypatch):
                 **depth_scores(depth_error_sums(depth, y[:, 1])),
                 **normal_scores(normal_angles(normal, y[:, 2:])),
                 "main_loss": float(reduce_pixels(ds.per_task_losses((seg, depth, normal), y))[:, 0].mean())}
-    monkeypatch.setattr(nyuv2_task, "EVAL_CHUNK", 3)  # 2 chunks: the confusion matrix spans both
+    monkeypatch.setattr(Nyuv2, "eval_chunk", 3)  # 2 chunks: the confusion matrix spans both
     got = ds.metrics(model, data, idx)
     assert got.keys() == expected.keys()
     for k in expected:

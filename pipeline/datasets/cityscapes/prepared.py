@@ -1,8 +1,8 @@
 """Cityscapes' prepared file ``cityscapes.h5``: written from validated samples, read back and checked.
 
 ``images`` uint8 [N, 3, H, W], ``labels`` int8 [N, 3, H, W] (19-, 7-, 2-class; -1 = ignore), ``depth`` float32
-[N, H, W] (0 = invalid), ``is_train`` uint8 [N] (from train/), ``sample_ids`` int64 [N] (file index), attribute
-``source``.
+[N, H, W] (0 = invalid), ``is_train`` uint8 [N] (from train/), ``sample_ids`` int64 [N] (file index), attributes
+``source`` and ``image_size``.
 """
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import h5py
 import numpy as np
 
-from pipeline.core.progress import counted
 from pipeline.datasets.cityscapes.sources import IGNORE, LABEL_KINDS, Row
 from pipeline.datasets.shared.base import DataError
-from pipeline.datasets.shared.h5 import file_attrs, open_prepared, put, put_attrs
-from pipeline.datasets.shared.npy_layout import DensePrepared
+from pipeline.datasets.shared.h5 import file_attrs, open_prepared
+from pipeline.datasets.shared.npy_layout import DensePrepared, write_dense_prepared
 from pipeline.datasets.shared.rows import H5Rows
 
 H5_NAME = "cityscapes.h5"
@@ -36,23 +34,8 @@ def write_prepared(out_file: Path, samples: Iterator[Row], count: int, size: tup
                    attrs: dict[str, Any]) -> None:
     """Stream ``count`` (sample, is_train, sample_id) into ``cityscapes.h5`` (one chunk per image, no timestamps)."""
     h, w = size
-    with h5py.File(out_file, "w") as f:
-        def dataset(name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
-            return f.create_dataset(name, shape=(count, *shape), dtype=dtype, chunks=(1, *shape), track_times=False)
-
-        images, labels = dataset("images", (3, h, w), np.uint8), dataset("labels", (3, h, w), np.int8)
-        depth = dataset("depth", (h, w), np.float32)
-        is_train, ids = np.zeros(count, np.uint8), np.zeros(count, np.int64)
-        row = -1
-        for row, (sample, train, sample_id) in enumerate(counted(samples, "prepare cityscapes: samples written",
-                                                                 count, "samples")):
-            images[row], labels[row], depth[row] = sample.image, sample.labels, sample.depth
-            is_train[row], ids[row] = train, sample_id
-        if row + 1 != count:
-            raise RuntimeError(f"write_prepared: expected {count} samples, got {row + 1}")
-        put(f, "is_train", is_train)
-        put(f, "sample_ids", ids)
-        put_attrs(f, attrs)
+    write_dense_prepared(out_file, samples, count, size,
+                         [("images", (3, h, w), np.uint8), ("labels", (3, h, w), np.int8), ("depth", (h, w), np.float32)], attrs)
 
 
 def stack_targets(arrays: Sequence[np.ndarray]) -> np.ndarray:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,16 +23,16 @@ from pipeline.datasets.cityscapes.config import NAME, Config, ModelConfig, Split
 from pipeline.datasets.cityscapes.prepared import CLASSES, H5_NAME, read_prepared, write_prepared
 from pipeline.datasets.cityscapes.sources import CLASS_NAMES, EXPECTED, IGNORE, read_preprocessed
 from pipeline.datasets.cityscapes.standin import SOURCE_ATTR, STANDIN_AUX_ROLES, STANDIN_DIR, write_standin
-from pipeline.datasets.shared.aux_roles import read_aux_roles, write_aux_roles
-from pipeline.datasets.shared.base import Dataset, TaskData, reduce_pixels
-from pipeline.datasets.shared.npy_layout import loss_density, official_splits
+from pipeline.datasets.shared.aux_roles import write_aux_roles
+from pipeline.datasets.shared.base import TaskData, reduce_pixels
+from pipeline.datasets.shared.dense import DenseDataset
+from pipeline.datasets.shared.npy_layout import loss_density
 from pipeline.datasets.shared.sources import STANDIN, source_root
 from pipeline.metrics.geometry import DepthErrors
 from pipeline.metrics.segmentation import ConfusionMatrix
 from pipeline.models.base import MultiTaskNet
 
 TASK_NAMES = ["segmentation", "segmentation_7", "segmentation_2", "depth"]
-EVAL_CHUNK = 16
 SOURCE_ATTRS = {"preprocessed": "Cityscapes (Liu et al.'s preprocessed .npy layout)"}
 
 
@@ -52,7 +51,7 @@ def pixel_losses(outputs: tuple[Tensor, ...], targets: Tensor) -> Tensor:
 
 
 @DATASETS.register(NAME)
-class Cityscapes(Dataset):
+class Cityscapes(DenseDataset):
     """Cityscapes (or its procedural stand-in): 19-class segmentation with coarser segmentations and depth."""
 
     provides = frozenset({"auxiliaries", "loss_images"})
@@ -61,6 +60,8 @@ class Cityscapes(Dataset):
     Config = Config
     SplitConfig = SplitConfig
     ModelConfig = ModelConfig
+    task_names, num_classes, class_names = TASK_NAMES, CLASSES[0], list(CLASS_NAMES)
+    read_prepared = staticmethod(read_prepared)
     default_split = {"seed": 0, "val_fraction": 0.1, "aux_fraction": 0.025}
     # Paper (App. C.8): Adam, lr 1e-4, 150 epochs, halved after 100. On the 32 x 64 stand-in (240 train/
     # images) lr 1e-3 and 300 steps of 8 (~11 epochs) with the rate halved half-way, as NYUv2's defaults.
@@ -81,28 +82,6 @@ class Cityscapes(Dataset):
         count, size, samples = read_preprocessed(root, size)
         write_prepared(out_dir / H5_NAME, samples, count, size, attrs)
 
-    def load(self, folder: Path) -> TaskData:
-        return self._task_data(folder, lazy=False)
-
-    def open_rows(self, folder: Path) -> TaskData:
-        """As ``load``, images and targets read on demand from cityscapes.h5."""
-        return self._task_data(folder, lazy=True)
-
-    def _task_data(self, folder: Path, lazy: bool) -> TaskData:
-        prepared = read_prepared(folder, "prepare", lazy=lazy)
-        meta = {"source": prepared.source, "num_classes": CLASSES[0], "class_names": list(CLASS_NAMES),
-                "is_train": prepared.is_train, "sample_ids": prepared.sample_ids, "image_size": prepared.image_size}
-        roles = read_aux_roles(Path(folder), TASK_NAMES[1:])
-        if roles is not None:
-            meta["aux_roles"] = roles
-        if lazy:
-            return TaskData(prepared.images, prepared.targets, list(TASK_NAMES), meta)
-        return TaskData(torch.from_numpy(prepared.images), torch.from_numpy(prepared.targets), list(TASK_NAMES), meta)
-
-    def make_splits(self, data: TaskData, split_cfg: SplitConfig) -> dict[str, np.ndarray]:
-        return official_splits(data.meta["is_train"], split_cfg.seed, split_cfg.val_fraction, split_cfg.aux_fraction,
-                               key=f"datasets.{NAME}.split")
-
     def build_model(self, data: TaskData, cfg: ModelConfig, aux_outputs: int = 0) -> MultiTaskNet:
         """The SegNet with 19-, 7- and 2-class heads and a depth head, on [0, 1] images."""
         if aux_outputs:
@@ -110,29 +89,16 @@ class Cityscapes(Dataset):
         return MODELS.get("segnet")(num_classes=CLASSES[0], width=cfg.width, stages=cfg.stages,
                                     aux_classes=CLASSES[1:], normals=False)
 
-    def batch_transform(self, x: Tensor, y: Tensor, train: bool,
-                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """uint8 images -> floats in [0, 1] (as Liu et al. feed them); no augmentation, targets unchanged."""
-        return (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()), y
-
-    def display(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        return x.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), y[0].long().cpu().numpy()
-
     def per_task_losses(self, outputs: tuple[Tensor, ...], targets: Tensor) -> Tensor:
         """[B, 4, H, W] loss images (see ``pixel_losses``)."""
         return pixel_losses(outputs, targets)
-
-    def main_loss(self, model: nn.Module, data: TaskData, indices: Tensor) -> float:
-        total = sum(float(reduce_pixels(self.per_task_losses(out, y))[:, 0].sum())
-                    for out, y in self.evaluation_outputs(model, data, indices, EVAL_CHUNK))
-        return total / len(indices)
 
     def metrics(self, model: nn.Module, data: TaskData, indices: Tensor) -> dict[str, float]:
         """``miou``/``pixel_acc`` of the 19 classes (percent, over the whole set; Table 6's), the same of the 7-
         and 2-class auxiliaries, depth absolute/relative error over valid pixels, ``main_loss``."""
         scores = [ConfusionMatrix(c) for c in CLASSES]
         depth_errors, loss = DepthErrors(), 0.0
-        for out, y in self.evaluation_outputs(model, data, indices, EVAL_CHUNK):
+        for out, y in self.evaluation_outputs(model, data, indices, self.eval_chunk):
             for k, cm in enumerate(scores):
                 cm.update(out[k], y[:, k])
             depth_errors.update(out[3], y[:, 3])

@@ -11,15 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import h5py
 import numpy as np
 
 from pipeline.datasets.shared.base import DataError
-from pipeline.datasets.shared.h5 import file_attrs, open_prepared, put, put_attrs
-from pipeline.datasets.shared.npy_layout import DensePrepared
+from pipeline.datasets.shared.h5 import file_attrs, open_prepared
+from pipeline.datasets.shared.npy_layout import DensePrepared, write_dense_prepared
 from pipeline.datasets.shared.rows import H5Rows
 from pipeline.datasets.nyuv2.sources import IGNORE, NUM_CLASSES, Row
-from pipeline.core.progress import counted
 
 H5_NAME = "nyuv2.h5"
 LOAD_CHUNK = 64  # samples per read in read_prepared()
@@ -36,27 +34,9 @@ def write_prepared(out_file: Path, samples: Iterator[Row], count: int, size: tup
                    attrs: dict[str, Any]) -> None:
     """Stream ``count`` (sample, is_train, sample_id) into ``nyuv2.h5`` (one chunk per image, no timestamps)."""
     h, w = size
-    with h5py.File(out_file, "w") as f:
-        def dataset(name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
-            return f.create_dataset(name, shape=(count, *shape), dtype=dtype, chunks=(1, *shape), track_times=False)
-
-        images = dataset("images", (3, h, w), np.uint8)
-        labels = dataset("labels", (h, w), np.int8)
-        depth = dataset("depth", (h, w), np.float32)
-        normals = dataset("normals", (3, h, w), np.float32)
-        is_train = np.zeros(count, np.uint8)
-        ids = np.zeros(count, np.int64)
-        row = -1
-        for row, (sample, train, sample_id) in enumerate(counted(samples, "prepare nyuv2: samples written", count,
-                                                                 "samples")):
-            images[row], labels[row], depth[row], normals[row] = sample.image, sample.label, sample.depth, sample.normal
-            is_train[row], ids[row] = train, sample_id
-        if row + 1 != count:
-            raise RuntimeError(f"write_prepared: expected {count} samples, got {row + 1}")
-        put(f, "is_train", is_train)
-        put(f, "sample_ids", ids)
-        f.attrs["image_size"] = np.asarray(size, np.int64)
-        put_attrs(f, attrs)
+    write_dense_prepared(out_file, samples, count, size,
+                         [("images", (3, h, w), np.uint8), ("labels", (h, w), np.int8), ("depth", (h, w), np.float32),
+                          ("normals", (3, h, w), np.float32)], attrs)
 
 
 def read_prepared(folder: Path, stage: str = "prepare", lazy: bool = False) -> Prepared:

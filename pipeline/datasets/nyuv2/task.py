@@ -12,28 +12,27 @@ takes as they are, as Liu et al. feed them: there is no input standardisation to
 from __future__ import annotations
 
 from pathlib import Path
-import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.datasets.shared.base import Dataset, LabelField, TaskData, reduce_pixels
-from pipeline.datasets.shared.npy_layout import loss_density
+from pipeline.core.registry import DATASETS, MODELS
 from pipeline.datasets.nyuv2.config import NAME, Config, ModelConfig, SplitConfig
 from pipeline.datasets.nyuv2.prepared import H5_NAME, read_prepared, write_prepared
 from pipeline.datasets.nyuv2.sources import (CLASS_NAMES, EXPECTED, IGNORE, NUM_CLASSES, read_official,
                                              read_preprocessed)
-from pipeline.datasets.nyuv2.splits import official_splits
 from pipeline.datasets.nyuv2.standin import SOURCE_ATTR, STANDIN_AUX_ROLES, STANDIN_DIR, write_standin
-from pipeline.datasets.shared.aux_roles import read_aux_roles, write_aux_roles
+from pipeline.datasets.shared.aux_roles import write_aux_roles
+from pipeline.datasets.shared.base import LabelField, TaskData, reduce_pixels
+from pipeline.datasets.shared.dense import DenseDataset
+from pipeline.datasets.shared.npy_layout import loss_density
 from pipeline.datasets.shared.sources import STANDIN, source_root
 from pipeline.metrics.geometry import DepthErrors, NormalAngles
 from pipeline.metrics.segmentation import ConfusionMatrix
 from pipeline.models.base import MultiTaskNet
-from pipeline.core.registry import DATASETS, MODELS
 
 TASK_NAMES = ["segmentation", "depth", "normal"]
-EVAL_CHUNK = 16  # images per forward pass in evaluation (SegNet at 288 x 384 is memory hungry)
 SOURCE_ATTRS = {"preprocessed": "NYUv2 (preprocessed .npy layout)", "official": "NYUv2 (official labelled .mat)"}
 
 
@@ -50,7 +49,7 @@ def pixel_losses(outputs: tuple[Tensor, Tensor, Tensor], targets: Tensor) -> Ten
 
 
 @DATASETS.register(NAME)
-class Nyuv2(Dataset):
+class Nyuv2(DenseDataset):
     """NYUv2 (or its procedural stand-in): segmentation with depth and normal auxiliaries, per-pixel losses."""
 
     provides = frozenset({"auxiliaries", "loss_images", "task_labels"})
@@ -59,6 +58,8 @@ class Nyuv2(Dataset):
     Config = Config
     SplitConfig = SplitConfig
     ModelConfig = ModelConfig
+    task_names, num_classes, class_names = TASK_NAMES, NUM_CLASSES, list(CLASS_NAMES)
+    read_prepared = staticmethod(read_prepared)
     default_split = {"seed": 0, "val_fraction": 0.1, "aux_fraction": 0.025}
     # Paper (App. B.2): Adam, lr 1e-4 for 200 epochs, halved after 100. On the 48 x 64 stand-in with the
     # default SegNet (width 16, 3 stages) that is far too slow; lr 1e-3 and 600 steps of 8 (~13 epochs of
@@ -96,27 +97,6 @@ class Nyuv2(Dataset):
                                size) as (count, samples):
                 write_prepared(out_file, samples, count, size, attrs)
 
-    def load(self, folder: Path) -> TaskData:
-        return self._task_data(folder, lazy=False)
-
-    def open_rows(self, folder: Path) -> TaskData:
-        """As ``load``, images and targets read on demand from nyuv2.h5 (real NYUv2's targets are 3.2 GB)."""
-        return self._task_data(folder, lazy=True)
-
-    def _task_data(self, folder: Path, lazy: bool) -> TaskData:
-        prepared = read_prepared(folder, "prepare", lazy=lazy)
-        meta = {"source": prepared.source, "num_classes": NUM_CLASSES, "class_names": list(CLASS_NAMES),
-                "is_train": prepared.is_train, "sample_ids": prepared.sample_ids, "image_size": prepared.image_size}
-        roles = read_aux_roles(Path(folder), TASK_NAMES[1:])
-        if roles is not None:
-            meta["aux_roles"] = roles
-        if lazy:
-            return TaskData(prepared.images, prepared.targets, list(TASK_NAMES), meta)
-        return TaskData(torch.from_numpy(prepared.images), torch.from_numpy(prepared.targets), list(TASK_NAMES), meta)
-
-    def make_splits(self, data: TaskData, split_cfg: SplitConfig) -> dict[str, np.ndarray]:
-        return official_splits(data.meta["is_train"], split_cfg.seed, split_cfg.val_fraction, split_cfg.aux_fraction)
-
     # -- model, losses, metrics ----------------------------------------------------------------
 
     def build_model(self, data: TaskData, cfg: ModelConfig, aux_outputs: int = 0) -> MultiTaskNet:
@@ -125,15 +105,6 @@ class Nyuv2(Dataset):
             raise ValueError("nyuv2: generated auxiliary tasks are not supported (its auxiliaries are depth and "
                              "normals)")
         return MODELS.get("segnet")(num_classes=NUM_CLASSES, width=cfg.width, stages=cfg.stages)
-
-    def batch_transform(self, x: Tensor, y: Tensor, train: bool,
-                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """uint8 images -> floats in [0, 1] (as Liu et al. feed them); no augmentation, targets unchanged."""
-        return (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()), y
-
-    def display(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """A transformed image [3, H, W] as RGB [H, W, 3] in [0, 1], and its label map (-1 = ignored)."""
-        return x.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), y[0].long().cpu().numpy()
 
     def per_task_losses(self, outputs: tuple[Tensor, Tensor, Tensor], targets: Tensor) -> Tensor:
         """[B, 3, H, W] loss images normalised as densities (see ``Dataset.per_task_losses``):
@@ -149,18 +120,12 @@ class Nyuv2(Dataset):
     def task_labels(self, targets: Tensor) -> list[Tensor]:
         return [targets[:, 0].long(), targets[:, 1], targets[:, 2:5]]
 
-    def main_loss(self, model: nn.Module, data: TaskData, indices: Tensor) -> float:
-        """Mean per-sample segmentation loss, in chunks."""
-        total = sum(float(reduce_pixels(self.per_task_losses(out, y))[:, 0].sum())
-                    for out, y in self.evaluation_outputs(model, data, indices, EVAL_CHUNK))
-        return total / len(indices)
-
     def metrics(self, model: nn.Module, data: TaskData, indices: Tensor) -> dict[str, float]:
         """``miou``/``pixel_acc`` (percent, confusion matrix over the whole set), depth abs/rel error over valid
         pixels, normal angle mean/median (degrees) and percent within 11.25/22.5/30 degrees, ``main_loss``."""
         seg_scores, depth_errors, normal_angles = ConfusionMatrix(NUM_CLASSES), DepthErrors(), NormalAngles()
         loss = 0.0
-        for (seg, depth, normal), y in self.evaluation_outputs(model, data, indices, EVAL_CHUNK):
+        for (seg, depth, normal), y in self.evaluation_outputs(model, data, indices, self.eval_chunk):
             seg_scores.update(seg, y[:, 0])
             depth_errors.update(depth, y[:, 1])
             normal_angles.update(normal, y[:, 2:5])

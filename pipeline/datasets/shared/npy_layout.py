@@ -5,17 +5,20 @@ their official-train/test split rule)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.core import io
+from pipeline.core.progress import counted
 from pipeline.datasets.shared.base import DataError
+from pipeline.datasets.shared.h5 import put, put_attrs
 from pipeline.datasets.shared.rows import H5Rows
 
 SPLIT_FOLDERS = (("train", True), ("val", False))  # folder, is official train
@@ -124,3 +127,27 @@ class DensePrepared:
     @property
     def image_size(self) -> tuple[int, int]:
         return (int(self.images.shape[2]), int(self.images.shape[3]))
+
+
+def write_dense_prepared(out_file: Path, rows: Iterator[tuple[Any, bool, int]], count: int, size: tuple[int, int],
+                         columns: Sequence[tuple[str, tuple[int, ...], Any]], attrs: dict[str, Any]) -> None:
+    """Stream ``count`` rows (sample, is_train, sample_id) into ``out_file``: one HDF5 dataset per column (name,
+    one sample's shape, dtype), filled from the sample's dataclass fields in order, one chunk per sample; then
+    ``is_train``, ``sample_ids``, the ``image_size`` attribute and ``attrs``. No timestamps: the same rows give
+    the same bytes."""
+    with h5py.File(out_file, "w") as f:
+        stored = [f.create_dataset(name, shape=(count, *shape), dtype=dtype, chunks=(1, *shape), track_times=False)
+                  for name, shape, dtype in columns]
+        is_train, ids = np.zeros(count, np.uint8), np.zeros(count, np.int64)
+        row = -1
+        for row, (sample, train, sample_id) in enumerate(counted(rows, f"prepare {Path(out_file).stem}: samples "
+                                                                       "written", count, "samples")):
+            for column, field in zip(stored, fields(sample), strict=True):
+                column[row] = getattr(sample, field.name)
+            is_train[row], ids[row] = train, sample_id
+        if row + 1 != count:
+            raise RuntimeError(f"write_prepared: expected {count} samples, got {row + 1}")
+        put(f, "is_train", is_train)
+        put(f, "sample_ids", ids)
+        f.attrs["image_size"] = np.asarray(size, np.int64)
+        put_attrs(f, attrs)

@@ -136,6 +136,51 @@ def solve_lower(direction, params, tol: float = 1e-10, iterations: int = 40) -> 
     raise AssertionError("the lower problem did not converge")
 
 
+def check_against_finite_differences(phi, theta, solve, upper_value, analytic_grads, seed: int = 0,
+                                     floor: float = 1e-5, abs_tol: float = 1e-8) -> None:
+    """The hypergradient ``analytic_grads`` along two random directions u of φ against central differences of
+    the upper value at the re-solved lower optimum (``solve()`` from θ*; φ and θ are restored afterwards); each
+    difference must exceed ``floor`` in size, so that a zero gradient cannot pass."""
+    g = torch.Generator().manual_seed(seed)
+    start = [p.detach().clone() for p in phi]
+    theta_star = [p.detach().clone() for p in theta]
+    for _ in range(2):
+        u = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in phi]
+        analytic = float(sum((a * b).sum() for a, b in zip(analytic_grads, u)))
+        eps, values = 1e-5, []
+        for sign in (1, -1):
+            with torch.no_grad():
+                for p, s0, ui in zip(phi, start, u):
+                    p.copy_(s0 + sign * eps * ui)
+                for p, t0 in zip(theta, theta_star):
+                    p.copy_(t0)
+            solve()
+            values.append(upper_value())
+        with torch.no_grad():
+            for p, s0 in zip(phi, start):
+                p.copy_(s0)
+            for p, t0 in zip(theta, theta_star):
+                p.copy_(t0)
+        numeric = (values[0] - values[1]) / (2 * eps)
+        assert abs(numeric) > floor
+        assert analytic == pytest.approx(numeric, rel=1e-4, abs=abs_tol)
+
+
+class FixedLogits(torch.nn.Module):
+    """Returns rows of a fixed logit table in the order it is asked for them (whatever the pixels), with zeros for
+    ``aux_outputs`` auxiliary outputs, and records its mode at each call."""
+
+    def __init__(self, logits: torch.Tensor, aux_outputs: int) -> None:
+        super().__init__()
+        self.logits, self.aux_outputs, self.cursor, self.modes = logits, aux_outputs, 0, []
+
+    def forward(self, x: torch.Tensor):
+        self.modes.append(self.training)
+        out = self.logits[self.cursor: self.cursor + len(x)]
+        self.cursor += len(x)
+        return out, torch.zeros(len(x), self.aux_outputs)
+
+
 class InMemoryDataset(Dataset):
     """A test's hand-made dataset: its data are built in the test, so nothing is prepared, loaded or scored
     from files (subclasses give the losses and the model)."""

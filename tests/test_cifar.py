@@ -17,7 +17,6 @@ import pytest
 import scipy.io
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import pipeline.datasets.shared.image_classification as image_classification
 import pipeline.datasets.shared.standin_shapes as standin_shapes
@@ -31,6 +30,7 @@ from pipeline.datasets.svhn.task import Svhn
 from pipeline.core.io import write_manifest
 from pipeline.core.registry import MODELS
 from pipeline.datasets.shared.splits import check_disjoint
+from tests.conftest import FixedLogits
 
 # ---------------------------------------------------------------------------------------------- fixtures
 
@@ -516,27 +516,13 @@ def test_batch_transform_needs_no_load_and_the_networks_need_the_statistics():
         Cifar10().build_label_generator(data, Cifar10.ModelConfig(), 5)
 
 
-class FixedLogits(nn.Module):
-    """Returns rows of a fixed logit table in order (and a dummy aux output), recording its mode."""
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.logits, self.cursor, self.modes = logits, 0, []
-
-    def forward(self, x: torch.Tensor):
-        self.modes.append(self.training)
-        out = self.logits[self.cursor:self.cursor + len(x)]
-        self.cursor += len(x)
-        return out, torch.zeros(len(x), 3)
-
-
 def test_metrics_by_hand(tiny_c10, monkeypatch):
     ds, data = tiny_c10
     monkeypatch.setattr(image_classification, "EVAL_CHUNK", 2)  # several chunks
     logits = torch.tensor([[3.0, 0, 0], [0, 2.0, 0], [1.0, 0, 0], [0, 0, 5.0], [0.5, 0.0, 0.0]])
     labels = torch.tensor([0, 1, 2, 2, 1])  # right, right, wrong, right, wrong
     fake = TaskData(data.inputs[:5], labels[:, None].float(), ["class"], data.meta)
-    model = FixedLogits(logits).train()
+    model = FixedLogits(logits, aux_outputs=3).train()
     m = ds.metrics(model, fake, torch.arange(5))
     assert m["accuracy"] == pytest.approx(60.0)
     assert m["main_loss"] == pytest.approx(float(F.cross_entropy(logits, labels)))

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
-from torch import nn
 
 from pipeline.config.params import ParamsError, parse_params
 from pipeline.datasets.shared.base import DataError, TaskData
@@ -30,6 +29,7 @@ from pipeline.core.io import write_manifest
 from pipeline.core.registry import MODELS
 from pipeline.datasets.shared.splits import check_disjoint
 from pipeline.engine.training import train_run
+from tests.conftest import FixedLogits
 
 CLASSES = ["001.Red_Tanager", "002.Green_Jay", "003.Blue_Grosbeak"]
 ATTRIBUTES = ["has_bill_shape::cone", "has_wing_color::red", "has_wing_color::blue", "has_size::small",
@@ -382,20 +382,6 @@ def test_per_task_losses():
     assert torch.allclose(losses[:, 1:], expected, atol=1e-5)
 
 
-class FixedLogits(nn.Module):
-    """Returns rows of a fixed logit table in the order it is asked for them (whatever the pixels)."""
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.logits, self.cursor, self.modes = logits, 0, []
-
-    def forward(self, x: torch.Tensor):
-        self.modes.append(self.training)
-        out = self.logits[self.cursor: self.cursor + len(x)]
-        self.cursor += len(x)
-        return out, torch.zeros(len(x), 5)
-
-
 def test_metrics_top1_top3_by_hand(tiny_loaded, monkeypatch):
     ds, data, _ = tiny_loaded
     monkeypatch.setattr(cub_task, "EVAL_CHUNK", 2)  # several chunks
@@ -404,7 +390,7 @@ def test_metrics_top1_top3_by_hand(tiny_loaded, monkeypatch):
     labels = torch.tensor([0, 1, 2, 3, 0])  # ranks of the true class: 1, 2, 3, 4, 4
     fake = TaskData(data.inputs[:5], torch.cat([labels[:, None].float(), torch.zeros(5, 5)], 1), data.task_names,
                     data.meta)
-    model = FixedLogits(logits).train()
+    model = FixedLogits(logits, aux_outputs=5).train()
     m = ds.metrics(model, fake, torch.arange(5))
     assert m["top1"] == pytest.approx(20.0) and m["top3"] == pytest.approx(60.0)
     assert m["main_loss"] == pytest.approx(float(F.cross_entropy(logits, labels)))

@@ -19,7 +19,7 @@ from pipeline.methods.maoal import MAOALConfig, ModuleImportance, module_objecti
 from pipeline.methods.trunk import sample_features, trunk_modules
 from pipeline.models.base import MultiTaskNet
 from pipeline.core.registry import METHODS
-from tests.conftest import InMemoryDataset, solve_lower
+from tests.conftest import InMemoryDataset, check_against_finite_differences, solve_lower
 
 IN, D = 3, 2
 
@@ -246,32 +246,6 @@ def test_maoal_direction_is_the_same_per_task_or_per_module():
 # --------------------------------------------------------------------------- upper gradients vs finite differences
 
 
-def _fd_check(phi, theta, solve, upper_value, analytic_grads, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    start = [p.detach().clone() for p in phi]
-    theta_star = [p.detach().clone() for p in theta]
-    for _ in range(2):
-        u = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in phi]
-        analytic = float(sum((a * b).sum() for a, b in zip(analytic_grads, u)))
-        eps, values = 1e-5, []
-        for sign in (1, -1):
-            with torch.no_grad():
-                for p, s0, ui in zip(phi, start, u):
-                    p.copy_(s0 + sign * eps * ui)
-                for p, t0 in zip(theta, theta_star):
-                    p.copy_(t0)
-            solve()
-            values.append(upper_value())
-        with torch.no_grad():
-            for p, s0 in zip(phi, start):
-                p.copy_(s0)
-            for p, t0 in zip(theta, theta_star):
-                p.copy_(t0)
-        numeric = (values[0] - values[1]) / (2 * eps)
-        assert abs(numeric) > 1e-5  # not trivially zero
-        assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-8)
-
-
 def _float64(test):
     def run():
         torch.set_default_dtype(torch.float64)
@@ -326,7 +300,7 @@ def test_jtds_upper_gradient_matches_finite_differences():
     def upper_value():
         return float(ds.per_task_losses(model(upper.x), upper.y)[:, 0].mean().detach())
 
-    _fd_check(phi, theta, solve, upper_value, grads)
+    check_against_finite_differences(phi, theta, solve, upper_value, grads)
 
 
 @_float64
@@ -370,7 +344,8 @@ def test_maoal_upper_gradient_matches_finite_differences():
     def upper_value():
         return float(ds.per_task_losses(model(upper.x), upper.y)[:, 0].mean().detach())
 
-    _fd_check(comb.hyper_parameters(), theta, lambda: solve_lower(direction, theta), upper_value, grads)
+    check_against_finite_differences(comb.hyper_parameters(), theta, lambda: solve_lower(direction, theta), upper_value,
+                                     grads)
 
 
 # ------------------------------------------------------------------ JTDS's claim: corrupted labels weigh less

@@ -82,12 +82,12 @@ WORKLOADS = {
 DEFAULT_BATCH = {"mlp": 128, "cnn": 128, "resnet18": 32}
 # The hyper step with the default hyper batch (BilevelConfig()), the full batch (B and the whole auxiliary set),
 # the full batch with the curvature on --small-hyper-batch rows (curvature_batch) and a small hyper batch
-# (--small-hyper-batch, the reference's range), each with the IFT over all of W, and the full batch with the IFT
-# over the top of W only (implicit_scope: top); one that equals an earlier one is not re-run.
-HYPERS = ("hyper_default", "hyper_full", "hyper_curvature", "hyper_small", "hyper_top")
+# (--small-hyper-batch, the reference's range), each with the IFT over all of W, and the full and the small hyper
+# batch with the IFT over the top of W only (implicit_scope: top); one that equals an earlier one is not re-run.
+HYPERS = ("hyper_default", "hyper_full", "hyper_curvature", "hyper_small", "hyper_top", "hyper_small_top")
 HYPER_LABELS = {"hyper_default": "default hyper batch", "hyper_full": "full batch",
                 "hyper_curvature": "small curvature batch", "hyper_small": "small hyper batch",
-                "hyper_top": "full batch, IFT over the top"}
+                "hyper_top": "full batch, IFT over the top", "hyper_small_top": "small hyper batch, IFT over the top"}
 # Where the hyper step's time goes: pipeline.methods.bilevel's functions, timed by wrappers in the timing process only.
 PARTS = {
     "forwards": "2 forwards (L_T batch or its curvature rows, L_A batch)",
@@ -219,7 +219,9 @@ def _hyper_configs(spec: dict[str, Any]) -> dict[str, Any]:
                                              hyper_aux_batch=spec["aux_batch_size"], curvature_batch=small),
             "hyper_small": BilevelConfig(hyper_train_batch=small, hyper_aux_batch=small, curvature_batch=0),
             "hyper_top": BilevelConfig(hyper_train_batch=spec["batch_size"], hyper_aux_batch=spec["aux_batch_size"],
-                                       curvature_batch=0, implicit_scope="top")}
+                                       curvature_batch=0, implicit_scope="top"),
+            "hyper_small_top": BilevelConfig(hyper_train_batch=small, hyper_aux_batch=small, curvature_batch=0,
+                                             implicit_scope="top")}
 
 
 class _PartTimer:

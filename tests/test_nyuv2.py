@@ -20,7 +20,7 @@ from torch import nn
 from pipeline.datasets.nyuv2.config import Config, ModelConfig, SplitConfig
 from pipeline.datasets.nyuv2.prepared import H5_NAME
 from pipeline.datasets.nyuv2.sources import CLASS_NAMES, KINDS, NUM_CLASSES
-from pipeline.datasets.nyuv2.splits import official_splits
+from pipeline.datasets.shared.npy_layout import official_splits
 from pipeline.datasets.nyuv2.standin import STANDIN_DIR, random_depth_field, render_standin_scene
 from pipeline.datasets.nyuv2.task import TASK_NAMES, Nyuv2, pixel_losses
 from pipeline.datasets.shared.aux_roles import AUX_ROLES_FILE

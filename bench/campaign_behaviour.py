@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python bench/campaign_behaviour.py                      # every variant below
     OMP_NUM_THREADS=1 python bench/campaign_behaviour.py -d demo,toy2d -m auxilearn_linear
+    OMP_NUM_THREADS=1 python bench/campaign_behaviour.py --variants '{"nyuv2": [{"prepare": {"standin_seed": 31}}]}'
 
 For each variant (the dataset's own ``prepare`` with another seed, some with other sizes), STL, Equal and each
 AuxiLearn method train from the defaults on seeds 0-2, as ``bench/measure_methods.py`` does (its ``prepared`` and
@@ -66,13 +67,16 @@ def _right(kind: str, value: float | None) -> bool | None:
 @click.option("-m", "--methods", "methods", default=METHODS, show_default=True,
               help="comma-separated; stl and equal are always run (the comparisons)")
 @click.option("--seeds", default="0,1,2", show_default=True)
-def main(datasets: str, methods: str, seeds: str) -> None:
+@click.option("--variants", "variants_json", default=None,
+              help='JSON {dataset: [settings, ...]} in place of the built-in variants (and of -d), e.g. other draws')
+def main(datasets: str, methods: str, seeds: str, variants_json: str | None) -> None:
     torch.set_num_threads(1)
+    variants = json.loads(variants_json) if variants_json else {d: VARIANTS[d] for d in datasets.split(",")}
     seed_list = [int(s) for s in seeds.split(",")]
     learned = [m for m in methods.split(",") if m not in ("stl", "equal")]
     tally = {"ranked right": 0, "ranked": 0, "at or above stl": 0, "runs": 0}
-    for dataset in datasets.split(","):
-        for variant in VARIANTS[dataset]:
+    for dataset, drawn in variants.items():
+        for variant in drawn:
             base = {"dataset": dataset, "datasets": {dataset: variant}, "seeds": seed_list}
             ds, data, splits = prepared(parse_params({**base, "method": "stl"}))
             click.echo(f"\n{dataset} {json.dumps(variant)}")

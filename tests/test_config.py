@@ -21,9 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
         ({"dataset": "imagenet"}, "dataset", "unknown dataset 'imagenet'"),
         ({"seeds": []}, "seeds", "at least 1"),
         ({"datasets": {"toy2d": {"split": {"test": 1250}}}}, "datasets.toy2d.split", "leaves no training data"),
-        # demo's size follows from shapes_per_category (4 families): 12 × 4 = 48 < its default 160 held out
-        ({"datasets": {"demo": {"prepare": {"shapes_per_category": 12}}}}, "prepare.shapes_per_category = 12",
-         "aux + val + test = 160 leaves no training data (datasets.demo: 48 surfaces"),
+        # demo's size follows from shapes_per_category (4 families): 12 × 4 = 48; aux and val scale to 2 and 6,
+        # the test count the user gives does not
+        ({"datasets": {"demo": {"prepare": {"shapes_per_category": 12}, "split": {"test": 40}}}},
+         "prepare.shapes_per_category = 12", "aux + val + test = 48 leaves no training data (datasets.demo: 48 surfaces"),
     ],
 )
 def test_bad_params_name_the_key(raw, key, text):
@@ -32,6 +33,22 @@ def test_bad_params_name_the_key(raw, key, text):
     msg = str(err.value)
     assert f"{key}" in msg and text in msg, msg
     assert msg.startswith("params.yaml: invalid parameters")
+
+
+@pytest.mark.parametrize("dataset, prepare, expected", [
+    ("demo", {}, (8, 32, 120)),  # the default size: the defaults as written (240 surfaces)
+    ("demo", {"shapes_per_category": 12}, (2, 6, 24)),  # 48 surfaces: 1/5 of each, train 16
+    ("demo", {"shapes_per_category": 120, "seed": 3}, (16, 64, 240)),
+    ("toy2d", {"num_samples": 650}, (50, 50, 500)),
+    ("noisy_aux", {"num_samples": 26}, (2, 2, 20)),  # rounded
+])
+def test_default_split_counts_keep_their_proportions_at_another_size(dataset, prepare, expected):
+    """A stand-in drawn at another size keeps the default split's proportions, so it does not run out of
+    training data; counts the user sets stay as set."""
+    split = parse_params({"dataset": dataset, "datasets": {dataset: {"prepare": prepare}}}).split
+    assert (split.aux, split.val, split.test) == expected
+    given = parse_params({"dataset": dataset, "datasets": {dataset: {"prepare": prepare, "split": {"val": 3}}}}).split
+    assert (given.aux, given.val, given.test) == (expected[0], 3, expected[2])
 
 
 def test_repository_params_file_is_valid():

@@ -37,12 +37,14 @@ def _dataset_profile(name: str, dataset: Any, method_sections: dict[str, type[Ba
     section (``train: {steps: 50}``) keeps the dataset's other defaults. Its ``default_methods`` are applied
     by ``Params.method_config``, under the keys the user writes in ``methods.<section>``.
     """
-    dataset_defaults = {"split": dataset.default_split, "train": dataset.default_train}
-
     def merge_defaults(cls: Any, raw: Any) -> Any:
         if not isinstance(raw, dict):
             return raw
         merged = dict(raw)
+        given_split = raw.get("split", {})
+        dataset_defaults = {"split": _split_defaults(dataset, raw.get("prepare", {}),
+                                                     given_split if isinstance(given_split, dict) else {}),
+                            "train": dataset.default_train}
         for key, defaults in dataset_defaults.items():
             given = raw.get(key, {})
             if isinstance(given, dict):
@@ -78,6 +80,28 @@ def _dataset_profile(name: str, dataset: Any, method_sections: dict[str, type[Ba
         train=(TrainConfig, TrainConfig(**dataset.default_train)),
         methods=(dict[str, dict[str, Any]], {}),
     )
+
+
+SPLIT_COUNTS = ("aux", "val", "test")  # a random split's held-out counts
+
+
+def _split_defaults(dataset: Any, prepare: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's default split for the size its ``prepare`` section fixes. A random split's default counts
+    (aux, val, test) are fractions of the dataset's default size, written as counts: for another size, each count
+    the user does not give scales with it (rounded, at least 1), so that a smaller or larger stand-in keeps the
+    proportions instead of running out of training data. Unchanged where the size is the default's or known only
+    after ingest, or where ``prepare`` is invalid (its own check reports that)."""
+    defaults = dataset.default_split
+    scaled = [k for k in SPLIT_COUNTS if k in defaults and k not in given]
+    if not scaled or not isinstance(prepare, dict):
+        return defaults
+    try:
+        size, default_size = _known_size(dataset.Config(**prepare)), _known_size(dataset.Config())
+    except (ValidationError, TypeError, ValueError):
+        return defaults
+    if size is None or default_size is None or size[0] == default_size[0]:
+        return defaults
+    return {**defaults, **{k: max(1, round(defaults[k] * size[0] / default_size[0])) for k in scaled}}
 
 
 def _known_size(prepare: Any) -> tuple[int, str] | None:

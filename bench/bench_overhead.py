@@ -87,7 +87,8 @@ DEFAULT_BATCH = {"mlp": 128, "cnn": 128, "resnet18": 32}
 HYPERS = ("hyper_default", "hyper_full", "hyper_curvature", "hyper_small", "hyper_top", "hyper_small_top")
 HYPER_LABELS = {"hyper_default": "default hyper batch", "hyper_full": "full batch",
                 "hyper_curvature": "small curvature batch", "hyper_small": "small hyper batch",
-                "hyper_top": "full batch, IFT over the top", "hyper_small_top": "small hyper batch, IFT over the top"}
+                "hyper_top": "full batch, IFT over the top",
+                "hyper_small_top": "small hyper batch, IFT over the top"}
 # Where the hyper step's time goes: pipeline.methods.bilevel's functions, timed by wrappers in the timing process only.
 PARTS = {
     "forwards": "2 forwards (L_T batch or its curvature rows, L_A batch)",

@@ -35,7 +35,8 @@ def write_prepared(out_file: Path, samples: Iterator[Row], count: int, size: tup
     """Stream ``count`` (sample, is_train, sample_id) into ``cityscapes.h5`` (one chunk per image, no timestamps)."""
     h, w = size
     write_dense_prepared(out_file, samples, count, size,
-                         [("images", (3, h, w), np.uint8), ("labels", (3, h, w), np.int8), ("depth", (h, w), np.float32)], attrs)
+                         [("images", (3, h, w), np.uint8), ("labels", (3, h, w), np.int8),
+                          ("depth", (h, w), np.float32)], attrs)
 
 
 def stack_targets(arrays: Sequence[np.ndarray]) -> np.ndarray:

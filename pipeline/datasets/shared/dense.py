@@ -35,7 +35,7 @@ class DenseDataset(Dataset):
         return self._task_data(folder, lazy=True)
 
     def _task_data(self, folder: Path, lazy: bool) -> TaskData:
-        prepared = type(self).read_prepared(folder, "prepare", lazy=lazy)
+        prepared = self.read_prepared(folder, "prepare", lazy=lazy)
         meta: dict[str, Any] = {"source": prepared.source, "num_classes": self.num_classes,
                                 "class_names": list(self.class_names), "is_train": prepared.is_train,
                                 "sample_ids": prepared.sample_ids, "image_size": prepared.image_size}

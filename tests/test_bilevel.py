@@ -548,6 +548,33 @@ def test_a_warm_curvature_refresh_runs_in_the_stored_eigenvectors_storage_with_t
     assert pointers[1] == pointers[2]
 
 
+def test_the_series_runs_on_the_gradients_graph_after_its_values_are_freed_with_the_same_numbers():
+    """release_values keeps only where ∇W L_T enters the graph: its W-sized values are freed (no reference
+    left), and H·v, the series and the mixed product are bit for bit those computed with the values held."""
+    import gc
+    import weakref
+
+    from pipeline.methods.bilevel import TrainCurvature
+
+    net, auxnet, (x, y), _ = _net_problem()
+    params, (phi,) = list(net.parameters()), list(auxnet.parameters())
+    v = [torch.randn_like(p) for p in params]
+
+    held = TrainCurvature(_Combine(auxnet).training_loss((net(x) - y) ** 2), params)
+    series_held, _ = held.inverse_hvp(v, 3, 0.1)
+    mixed_held = held.vjp(series_held, [phi], retain_graph=True)
+
+    released = TrainCurvature(_Combine(auxnet).training_loss((net(x) - y) ** 2), params)
+    values = [weakref.ref(g) for g in released.gradient]
+    released.release_values()
+    gc.collect()
+    assert released.gradient is None and all(ref() is None for ref in values)
+    series, _ = released.inverse_hvp(v, 3, 0.1)
+    mixed = released.vjp(series, [phi])
+    assert all(torch.equal(a, b) for a, b in zip(series, series_held))
+    assert torch.equal(mixed[0], mixed_held[0]) and mixed[0].abs().sum() > 0
+
+
 def test_a_series_stop_at_or_below_the_curvature_safety_is_refused_naming_both_keys():
     from pipeline.config.params import ParamsError, parse_params
     with pytest.raises(ParamsError, match=r"methods\.bilevel: series_stop = 0\.4 must exceed curvature_safety = 0\.5"):

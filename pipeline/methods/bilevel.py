@@ -40,6 +40,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from pydantic import Field, model_validator
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from pipeline.core.distributed import mean_across
 from pipeline.core.functional import call_with
@@ -104,10 +105,13 @@ def _grads(out: Tensor, inputs: Sequence[Tensor], **kwargs) -> list[Tensor]:
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
-def _vjp(outputs: Sequence[Tensor], vectors: Sequence[Tensor], inputs: Sequence[Tensor], **kwargs) -> list[Tensor]:
+def _vjp(outputs: Sequence[Tensor | GradientEdge | None], vectors: Sequence[Tensor], inputs: Sequence[Tensor],
+         **kwargs) -> list[Tensor]:
     """∇_inputs (outputs · vectors), the vectors handed to autograd as the outputs' gradients: no product
-    outputs × vectors is formed, so no W-sized copy of the vectors enters the backward (peak memory)."""
-    pairs = [(out, vec) for out, vec in zip(outputs, vectors) if out.requires_grad]
+    outputs × vectors is formed, so no W-sized copy of the vectors enters the backward (peak memory). An output
+    may be given by its place in the graph alone (a ``GradientEdge``); ``None``: it does not depend on inputs."""
+    pairs = [(out, vec) for out, vec in zip(outputs, vectors)
+             if isinstance(out, GradientEdge) or (out is not None and out.requires_grad)]
     if not pairs:
         return [torch.zeros_like(x) for x in inputs]
     outs, vecs = zip(*pairs)
@@ -161,17 +165,35 @@ class TrainCurvature:
 
     ``train_loss`` may instead be the lower level's update direction G(W, φ) itself, one tensor per parameter
     built with ``create_graph`` (a lower step that is not the gradient of one scalar, e.g. MAOAL's per-module
-    scaled gradients): the IFT of G(W*, φ) = 0 then uses ∂G/∂W (vector-Jacobian products) for the Hessian."""
+    scaled gradients): the IFT of G(W*, φ) = 0 then uses ∂G/∂W (vector-Jacobian products) for the Hessian.
+
+    ``gradient`` holds ∇W L_T's values until ``release_values``; the products need only its place in the graph,
+    so after that call it is kept as gradient edges and its W-sized values are freed (one vector less at the
+    series' peak, the same numbers)."""
 
     def __init__(self, train_loss: Tensor | Sequence[Tensor], params: Sequence[Tensor]) -> None:
         self.params = list(params)
         if isinstance(train_loss, Tensor):
-            self.gradient = _grads(train_loss, self.params, create_graph=True)
+            self.gradient: list[Tensor] | None = _grads(train_loss, self.params, create_graph=True)
         else:
             self.gradient = list(train_loss)
+        self._outputs: list[Tensor | GradientEdge | None] = list(self.gradient)
+
+    def release_values(self) -> None:
+        """Free ∇W L_T's values, keeping its graph: ``gradient`` is None from here on."""
+        self._outputs = [get_gradient_edge(g) if g.requires_grad else None for g in self.gradient or []]
+        self.gradient = None
+
+    def release_graph(self) -> None:
+        """Free ∇W L_T's graph (its last product is done)."""
+        self._outputs, self.gradient = [], None
+
+    def vjp(self, v: Sequence[Tensor], inputs: Sequence[Tensor], **kwargs) -> list[Tensor]:
+        """∇_inputs (∇W L_T · v)."""
+        return _vjp(self._outputs, v, inputs, **kwargs)
 
     def hvp(self, v: Sequence[Tensor]) -> list[Tensor]:
-        return mean_across([h.detach() for h in _vjp(self.gradient, v, self.params, retain_graph=True)])
+        return mean_across([h.detach() for h in self.vjp(v, self.params, retain_graph=True)])
 
     def top_eigenvalue(self, start: Sequence[Tensor], iterations: int, overwrite: bool = False
                        ) -> tuple[float, list[Tensor]]:
@@ -195,6 +217,7 @@ class TrainCurvature:
                 break
             for x, h in zip(v, hv):
                 torch.div(h, size, out=x)
+            del hv  # else it stays alive through the next product, one more W-sized vector at the peak
         return abs(float(estimate)), v
 
     def inverse_hvp(self, v: Sequence[Tensor], neumann_steps: int, neumann_lr: float,
@@ -218,6 +241,7 @@ class TrainCurvature:
             for vi, pi, hvi in zip(v, p, hv):
                 vi.sub_(neumann_lr * hvi)
                 pi.add_(vi)
+            del hv  # as in top_eigenvalue
         return p, neumann_steps
 
 
@@ -268,9 +292,8 @@ def _series_hypergradient(direct: list[Tensor], series: list[Tensor], curvature:
     """∂L_A/∂φ − α·∇φ(∇W L_T · series); α scales the φ-sized result rather than a W-sized copy of the series.
     ``slope``: ∇W L_T · series on L_T's whole batch (when the curvature's graph holds only some rows of it)."""
     if slope is not None:
-        curvature.gradient = []  # the series was its last use: free its graph before the forward on the whole batch
-    mixed = mean_across(_grads(slope(series), hparams) if slope is not None
-                        else _vjp(curvature.gradient, series, hparams))
+        curvature.release_graph()  # the series was its last use: free it before the forward on the whole batch
+    mixed = mean_across(_grads(slope(series), hparams) if slope is not None else curvature.vjp(series, hparams))
     return [(d - neumann_lr * m).detach() for d, m in zip(direct, mixed)]
 
 
@@ -293,6 +316,7 @@ def neumann_hypergradient(
     params, hparams = list(params), list(hparams)
     direct, v = _outer_gradients(aux_loss, params, hparams)
     curvature = TrainCurvature(train_loss, params)
+    curvature.release_values()
     series, _ = curvature.inverse_hvp(v, neumann_steps, neumann_lr, overwrite=True)
     return _series_hypergradient(direct, series, curvature, hparams, neumann_lr, slope)
 
@@ -401,7 +425,8 @@ class HyperOptimizer:
         params = list(params)
         direct, v = _outer_gradients(aux_loss, params, self.hparams, shared_graph)
         curvature = TrainCurvature(train_loss, params)
-        alpha_lambda = self._refresh_curvature(curvature)
+        alpha_lambda = self._refresh_curvature(curvature)  # its cold start reads ∇W L_T's values: the last read
+        curvature.release_values()
         alpha = float(self.neumann_lr)  # type: ignore[arg-type]
         # the series overwrites v; its finiteness is kept as a lazy flag, read only to explain a failure
         v_finite = torch.stack([torch.isfinite(x).all() for x in v]).all() if v else torch.tensor(True)

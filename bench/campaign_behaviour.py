@@ -10,7 +10,7 @@ AuxiLearn method train from the defaults on seeds 0-2, as ``bench/measure_method
 in units of their combined SEM (positive = better, whichever way the metric improves), how far the effective
 weights moved, and whether the right auxiliaries got the weight: the AUC of the final weights, helpful against
 harmful (or irrelevant) auxiliaries, where the stand-in documents roles (``aux_roles``; 1 = every helpful one
-above every other), or Spearman(weight, noise index) where it grades its auxiliaries by noise (``noisy_aux``:
+above every other; of the seed-mean weights, then of each seed's own), or Spearman(weight, noise index) where it grades its auxiliaries by noise (``noisy_aux``:
 negative = the cleaner ones weigh more). The last lines count the runs whose ranking is right and whose main
 metric is at or above STL's.
 """
@@ -98,6 +98,8 @@ def main(datasets: str, methods: str, seeds: str, variants_json: str | None) -> 
                 if method in learned:
                     kind, value = _ranking(data, final)
                     line += f"  moved {moved:.3g}  {kind} {'n/a' if value is None else f'{value:.2f}'}"
+                    if kind == "auc" and value is not None and len(final) > 1:  # the pooled one follows the largest
+                        line += " (seeds " + " ".join(f"{_ranking(data, row[None])[1]:.2f}" for row in final) + ")"
                     tally["runs"] += 1
                     right = _right(kind, value)
                     if right is not None:

@@ -112,3 +112,17 @@ def test_outer_update_summary_counts_the_series_series_stop_ended_early():
     summary = outer_update_summary(runs)
     assert summary["hyper_steps"] == 4 and summary["series_cut_fraction"] == 0.25
     assert summary["alpha_lambda_over_2"] == 0.5 and summary["alpha_lambda_max"] == 3.0
+
+
+def test_the_ranking_names_each_seeds_auc_where_one_seed_with_large_weights_decides_the_pooled_one():
+    """Two seeds rank the helpful auxiliary first with small weights, one ranks it last with large ones: the AUC
+    of the seed-mean weights is 0, and the per-seed line shows the two right seeds."""
+    import numpy as np
+
+    from stages.report import ranking_lines
+    final = np.array([[0.06, 0.02], [1.4, 0.35], [3.2, 9.9]])  # helpful, irrelevant
+    text = "\n".join(ranking_lines(final, ["normal", "depth"], {"normal": "helpful", "depth": "irrelevant"}))
+    assert "helpful vs harmful (or irrelevant) auxiliaries: 0.00" in text
+    assert "each seed's own final weights: 1.00, 1.00, 0.00 (mean 0.67)" in text
+    one = "\n".join(ranking_lines(final[:1], ["normal", "depth"], {"normal": "helpful", "depth": "irrelevant"}))
+    assert "auxiliaries: 1.00" in one and "each seed" not in one

@@ -159,14 +159,25 @@ def outer_update_section(exp, runs, weights, final, names) -> list[str]:
         lines += [""]
     roles = exp.data.meta.get("aux_roles")
     if roles and final.shape[1]:
-        per_role, auc = role_ranking(final, names[1:1 + final.shape[1]], roles)
-        lines += ["The stand-in documents which auxiliaries help; mean final weight per role: "
-                  + ", ".join(f"{role} {w:.3f}" for role, w in per_role.items()) + "."]
-        if auc is not None:
-            lines += [f"AUC of the weights, helpful vs harmful (or irrelevant) auxiliaries: {auc:.2f} "
-                      "(1 = every helpful one above every harmful one, 0.5 = chance)."]
-        lines += [""]
+        lines += ranking_lines(final, names[1:1 + final.shape[1]], roles)
     return lines
+
+
+def ranking_lines(final: np.ndarray, names: list[str], roles: dict[str, str]) -> list[str]:
+    """Whether the learned weights (``final``: seeds × auxiliaries) rank the helpful auxiliaries above the others:
+    the mean weight per documented role, the AUC of the seed-mean weights and, with several seeds, each seed's."""
+    per_role, auc = role_ranking(final, names, roles)
+    lines = ["The stand-in documents which auxiliaries help; mean final weight per role: "
+             + ", ".join(f"{role} {w:.3f}" for role, w in per_role.items()) + "."]
+    if auc is not None:
+        lines += [f"AUC of the weights, helpful vs harmful (or irrelevant) auxiliaries: {auc:.2f} "
+                  "(1 = every helpful one above every harmful one, 0.5 = chance)."]
+        if len(final) > 1:
+            seeds = [role_ranking(final[i:i + 1], names, roles)[1] for i in range(len(final))]
+            lines += [f"The same AUC in each seed's own final weights: {', '.join(f'{a:.2f}' for a in seeds)} "
+                      f"(mean {np.mean(seeds):.2f}); the one above ranks the seed-mean weights, which the seed "
+                      "with the largest weights dominates."]
+    return lines + [""]
 
 
 def polynomial_section(runs, names, params, fig_dir) -> list[str]:

@@ -471,11 +471,15 @@ def _verdict(value: float, target: float) -> str:
     return f"target <= {target:.2f}x: " + ("meets target" if value <= target else "above target")
 
 
-def _report(workload: str, timing: dict[str, Any], memory: dict[str, dict[str, Any]]) -> None:
-    """Print one workload's table. Ratios are medians over repeats of the per-repeat ratio to plain."""
-    samples, iters, n, alias = timing["samples"], timing["iters"], timing["N"], timing["alias"]
-    totals = {kind: [s["total"] for s in values] for kind, values in samples.items()}
-    plain, inner = totals["plain"], totals["inner"]
+def _report(workload: str, timing: dict[str, Any] | None, memory: dict[str, dict[str, Any]]) -> None:
+    """Print one workload's table. Ratios are medians over repeats of the per-repeat ratio to plain.
+    ``timing`` None (``--memory-only``): the memory columns and ratios alone."""
+    facts = timing or memory["plain"]
+    alias = facts["alias"]
+    if timing is not None:
+        samples, iters, n = timing["samples"], timing["iters"], timing["N"]
+        totals = {kind: [s["total"] for s in values] for kind, values in samples.items()}
+        plain, inner = totals["plain"], totals["inner"]
     plain_mem = memory["plain"]["peak_mib"]
 
     def ratio(values: list[float]) -> float:
@@ -487,7 +491,7 @@ def _report(workload: str, timing: dict[str, Any], memory: dict[str, dict[str, A
         return f"{peak:10.2f} MiB{rel}"
 
     def batches(kind: str) -> str:
-        bt, ba, curvature = timing["sizes"][kind]
+        bt, ba, curvature = facts["sizes"][kind]
         rows = f" (curvature on {curvature} rows)" if curvature < bt else ""
         return f"L_T batch {bt}{rows}, L_A batch {ba}"
 
@@ -499,10 +503,15 @@ def _report(workload: str, timing: dict[str, Any], memory: dict[str, dict[str, A
 
     click.echo("")
     click.echo(f"[{workload}] {WORKLOADS[workload]}")
-    click.echo(f"  {timing['num_params']:,} parameters in W, {timing['num_phi']:,} in phi; "
+    click.echo(f"  {facts['num_params']:,} parameters in W, {facts['num_phi']:,} in phi; "
                + "; ".join(f"{HYPER_LABELS[k]}: {batches(k)}" for k in HYPERS))
-    click.echo(f"  {'measurement':<58}{'time/step':>12}{'x plain':>9}{'peak mem':>14}{'x plain':>9}   iters/repeat")
-    for kind in timing["kinds"]:
+    if timing is None:
+        click.echo(f"  {'measurement':<58}{'peak mem':>14}{'x plain':>9}")
+        for kind in facts["kinds"]:
+            click.echo(f"  {label(kind):<58}{mem_cols(kind)}")
+    else:
+        click.echo(f"  {'measurement':<58}{'time/step':>12}{'x plain':>9}{'peak mem':>14}{'x plain':>9}   iters/repeat")
+    for kind in (timing or {}).get("kinds", []):
         click.echo(f"  {label(kind):<58}{_ms(_median(totals[kind])):>12}{ratio(totals[kind]):8.2f}x"
                    f"{mem_cols(kind)}   {iters[kind]}")
         if kind in HYPERS:  # where the hyper step's time goes (curvature refresh amortised over its cycle)
@@ -511,9 +520,10 @@ def _report(workload: str, timing: dict[str, Any], memory: dict[str, dict[str, A
                 click.echo(f"    {text:<56}{_ms(_median(values)):>12}{ratio(values):8.2f}x")
     for kind in HYPERS:
         what, measured = HYPER_LABELS[kind], alias[kind]
-        amortised = _median([(n * i + h) / (n * p) for p, i, h in zip(plain, inner, totals[measured])])
-        click.echo(f"  amortised time (N*inner + hyper) / (N*plain), N={n}, J={timing['J']}, {what} "
-                   f"({batches(kind)}): {amortised:.3f}x   {_verdict(amortised, TIME_TARGET)}")
+        if timing is not None:
+            amortised = _median([(n * i + h) / (n * p) for p, i, h in zip(plain, inner, totals[measured])])
+            click.echo(f"  amortised time (N*inner + hyper) / (N*plain), N={n}, J={timing['J']}, {what} "
+                       f"({batches(kind)}): {amortised:.3f}x   {_verdict(amortised, TIME_TARGET)}")
         if plain_mem > 0:
             mem = max(memory["inner"]["peak_mib"], memory[measured]["peak_mib"]) / plain_mem
             click.echo(f"  peak memory max(inner, hyper) / plain, {what}: {mem:.2f}x   {_verdict(mem, MEMORY_TARGET)}")
@@ -537,8 +547,10 @@ def _report(workload: str, timing: dict[str, Any], memory: dict[str, dict[str, A
 @click.option("--threads", default=1, show_default=True, help="torch.set_num_threads in every measurement")
 @click.option("--workload", "workloads", multiple=True, type=click.Choice(list(WORKLOADS)),
               help="run only this workload (repeatable) [default: all]")
+@click.option("--memory-only", is_flag=True,
+              help="peak memory only (no timing: minutes less on a large network; memory does not move with load)")
 def main(batch_size: int | None, aux_batch_size: int | None, small_hyper_batch: int, image_size: int, repeats: int,
-         device: str, threads: int, workloads: tuple[str, ...]) -> None:
+         device: str, threads: int, workloads: tuple[str, ...], memory_only: bool) -> None:
     """Time and peak memory of STL vs AuxiLearn inner and hypergradient steps, with ratios."""
     for name, value in (("--batch-size", batch_size or 1), ("--repeats", repeats), ("--threads", threads),
                         ("--aux-batch-size", aux_batch_size or 1), ("--small-hyper-batch", small_hyper_batch),
@@ -555,22 +567,25 @@ def main(batch_size: int | None, aux_batch_size: int | None, small_hyper_batch: 
                     small_hyper_batch=small_hyper_batch, image_size=image_size,
                     repeats=repeats, device=device, threads=threads)
         try:
-            timing = _run_fresh(_measure_time, spec)
-            memory = {kind: _run_fresh(_measure_memory, {**spec, "kind": kind}, MEMORY_ENV)
-                      for kind in timing["kinds"]}
+            timing = None if memory_only else _run_fresh(_measure_time, spec)
+            memory = {"plain": _run_fresh(_measure_memory, {**spec, "kind": "plain"}, MEMORY_ENV)}
+            memory.update({kind: _run_fresh(_measure_memory, {**spec, "kind": kind}, MEMORY_ENV)
+                           for kind in memory["plain"]["kinds"][1:]})
         except RuntimeError as err:
             raise click.ClickException(str(err)) from err
         if index == 0:
+            facts = timing or memory["plain"]
             click.echo("AuxiLearn overhead benchmark (a report: nothing is asserted)")
-            click.echo(f"  torch {timing['torch']} | device {timing['device']} | threads {timing['threads']} | "
+            click.echo(f"  torch {facts['torch']} | device {facts['device']} | threads {facts['threads']} | "
                        f"seed {SEED}")
-            click.echo(f"  method {METHOD_NAME} (auxnet {timing['auxnet']}) | K={NUM_AUX} auxiliaries | "
-                       f"N=hyper_every={timing['N']} | J=neumann_steps={timing['J']} | curvature refresh "
-                       f"{timing['curvature']}")
+            click.echo(f"  method {METHOD_NAME} (auxnet {facts['auxnet']}) | K={NUM_AUX} auxiliaries | "
+                       f"N=hyper_every={facts['N']} | J=neumann_steps={facts['J']} | curvature refresh "
+                       f"{facts['curvature']}")
             click.echo("  tasks: main " + "".join(map(str, TASKS[0])) + ", aux "
                        + ", ".join(f"{k}{d}" if k == "cls" else k for k, d in TASKS[1:]))
-            click.echo(f"  time: median of {repeats} interleaved repeats in one process; "
-                       "x plain = median of the per-repeat ratios; hyper rows average whole curvature cycles")
+            if timing is not None:
+                click.echo(f"  time: median of {repeats} interleaved repeats in one process; "
+                           "x plain = median of the per-repeat ratios; hyper rows average whole curvature cycles")
             click.echo(f"  peak memory: {memory['plain']['mem_how']} over the post-setup baseline, "
                        "one fresh process per measurement")
         size = f", inputs 3x{image_size}x{image_size}" if workload != "mlp" else ""

@@ -548,6 +548,32 @@ def test_a_warm_curvature_refresh_runs_in_the_stored_eigenvectors_storage_with_t
     assert pointers[1] == pointers[2]
 
 
+def test_each_hessian_vector_product_is_freed_before_the_next_one_is_taken():
+    """The power iteration and the Neumann series hold one H·v at a time: the previous one is gone (no reference
+    left) when the next product starts, so it does not sit beside it at the peak."""
+    import gc
+    import weakref
+
+    from pipeline.methods.bilevel import TrainCurvature
+
+    net, auxnet, (x, y), _ = _net_problem()
+    params = list(net.parameters())
+    curvature = TrainCurvature(_Combine(auxnet).training_loss((net(x) - y) ** 2), params)
+    product, previous, calls = curvature.hvp, [], []
+
+    def watched(v):
+        gc.collect()
+        calls.append(all(ref() is None for ref in previous))
+        out = product(v)
+        previous[:] = [weakref.ref(h) for h in out]
+        return out
+
+    curvature.hvp = watched
+    curvature.top_eigenvalue([torch.randn_like(p) for p in params], 4)
+    curvature.inverse_hvp([torch.randn_like(p) for p in params], 3, 0.1, stop_rate=1.9)
+    assert len(calls) == 7 and all(calls)
+
+
 def test_the_series_runs_on_the_gradients_graph_after_its_values_are_freed_with_the_same_numbers():
     """release_values keeps only where ∇W L_T enters the graph: its W-sized values are freed (no reference
     left), and H·v, the series and the mixed product are bit for bit those computed with the values held."""

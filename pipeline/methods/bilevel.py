@@ -132,6 +132,19 @@ def _writable(tensors: Sequence[Tensor], overwrite: bool) -> list[Tensor]:
     return [x.detach() if overwrite and x.is_contiguous() else x.detach().clone() for x in tensors]
 
 
+# In place, in functions of their own: a loop variable left in the caller would keep the last tensor of H·v alive
+def _divide_into(out: Sequence[Tensor], tensors: Sequence[Tensor], scale: Tensor) -> None:
+    for x, t in zip(out, tensors):
+        torch.div(t, scale, out=x)
+
+
+def _next_term(term: Sequence[Tensor], total: Sequence[Tensor], hv: Sequence[Tensor], rate: float) -> None:
+    """term ← (I − rate·H) term, total += term; ``hv`` = H·term."""
+    for t, s, h in zip(term, total, hv):
+        t.sub_(rate * h)
+        s.add_(t)
+
+
 class TensorNormalizedSGD(torch.optim.Optimizer):
     """SGD with momentum on g / RMS(g), the RMS taken over the whole tensor and averaged over steps like
     Adam's second moment (bias-corrected). Its steps are scale-free like Adam's, so φ moves whatever α,
@@ -215,8 +228,7 @@ class TrainCurvature:
             size = _norm(hv)
             if size == 0:
                 break
-            for x, h in zip(v, hv):
-                torch.div(h, size, out=x)
+            _divide_into(v, hv, size)
             del hv  # else it stays alive through the next product, one more W-sized vector at the peak
         return abs(float(estimate)), v
 
@@ -238,9 +250,7 @@ class TrainCurvature:
                 square = _dot(v, v)
                 if square > 0 and neumann_lr * float(_dot(v, hv) / square) >= stop_rate:
                     return p, j
-            for vi, pi, hvi in zip(v, p, hv):
-                vi.sub_(neumann_lr * hvi)
-                pi.add_(vi)
+            _next_term(v, p, hv, neumann_lr)
             del hv  # as in top_eigenvalue
         return p, neumann_steps
 

@@ -170,6 +170,42 @@ def run_validate(tmp_path: Path, text: str):
     return CliRunner().invoke(validate.main, ["--params", str(tmp_path / "params.yaml"), "--marker", str(marker)]), marker
 
 
+def test_a_refused_experiment_puts_back_the_file_it_started_from_of_the_last_accepted_and_the_baseline(
+        tmp_path, monkeypatch):
+    """After a successful experiment the workspace holds its params (the last accepted file); after `git
+    checkout params.yaml` it holds the baseline's. A -S that is then refused changes only its own key, so the file
+    put back is, in each case, the one the run started from, not the other."""
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    baseline = default_params_yaml()
+    experiment = yaml.safe_load(baseline)
+    experiment.update(method="auxilearn_convnet", seeds=[0])
+    experiment = yaml.safe_dump(experiment)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    Path("params.yaml").write_text(baseline)
+    subprocess.run([*git, "add", "params.yaml"], check=True)
+    subprocess.run([*git, "commit", "-qm", "baseline"], check=True)
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    monkeypatch.setenv("DVC_EXP_NAME", "an-experiment")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", rev)
+    last_valid = Path(".dvc/tmp/params.last_valid.yaml")
+    monkeypatch.setattr(validate, "LAST_VALID", last_valid)
+
+    for started_from in (experiment, baseline):  # the experiment's file accepted first, the baseline's then
+        last_valid.parent.mkdir(parents=True, exist_ok=True)
+        last_valid.write_text(experiment)
+        refused = yaml.safe_load(started_from)
+        refused["method"] = "auxilearn_nonexistent"
+        Path("params.yaml").write_text(yaml.safe_dump(refused))
+        result = CliRunner().invoke(validate.main, ["--marker", "data/params_valid.txt"])
+        assert result.exit_code != 0 and "unknown method 'auxilearn_nonexistent'" in result.output
+        assert "is back as it was before this `dvc exp run`" in result.output
+        assert Path("params.yaml").read_text() == started_from
+        assert "auxilearn_nonexistent" in Path("params.rejected.yaml").read_text()
+
+
 def test_validate_writes_a_constant_marker(tmp_path):
     result, marker = run_validate(tmp_path, default_params_yaml())
     assert result.exit_code == 0, result.output

@@ -511,13 +511,13 @@ def _report(workload: str, timing: dict[str, Any] | None, memory: dict[str, dict
             click.echo(f"  {label(kind):<58}{mem_cols(kind)}")
     else:
         click.echo(f"  {'measurement':<58}{'time/step':>12}{'x plain':>9}{'peak mem':>14}{'x plain':>9}   iters/repeat")
-    for kind in (timing or {}).get("kinds", []):
-        click.echo(f"  {label(kind):<58}{_ms(_median(totals[kind])):>12}{ratio(totals[kind]):8.2f}x"
-                   f"{mem_cols(kind)}   {iters[kind]}")
-        if kind in HYPERS:  # where the hyper step's time goes (curvature refresh amortised over its cycle)
-            for part, text in PARTS.items():
-                values = [s[part] for s in samples[kind]]
-                click.echo(f"    {text:<56}{_ms(_median(values)):>12}{ratio(values):8.2f}x")
+        for kind in facts["kinds"]:
+            click.echo(f"  {label(kind):<58}{_ms(_median(totals[kind])):>12}{ratio(totals[kind]):8.2f}x"
+                       f"{mem_cols(kind)}   {iters[kind]}")
+            if kind in HYPERS:  # where the hyper step's time goes (curvature refresh amortised over its cycle)
+                for part, text in PARTS.items():
+                    values = [s[part] for s in samples[kind]]
+                    click.echo(f"    {text:<56}{_ms(_median(values)):>12}{ratio(values):8.2f}x")
     for kind in HYPERS:
         what, measured = HYPER_LABELS[kind], alias[kind]
         if timing is not None:

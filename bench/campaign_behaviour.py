@@ -10,8 +10,8 @@ AuxiLearn method train from the defaults on seeds 0-2, as ``bench/measure_method
 in units of their combined SEM (positive = better, whichever way the metric improves), how far the effective
 weights moved, and whether the right auxiliaries got the weight: the AUC of the final weights, helpful against
 harmful (or irrelevant) auxiliaries, where the stand-in documents roles (``aux_roles``; 1 = every helpful one
-above every other; of the seed-mean weights, then of each seed's own), or Spearman(weight, noise index) where it grades its auxiliaries by noise (``noisy_aux``:
-negative = the cleaner ones weigh more). The last lines count the runs whose ranking is right and whose main
+above every other; of the seed-mean weights, then of each seed's own), or Spearman(weight, noise index) where it
+grades its auxiliaries by noise (``noisy_aux``: negative = the cleaner ones weigh more). The last lines count the runs whose ranking is right and whose main
 metric is at or above STL's.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
 from bench.measure_methods import mean_sem_text, prepared, trained  # noqa: E402
 from pipeline.config.params import parse_params  # noqa: E402
 from pipeline.metrics.summary import higher_is_better  # noqa: E402
-from stages.report.figures import role_ranking  # noqa: E402
+from stages.report.figures import role_ranking, seed_rankings  # noqa: E402
 
 # Seeds not used to choose any default (the README's tables use 0-7 and 11 on these datasets)
 VARIANTS: dict[str, list[dict]] = {
@@ -99,7 +99,9 @@ def main(datasets: str, methods: str, seeds: str, variants_json: str | None) -> 
                     kind, value = _ranking(data, final)
                     line += f"  moved {moved:.3g}  {kind} {'n/a' if value is None else f'{value:.2f}'}"
                     if kind == "auc" and value is not None and len(final) > 1:  # the pooled one follows the largest
-                        line += " (seeds " + " ".join(f"{_ranking(data, row[None])[1]:.2f}" for row in final) + ")"
+                        names = data.task_names[1:1 + final.shape[1]]
+                        line += " (seeds " + " ".join(f"{a:.2f}" for a in seed_rankings(final, names,
+                                                                                         data.meta["aux_roles"])) + ")"
                     tally["runs"] += 1
                     right = _right(kind, value)
                     if right is not None:

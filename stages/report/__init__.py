@@ -15,7 +15,8 @@ from pipeline.datasets.shared.base import Dataset
 from pipeline.methods.auxnets.polynomial import parse_term_key, term_name
 from stages.report.figures import (generated_labels, loss_image_figure, loss_landscapes, mean_history,
                                    method_log_series, outer_update_summary, phi_movement, plot_final_weights,
-                                   plot_series, plot_soft_labels, plot_weights, role_ranking)
+                                   plot_series, plot_soft_labels, plot_weights, role_ranking,
+                                   seed_rankings)
 
 
 @click.command()
@@ -173,7 +174,7 @@ def ranking_lines(final: np.ndarray, names: list[str], roles: dict[str, str]) ->
         lines += [f"AUC of the weights, helpful vs harmful (or irrelevant) auxiliaries: {auc:.2f} "
                   "(1 = every helpful one above every harmful one, 0.5 = chance)."]
         if len(final) > 1:
-            seeds = [role_ranking(final[i:i + 1], names, roles)[1] for i in range(len(final))]
+            seeds = seed_rankings(final, names, roles)
             lines += [f"The same AUC in each seed's own final weights: {', '.join(f'{a:.2f}' for a in seeds)} "
                       f"(mean {np.mean(seeds):.2f}); the one above ranks the seed-mean weights, which the seed "
                       "with the largest weights dominates."]

@@ -270,3 +270,8 @@ def role_ranking(final: np.ndarray, names: list[str], roles: dict[str, str]) -> 
         return per_role, None
     wins = [(g > b) + 0.5 * (g == b) for g in good for b in bad]
     return per_role, float(np.mean(wins))
+
+
+def seed_rankings(final: np.ndarray, names: list[str], roles: dict[str, str]) -> list[float | None]:
+    """``role_ranking``'s AUC in each seed's own final weights (a row of ``final`` each)."""
+    return [role_ranking(row[None], names, roles)[1] for row in final]
